@@ -1,0 +1,436 @@
+"""labd: the gateway-agent lab daemon.
+
+One process runs, for one lab:
+- moto 5.2.5 (EC2 + Auto Scaling) with the mends of mends.py, served on 127.0.0.1:<port> for the
+  host (tests, the lab CLI) and on 198.51.100.2:80 inside the lab's "internet" namespace, which is
+  where instances reach it, over the VPC, through their own uplink;
+- fault injection on that API (per action: throttling, 5xx, latency);
+- the data plane (topology.py): namespaces that follow the moto state, mirrored synchronously after
+  every mutating call and re-checked every 100 ms;
+- one IMDSv2 emulator per running instance (imds.py);
+- the control API under /lab/ (host side only) that tests and the CLI drive.
+
+It prints one JSON line on stdout when ready and tears everything down on SIGTERM/SIGINT, or when
+its parent dies (--die-with-parent).
+"""
+
+import argparse
+import ctypes
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "false")
+
+import mends  # noqa: E402
+import netns  # noqa: E402
+import topology  # noqa: E402
+from moto.autoscaling.models import autoscaling_backends  # noqa: E402
+from moto.ec2.models import ec2_backends  # noqa: E402
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
+from werkzeug.serving import make_server  # noqa: E402
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+# Actions after which the data plane must follow before the caller gets its answer.
+MUTATING_PREFIXES = (
+    "Create", "Delete", "Replace", "Associate", "Disassociate", "Attach", "Detach", "Terminate",
+    "Stop", "Start", "Run", "Reboot", "Modify", "Update", "Set", "Complete", "Put", "Execute",
+    "Assign", "Unassign",
+)
+
+
+def log(msg):
+    print(f"labd: {msg}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    def __init__(self, lab_id, run_dir):
+        self.lab_id = lab_id
+        self.run_dir = run_dir
+        self.lock = threading.RLock()
+        self.faults = {}  # action or "*" -> {"kind", "count", "latency_ms", "status"}
+        self.api_calls = []  # (action, ms)
+        self.moto = DomainDispatcherApplication(create_backend_app)
+        self.topo = topology.Topology(lab_id, self.ec2, self.asg, self.lock, run_dir, log)
+        self.streams = None
+        self.scenario = None
+        self.port = None
+        self.stopping = threading.Event()
+
+    def ec2(self):
+        return ec2_backends[ACCOUNT][REGION]
+
+    def asg(self):
+        return autoscaling_backends[ACCOUNT][REGION]
+
+    # --- the API the instances and tests call ---------------------------------------------------
+
+    def api_app(self, environ, start_response):
+        started = time.monotonic()
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        environ["wsgi.input"] = io.BytesIO(body)
+        params = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+        if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            params.update(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
+        action = (params.get("Action") or [""])[0]
+        service = "autoscaling" if "/autoscaling/" in environ.get("HTTP_AUTHORIZATION", "") else "ec2"
+
+        fault = self._take_fault(action)
+        if fault and fault.get("latency_ms"):
+            time.sleep(fault["latency_ms"] / 1000.0)
+        if fault and fault["kind"] in ("throttle", "5xx"):
+            return self._fault_response(start_response, service, fault)
+
+        with self.lock:
+            captured = {}
+
+            def capture(status, headers, exc_info=None):
+                captured["status"], captured["headers"] = status, headers
+
+            chunks = b"".join(self.moto(environ, capture))
+            if environ.get("PATH_INFO", "").startswith("/moto-api/reset"):
+                self._after_reset()
+            elif action.startswith(MUTATING_PREFIXES) and captured["status"].startswith("200"):
+                try:
+                    self.topo.reconcile(started)
+                except Exception:  # noqa: BLE001 - the API answer stands; the ticker retries
+                    log("reconcile failed after " + action + ":\n" + traceback.format_exc())
+        if action:
+            self.api_calls.append((action, (time.monotonic() - started) * 1000.0))
+            del self.api_calls[:-20000]
+        start_response(captured["status"], captured["headers"])
+        return [chunks]
+
+    def _take_fault(self, action):
+        with self.lock:
+            fault = self.faults.get(action) or self.faults.get("*")
+            if not fault:
+                return None
+            if fault.get("count") is not None:
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults = {k: v for k, v in self.faults.items() if v is not fault}
+            fault["hits"] = fault.get("hits", 0) + 1
+            return dict(fault)
+
+    def _fault_response(self, start_response, service, fault):
+        rid = str(uuid.uuid4())
+        if fault["kind"] == "throttle":
+            status = "503 Service Unavailable" if service == "ec2" else "400 Bad Request"
+            code = "RequestLimitExceeded" if service == "ec2" else "Throttling"
+            msg = "Request limit exceeded." if service == "ec2" else "Rate exceeded"
+        else:
+            status, code, msg = "503 Service Unavailable", "Unavailable", "The service is unavailable."
+            if fault.get("status") == 500:
+                status, code, msg = "500 Internal Server Error", "InternalError", "An internal error has occurred."
+        if service == "ec2":
+            body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>"
+                    f"<Message>{msg}</Message></Error></Errors><RequestID>{rid}</RequestID></Response>")
+        else:
+            body = (f"<ErrorResponse xmlns=\"https://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error>"
+                    f"<Type>Sender</Type><Code>{code}</Code><Message>{msg}</Message></Error>"
+                    f"<RequestId>{rid}</RequestId></ErrorResponse>")
+        start_response(status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", rid)])
+        return [body.encode()]
+
+    def _after_reset(self):
+        mends.LIFECYCLE.reset()
+        mends.USED_IPS.clear()
+        for client in list(self.topo.clients.values()):
+            netns.netns_delete(client["ns"])
+            netns.ip("link", "del", client["rif"], ns=self.topo.rtr, check=False)
+        self.topo.clients.clear()
+        self.topo.tables.clear()
+        self.topo.imds_states.clear()
+        self.topo.cuts.clear()
+        self.topo.partitions.clear()
+        self.faults.clear()
+        self.scenario = None
+        self.topo.reconcile()
+
+    # --- the host-side app: the API plus /lab/ ------------------------------------------------
+
+    def host_app(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if not path.startswith("/lab/"):
+            return self.api_app(environ, start_response)
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            raw = environ["wsgi.input"].read(length) if length else b""
+            body = json.loads(raw) if raw else {}
+            code, result = self.control(environ["REQUEST_METHOD"], path[len("/lab/"):].strip("/"), body)
+        except KeyError as e:
+            code, result = 404, {"error": f"not found: {e}"}
+        except (ValueError, TypeError) as e:
+            code, result = 400, {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - reported to the caller, and logged
+            log(traceback.format_exc())
+            code, result = 500, {"error": f"{type(e).__name__}: {e}"}
+        data = json.dumps(result).encode()
+        start_response(f"{code} {'OK' if code == 200 else 'Error'}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def control(self, method, path, body):
+        parts = path.split("/")
+        if path == "info" and method == "GET":
+            return 200, self.info()
+        if path == "scenario" and method == "POST":
+            import scenario
+
+            self.scenario = scenario.build(self, **body)
+            return 200, self.scenario
+        if path == "scenario" and method == "GET":
+            return 200, self.scenario
+        if path == "instances" and method == "GET":
+            return 200, self.instances()
+        if parts[0] == "instances" and len(parts) == 3:
+            return 200, self.instance_verb(parts[1], parts[2], method, body)
+        if path == "faults":
+            with self.lock:
+                if method == "PUT":
+                    fault = {"kind": body["kind"], "count": body.get("count"),
+                             "latency_ms": body.get("latency_ms", 0), "status": body.get("status")}
+                    if fault["kind"] not in ("throttle", "5xx", "latency"):
+                        raise ValueError("kind must be throttle, 5xx or latency")
+                    self.faults[body.get("action") or "*"] = fault
+                elif method == "DELETE":
+                    self.faults.clear()
+                return 200, self.faults
+        if path == "partition":
+            pair = frozenset((body["a"], body["b"]))
+            with self.lock:
+                (self.topo.partitions.add if method == "POST" else self.topo.partitions.discard)(pair)
+                self.topo.reconcile()
+            return 200, {"partitions": [sorted(p) for p in self.topo.partitions]}
+        if path == "streams" and method == "POST":
+            ns = body.get("ns") or self._client_ns(body["zone"])
+            return 200, {"id": self.streams.start(ns, float(body.get("rate", 100)))}
+        if parts[0] == "streams" and len(parts) >= 2:
+            sid = int(parts[1])
+            return 200, self.streams.report(sid, stop=len(parts) == 3 and parts[2] == "stop")
+        if path == "kernel-routes" and method == "GET":
+            raise ValueError("use kernel-routes/<route table id>")
+        if parts[0] == "kernel-routes":
+            with self.lock:
+                routes = self.topo.kernel_routes(parts[1])
+            if routes is None:
+                raise KeyError(parts[1])
+            return 200, routes
+        if path == "lifecycle" and method == "GET":
+            with mends.LIFECYCLE.lock:
+                return 200, {"open": [dict((k, v) for k, v in a.items() if "deadline" not in k)
+                                      for a in mends.LIFECYCLE.open.values()],
+                             "history": list(mends.LIFECYCLE.history)}
+        if path == "stats" and method == "GET":
+            return 200, {"mirror_lag_ms": list(self.topo.mirror_lag_ms),
+                         "api_calls": [{"action": a, "ms": ms} for a, ms in self.api_calls]}
+        if path == "reset" and method == "POST":
+            with self.lock:
+                for backend in (ec2_backends, autoscaling_backends):
+                    backend.reset()
+                self._after_reset()
+            return 200, {}
+        if path == "down" and method == "POST":
+            threading.Thread(target=self.shutdown, daemon=True).start()
+            return 200, {}
+        raise KeyError(path)
+
+    def _client_ns(self, zone):
+        if not self.scenario:
+            raise ValueError("no scenario: POST /lab/scenario first, or give `ns`")
+        for z in self.scenario["zones"]:
+            if zone in (z["az"], z["az"][-1:], z["name"]):
+                return z["client_ns"]
+        raise KeyError(f"zone {zone}")
+
+    def info(self):
+        return {
+            "lab_id": self.lab_id,
+            "pid": os.getpid(),
+            "region": REGION,
+            "account": ACCOUNT,
+            "endpoint": f"http://127.0.0.1:{self.port}",
+            "vpc_endpoint": f"http://{topology.API_ADDR}",
+            "internet_host": topology.INET_HOST,
+            "namespaces": {"router": self.topo.rtr, "internet": self.topo.inet, "park": self.topo.park},
+            "run_dir": self.run_dir,
+        }
+
+    def instances(self):
+        with self.lock:
+            out = []
+            for reservation in self.ec2().reservations.values():
+                for inst in reservation.instances:
+                    _, state = mends._find_state(self.asg(), inst.id)
+                    out.append({
+                        "instance_id": inst.id,
+                        "state": inst.state,
+                        "az": inst.placement.zone,
+                        "private_ip": inst.nics[0].private_ip_address if 0 in inst.nics else None,
+                        "ns": self.topo.instances.get(inst.id, {}).get("ns"),
+                        "asg": state.auto_scaling_group_name if state else None,
+                        "lifecycle_state": state.lifecycle_state if state else None,
+                        "hung": inst.id in self.topo.hung,
+                        "cuts": sorted(self.topo.cuts.get(inst.id, ())),
+                    })
+            return out
+
+    def instance_verb(self, instance_id, verb, method, body):
+        ec2 = self.ec2()
+        if verb in ("terminate", "stop", "start"):
+            with self.lock:
+                if verb == "terminate":
+                    ec2.terminate_instances([instance_id])
+                    self.asg().notify_terminate_instances([instance_id])
+                elif verb == "stop":
+                    ec2.stop_instances([instance_id])
+                else:
+                    ec2.start_instances([instance_id])
+                self.topo.reconcile()
+            return {"instance_id": instance_id, "verb": verb}
+        with self.lock:
+            entry = self.topo.instances.get(instance_id)
+        if entry is None:
+            raise KeyError(f"running instance {instance_id}")
+        if verb in ("hang", "unhang"):
+            with self.lock:
+                self.topo.set_hung(instance_id, verb == "hang")
+                self.topo.reconcile()
+            return {"instance_id": instance_id, "hung": verb == "hang"}
+        if verb in ("cut", "restore"):
+            which = set(body.get("links") or ["uplink", "eni"])
+            if not which <= {"uplink", "eni"}:
+                raise ValueError("links: a list of uplink and/or eni")
+            with self.lock:
+                cur = self.topo.cuts.setdefault(instance_id, set())
+                if verb == "cut":
+                    cur.update(which)
+                else:
+                    cur.difference_update(which)
+                self.topo.reconcile()
+            return {"instance_id": instance_id, "cuts": sorted(cur)}
+        if verb == "exec":
+            argv = body["argv"]
+            env = dict(os.environ)
+            env.update(body.get("env") or {})
+            logfile = os.path.join(self.run_dir, f"{instance_id}-{len(self.topo.processes)}.log")
+            out = open(logfile, "ab")
+            proc = subprocess.Popen(["ip", "netns", "exec", entry["ns"]] + argv, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.topo.processes.append((instance_id, proc))
+            return {"pid": proc.pid, "log": logfile}
+        if verb == "forwarding":
+            # The lab's stand-in for a configured gateway, for the lab's own data-plane tests:
+            # every attached interface up, forwarding on, no reverse-path filter.
+            enabled = 1 if body.get("enabled", True) else 0
+            netns.sysctl(entry["ns"], "net.ipv4.ip_forward", enabled)
+            netns.sysctl(entry["ns"], "net.ipv4.conf.all.rp_filter", 0)
+            for line in netns.ip("-o", "link", "show", ns=entry["ns"]).splitlines():
+                name = line.split(":")[1].strip().split("@")[0]
+                if name.startswith("ens"):
+                    netns.sysctl(entry["ns"], f"net.ipv4.conf.{name}.rp_filter", 0)
+                    netns.ip("link", "set", name, "up", ns=entry["ns"])
+            return {"instance_id": instance_id, "forwarding": bool(enabled)}
+        if verb == "imds":
+            state = self.topo.imds_states[instance_id]
+            if method == "PUT":
+                for path, value in (body.get("set") or {}).items():
+                    state.overrides[path.strip("/")] = value
+                if "fault" in body:
+                    state.fault = {"mode": body["fault"].get("mode", "ok"),
+                                   "delay_ms": body["fault"].get("delay_ms", 0)}
+            return {"overrides": state.overrides, "fault": state.fault, "requests": state.requests}
+        raise KeyError(verb)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def ticker(self):
+        while not self.stopping.wait(0.1):
+            try:
+                with self.lock:
+                    mends.expire_lifecycle_actions(self.asg())
+                    self.topo.reconcile()
+            except Exception:  # noqa: BLE001 - keep the lab alive; say what broke
+                log("tick failed:\n" + traceback.format_exc())
+                time.sleep(1)
+
+    def shutdown(self, *_):
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        log("tearing down")
+        with self.lock:
+            self.topo.down()
+        log("down")
+        os._exit(0)
+
+
+def serve(app, sock):
+    server = make_server(sock.getsockname()[0], sock.getsockname()[1], app, threaded=True, fd=sock.fileno())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main():
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lab-id", default=uuid.uuid4().hex[:4])
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--die-with-parent", action="store_true")
+    args = parser.parse_args()
+
+    if args.die_with_parent:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    run_dir = args.run_dir or f"/run/gateway-lab/{args.lab_id}"
+    os.makedirs(run_dir, exist_ok=True)
+
+    mends.apply()
+    lab = Lab(args.lab_id, run_dir)
+    signal.signal(signal.SIGTERM, lab.shutdown)
+    signal.signal(signal.SIGINT, lab.shutdown)
+    try:
+        lab.topo.up()
+        host_sock = netns.socket_in(None, netns.socket.AF_INET, netns.socket.SOCK_STREAM, bind=("127.0.0.1", args.port))
+        host_sock.listen(128)
+        lab.port = host_sock.getsockname()[1]
+        vpc_sock = netns.socket_in(lab.topo.inet, netns.socket.AF_INET, netns.socket.SOCK_STREAM,
+                                   bind=(topology.API_ADDR, 80))
+        vpc_sock.listen(128)
+        serve(lab.host_app, host_sock)
+        serve(lab.api_app, vpc_sock)
+        lab.streams = topology.Streams(lab.topo.inet)
+        threading.Thread(target=lab.ticker, daemon=True).start()
+        # Warm moto up: its first EC2 call loads the AMI catalogue (~1 s).
+        with lab.lock:
+            lab.ec2().describe_images()
+    except Exception:
+        log("failed to start:\n" + traceback.format_exc())
+        lab.topo.down()
+        sys.exit(1)
+    info = lab.info()
+    with open(os.path.join(run_dir, "lab.json"), "w") as f:
+        json.dump(info, f)
+    print(json.dumps(info), flush=True)
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    main()

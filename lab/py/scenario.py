@@ -1,0 +1,95 @@
+"""The standard lab VPC, built through the real API (boto3 against labd's own endpoint).
+
+Per zone i (a, b, c...):
+  public subnet  10.0.i.0/24     gateways' primary interfaces and the zone's persistent ENI (.50);
+                                 routed by the public table: 0.0.0.0/0 -> internet gateway
+  private subnet 10.0.(100+i).0/24  one client (.10); its own route table, tagged
+                                 gateway-agent:group / gateway-agent:zone, 0.0.0.0/0 -> the ENI
+  an Auto Scaling group <group>-<az> (min=max=desired=capacity) launching into the public subnet,
+  with launch and termination lifecycle hooks (heartbeat timeout, default result configurable).
+"""
+
+import boto3
+import mends
+from botocore.config import Config
+
+GROUP_TAG = "gateway-agent:group"
+ZONE_TAG = "gateway-agent:zone"
+
+
+def _tags(kind, **tags):
+    return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+
+
+def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_timeout=300,
+          default_result="ABANDON", instance_type="t3.micro"):
+    if lab.scenario:
+        raise ValueError("a scenario already exists: POST /lab/reset first")
+    if not 1 <= len(zones) <= 6:
+        raise ValueError("zones: 1 to 6 zone letters, e.g. [\"a\", \"b\"]")
+    kw = dict(endpoint_url=f"http://127.0.0.1:{lab.port}", region_name=lab.ec2().region_name,
+              aws_access_key_id="lab", aws_secret_access_key="lab",
+              config=Config(retries={"max_attempts": 1}))
+    ec2 = boto3.client("ec2", **kw)
+    asg = boto3.client("autoscaling", **kw)
+    region = kw["region_name"]
+
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", TagSpecifications=_tags("vpc", Name=f"{group}-vpc"))["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    public_rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=_tags("route-table", Name=f"{group}-public"))
+    public_rt = public_rt["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=public_rt, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    template = ec2.create_launch_template(
+        LaunchTemplateName=f"{group}-gateway",
+        LaunchTemplateData={"ImageId": image, "InstanceType": instance_type},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+
+    out = {"group": group, "vpc_id": vpc, "internet_gateway_id": igw, "public_route_table_id": public_rt,
+           "launch_template_id": template, "zones": []}
+    for i, letter in enumerate(zones):
+        az = f"{region}{letter}"
+        public = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=az,
+                                   TagSpecifications=_tags("subnet", Name=f"{group}-public-{letter}"))["Subnet"]
+        private = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=az,
+                                    TagSpecifications=_tags("subnet", Name=f"{group}-private-{letter}"))["Subnet"]
+        ec2.associate_route_table(RouteTableId=public_rt, SubnetId=public["SubnetId"])
+        rt = ec2.create_route_table(
+            VpcId=vpc, TagSpecifications=_tags("route-table", Name=f"{group}-private-{letter}",
+                                               **{GROUP_TAG: group, ZONE_TAG: az}))["RouteTable"]["RouteTableId"]
+        ec2.associate_route_table(RouteTableId=rt, SubnetId=private["SubnetId"])
+        eni_ip = f"10.0.{i}.50"
+        mends.USED_IPS.add(eni_ip)
+        eni = ec2.create_network_interface(
+            SubnetId=public["SubnetId"], PrivateIpAddress=eni_ip, Description=f"{group} gateway {az}",
+            TagSpecifications=_tags("network-interface", Name=f"{group}-gateway-{letter}",
+                                    **{GROUP_TAG: group, ZONE_TAG: az}))["NetworkInterface"]
+        ec2.create_route(RouteTableId=rt, DestinationCidrBlock="0.0.0.0/0",
+                         NetworkInterfaceId=eni["NetworkInterfaceId"])
+        name = f"{group}-{az}"
+        asg.create_auto_scaling_group(
+            AutoScalingGroupName=name, MinSize=0, MaxSize=1, DesiredCapacity=0,
+            LaunchTemplate={"LaunchTemplateId": template}, VPCZoneIdentifier=public["SubnetId"],
+            Tags=[{"Key": GROUP_TAG, "Value": group, "PropagateAtLaunch": True},
+                  {"Key": ZONE_TAG, "Value": az, "PropagateAtLaunch": True}],
+        )
+        if hooks:
+            for hook, transition in (("launch", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+                                     ("terminate", "autoscaling:EC2_INSTANCE_TERMINATING")):
+                asg.put_lifecycle_hook(AutoScalingGroupName=name, LifecycleHookName=f"gateway-{hook}",
+                                       LifecycleTransition=transition, HeartbeatTimeout=int(heartbeat_timeout),
+                                       DefaultResult=default_result)
+        with lab.lock:
+            client = lab.topo.add_client(private["SubnetId"], private["CidrBlock"])
+        out["zones"].append({
+            "name": letter, "az": az, "public_subnet_id": public["SubnetId"],
+            "private_subnet_id": private["SubnetId"], "route_table_id": rt,
+            "eni_id": eni["NetworkInterfaceId"], "eni_ip": eni_ip, "eni_mac": eni["MacAddress"],
+            "asg_name": name, "client_ns": client["ns"], "client_ip": client["ip"],
+        })
+    # Launch only once every zone exists, so the zones come up together.
+    for z in out["zones"]:
+        asg.update_auto_scaling_group(AutoScalingGroupName=z["asg_name"], MinSize=capacity,
+                                      DesiredCapacity=capacity)
+    return out
