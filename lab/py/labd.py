@@ -19,6 +19,7 @@ import ctypes
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -363,6 +364,8 @@ class Lab:
                 with self.lock:
                     mends.expire_lifecycle_actions(self.asg())
                     self.topo.reconcile()
+                    # Reap what exited (killed with its instance), so no zombie outlives it.
+                    self.topo.processes = [(i, p) for i, p in self.topo.processes if p.poll() is None]
             except Exception:  # noqa: BLE001 - keep the lab alive; say what broke
                 log("tick failed:\n" + traceback.format_exc())
                 time.sleep(1)
@@ -374,6 +377,8 @@ class Lab:
         log("tearing down")
         with self.lock:
             self.topo.down()
+        if not os.environ.get("GATEWAY_LAB_KEEP_LOGS"):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         log("down")
         os._exit(0)
 
@@ -400,6 +405,10 @@ def main():
         ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     run_dir = args.run_dir or f"/run/gateway-lab/{args.lab_id}"
     os.makedirs(run_dir, exist_ok=True)
+    # Written before any namespace exists, so `gwlab down --all` never mistakes a lab that is
+    # still starting for one whose labd died.
+    with open(os.path.join(run_dir, "pid"), "w") as f:
+        f.write(str(os.getpid()))
 
     mends.apply()
     lab = Lab(args.lab_id, run_dir)
@@ -423,6 +432,7 @@ def main():
     except Exception:
         log("failed to start:\n" + traceback.format_exc())
         lab.topo.down()
+        shutil.rmtree(run_dir, ignore_errors=True)
         sys.exit(1)
     info = lab.info()
     with open(os.path.join(run_dir, "lab.json"), "w") as f:

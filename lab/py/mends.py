@@ -82,7 +82,8 @@ _orig_terminate = instance_models.Instance.terminate
 
 
 def _terminate(self):
-    keep = [nic for nic in self.nics.values() if not nic.delete_on_termination]
+    # The primary interface (device 0) goes with the instance; attached ones stay behind.
+    keep = [nic for index, nic in self.nics.items() if index != 0 and not nic.delete_on_termination]
     previous = _orig_terminate(self)
     for nic in keep:
         if nic.instance is self:

@@ -573,6 +573,7 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
             cleanup_lab(&self.info.lab_id);
+            let _ = std::fs::remove_dir_all(&self.info.run_dir);
         }
     }
 }
@@ -618,15 +619,24 @@ pub fn cleanup_stale() -> usize {
     ids.sort();
     ids.dedup();
     for id in ids {
-        let alive = std::fs::read_to_string(format!("/run/gateway-lab/{id}/lab.json"))
+        let alive = std::fs::read_to_string(format!("/run/gateway-lab/{id}/pid"))
             .ok()
-            .and_then(|s| serde_json::from_str::<Info>(&s).ok())
-            .is_some_and(|info| Path::new(&format!("/proc/{}", info.pid)).exists());
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(process_alive);
         if !alive {
             removed += cleanup_lab(&id);
+            let _ = std::fs::remove_dir_all(format!("/run/gateway-lab/{id}"));
         }
     }
     removed
+}
+
+/// Is `pid` a live process (not gone, not a zombie waiting to be reaped)?
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }
 
 /// Percentile (nearest rank) of a sample; 0 for an empty one.

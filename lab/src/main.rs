@@ -152,7 +152,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             no_hooks,
         } => {
             if let Ok(lab) = current() {
-                if std::path::Path::new(&format!("/proc/{}", lab.info.pid)).exists() {
+                if gateway_lab::process_alive(lab.info.pid) {
                     return Err(format!("lab {} is already up (gwlab down first)", lab.lab_id()));
                 }
             }
@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             if let Ok(lab) = current() {
                 let _ = lab.shutdown().await;
                 for _ in 0..100 {
-                    if !std::path::Path::new(&format!("/proc/{}", lab.info.pid)).exists() {
+                    if !gateway_lab::process_alive(lab.info.pid) {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
