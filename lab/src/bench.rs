@@ -127,7 +127,9 @@ pub async fn run(calls: usize) -> Result<(), String> {
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("IMDS: {e}"))?;
 
-    println!("gateway-lab bench ({calls} calls each; host -> 127.0.0.1, instance -> 169.254.169.254)");
+    println!(
+        "gateway-lab bench ({calls} calls each; host -> 127.0.0.1, instance -> 169.254.169.254)"
+    );
     line("moto DescribeRouteTables (SDK round trip)", &describe);
     line("moto ReplaceRoute incl. mirror (SDK)", &replace);
     line("route-mirror lag (request in -> kernel set)", &lag);

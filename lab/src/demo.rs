@@ -27,17 +27,21 @@ pub async fn run(agent: Option<String>) -> Result<(), String> {
     let t0 = Instant::now();
     let at = || format!("[{:>6.2}s]", t0.elapsed().as_secs_f64());
 
-    println!("{} starting the lab (moto + IMDS emulators + network namespaces)", at());
+    println!(
+        "{} starting the lab (moto + IMDS emulators + network namespaces)",
+        at()
+    );
     let mut lab = Lab::start().map_err(s)?;
-    let sc = lab
-        .scenario(&ScenarioOptions::default())
-        .await
-        .map_err(s)?;
+    let sc = lab.scenario(&ScenarioOptions::default()).await.map_err(s)?;
     println!(
         "{} VPC {} with zones {}: each zone's private route table sends 0.0.0.0/0 to its persistent ENI",
         at(),
         sc.vpc_id,
-        sc.zones.iter().map(|z| z.az.as_str()).collect::<Vec<_>>().join(", ")
+        sc.zones
+            .iter()
+            .map(|z| z.az.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let config = format!("{}/demo-config.toml", lab.info.run_dir);
     std::fs::write(
@@ -62,7 +66,11 @@ pub async fn run(agent: Option<String>) -> Result<(), String> {
         let mut env = Lab::instance_env();
         env.push(("RUST_LOG", "info"));
         let (_, log) = lab
-            .exec(&inst.instance_id, &[&agent, "run", "--config", &config], &env)
+            .exec(
+                &inst.instance_id,
+                &[&agent, "run", "--config", &config],
+                &env,
+            )
             .await
             .map_err(s)?;
         logs.push((z.clone(), inst, log));
@@ -77,7 +85,10 @@ pub async fn run(agent: Option<String>) -> Result<(), String> {
         }
     }
 
-    println!("{} client traffic, 100 packets/s for 3 s from each private subnet:", at());
+    println!(
+        "{} client traffic, 100 packets/s for 3 s from each private subnet:",
+        at()
+    );
     let mut ids = Vec::new();
     for z in &sc.zones {
         ids.push((z.clone(), lab.stream_start(&z.name, 100).await.map_err(s)?));

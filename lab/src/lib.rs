@@ -209,7 +209,10 @@ fn short_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    format!("{:05x}", (nanos ^ std::process::id().rotate_left(7)) & 0xfffff)
+    format!(
+        "{:05x}",
+        (nanos ^ std::process::id().rotate_left(7)) & 0xfffff
+    )
 }
 
 impl Lab {
@@ -243,7 +246,10 @@ impl Lab {
                 script: script.display().to_string(),
                 source,
             })?;
-        let stdout = child.stdout.take().ok_or_else(|| LabError::NotReady("no stdout".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| LabError::NotReady("no stdout".into()))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -260,7 +266,9 @@ impl Lab {
             }
             Err(_) => {
                 let _ = child.kill();
-                return Err(LabError::NotReady(format!("no answer within {START_TIMEOUT:?}")));
+                return Err(LabError::NotReady(format!(
+                    "no answer within {START_TIMEOUT:?}"
+                )));
             }
         };
         let info: Info = serde_json::from_str(line.trim())
@@ -477,7 +485,11 @@ impl Lab {
     /// Start a fixed-rate UDP stream from a zone's client to the internet host.
     pub async fn stream_start(&self, zone: &str, rate: u32) -> Result<u64> {
         let v = self
-            .call("POST", "streams", Some(json!({ "zone": zone, "rate": rate })))
+            .call(
+                "POST",
+                "streams",
+                Some(json!({ "zone": zone, "rate": rate })),
+            )
             .await?;
         Ok(v["id"].as_u64().unwrap_or(0))
     }
@@ -530,7 +542,9 @@ impl Lab {
             .ec2()
             .config()
             .to_builder()
-            .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(attempts))
+            .retry_config(
+                aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(attempts),
+            )
             .build();
         aws_sdk_ec2::Client::from_conf(conf)
     }
@@ -614,7 +628,11 @@ pub fn cleanup_stale() -> usize {
     let mut removed = 0;
     let mut ids: Vec<String> = netns_list()
         .into_iter()
-        .filter_map(|ns| ns.strip_prefix("gl-").and_then(|r| r.split('-').next()).map(String::from))
+        .filter_map(|ns| {
+            ns.strip_prefix("gl-")
+                .and_then(|r| r.split('-').next())
+                .map(String::from)
+        })
         .collect();
     ids.sort();
     ids.dedup();
@@ -635,7 +653,11 @@ pub fn cleanup_stale() -> usize {
 pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 

@@ -52,13 +52,25 @@ enum Cmd {
     /// Instances, route tables (moto and kernel) and lifecycle actions.
     Status,
     /// Set a zone's ASG to one gateway (launches one if it has none).
-    Launch { zone: String },
-    Terminate { target: String },
-    Stop { target: String },
-    Start { target: String },
+    Launch {
+        zone: String,
+    },
+    Terminate {
+        target: String,
+    },
+    Stop {
+        target: String,
+    },
+    Start {
+        target: String,
+    },
     /// SIGSTOP every process of the instance and drop its traffic.
-    Hang { target: String },
-    Unhang { target: String },
+    Hang {
+        target: String,
+    },
+    Unhang {
+        target: String,
+    },
     /// Drop the instance's traffic at the VPC router.
     Cut {
         target: String,
@@ -151,10 +163,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             capacity,
             no_hooks,
         } => {
-            if let Ok(lab) = current() {
-                if gateway_lab::process_alive(lab.info.pid) {
-                    return Err(format!("lab {} is already up (gwlab down first)", lab.lab_id()));
-                }
+            if let Ok(lab) = current()
+                && gateway_lab::process_alive(lab.info.pid)
+            {
+                return Err(format!(
+                    "lab {} is already up (gwlab down first)",
+                    lab.lab_id()
+                ));
             }
             let id = format!("{:04x}", std::process::id() & 0xffff);
             let mut lab = Lab::spawn(&id, false).map_err(s)?;
@@ -166,7 +181,10 @@ async fn run(cli: Cli) -> Result<(), String> {
                 ..ScenarioOptions::default()
             };
             let sc = lab.scenario(&opts).await.map_err(s)?;
-            println!("lab {id} up: API {} (instances: {})", lab.info.endpoint, lab.info.vpc_endpoint);
+            println!(
+                "lab {id} up: API {} (instances: {})",
+                lab.info.endpoint, lab.info.vpc_endpoint
+            );
             println!("{}", serde_json::to_string_pretty(&sc).unwrap_or_default());
         }
         Cmd::Down { all } => {
@@ -236,7 +254,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Launch { zone } => {
             let mut lab = current()?;
-            let sc = lab.fetch_scenario().await.map_err(s)?.ok_or("no scenario")?;
+            let sc = lab
+                .fetch_scenario()
+                .await
+                .map_err(s)?
+                .ok_or("no scenario")?;
             let z = sc.zone(&zone);
             lab.autoscaling()
                 .update_auto_scaling_group()
@@ -246,12 +268,22 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .send()
                 .await
                 .map_err(|e| format!("UpdateAutoScalingGroup: {e}"))?;
-            let i = lab.wait_instance(&z.az, Duration::from_secs(10)).await.map_err(s)?;
-            println!("{} {} {}", i.instance_id, i.az, i.lifecycle_state.unwrap_or_default());
+            let i = lab
+                .wait_instance(&z.az, Duration::from_secs(10))
+                .await
+                .map_err(s)?;
+            println!(
+                "{} {} {}",
+                i.instance_id,
+                i.az,
+                i.lifecycle_state.unwrap_or_default()
+            );
         }
         Cmd::Terminate { target } => {
             let lab = current()?;
-            lab.terminate(&resolve(&lab, &target).await?).await.map_err(s)?;
+            lab.terminate(&resolve(&lab, &target).await?)
+                .await
+                .map_err(s)?;
         }
         Cmd::Stop { target } => {
             let lab = current()?;
@@ -267,17 +299,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Unhang { target } => {
             let lab = current()?;
-            lab.unhang(&resolve(&lab, &target).await?).await.map_err(s)?;
+            lab.unhang(&resolve(&lab, &target).await?)
+                .await
+                .map_err(s)?;
         }
         Cmd::Cut { target, links } => {
             let lab = current()?;
             let links: Vec<&str> = links.iter().map(String::as_str).collect();
-            lab.cut(&resolve(&lab, &target).await?, &links).await.map_err(s)?;
+            lab.cut(&resolve(&lab, &target).await?, &links)
+                .await
+                .map_err(s)?;
         }
         Cmd::Restore { target, links } => {
             let lab = current()?;
             let links: Vec<&str> = links.iter().map(String::as_str).collect();
-            lab.restore(&resolve(&lab, &target).await?, &links).await.map_err(s)?;
+            lab.restore(&resolve(&lab, &target).await?, &links)
+                .await
+                .map_err(s)?;
         }
         Cmd::Imds {
             target,
@@ -288,7 +326,9 @@ async fn run(cli: Cli) -> Result<(), String> {
             let lab = current()?;
             let id = resolve(&lab, &target).await?;
             for kv in &set {
-                let (k, v) = kv.split_once('=').ok_or(format!("--set {kv}: expected PATH=VALUE"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or(format!("--set {kv}: expected PATH=VALUE"))?;
                 lab.imds_set(&id, k, Some(v)).await.map_err(s)?;
             }
             for k in &clear {

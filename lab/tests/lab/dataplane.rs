@@ -11,9 +11,14 @@ use crate::{WAIT, attach, default_route, kernel_default, lab_with, no_hooks};
 
 /// Packets received on an interface inside a namespace.
 fn rx_packets(ns: &str, dev: &str) -> u64 {
-    let out = Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", dev]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", "dev", dev])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or_else(|| panic!("no counters for {dev} in {ns}: {v}"))
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counters for {dev} in {ns}: {v}"))
 }
 
 /// Does the lab's EC2 endpoint answer from inside `ns` (over the VPC)?
@@ -45,7 +50,10 @@ async fn client_packets_follow_the_route_table_and_stop_at_a_blackhole() {
 
     let stream = lab.stream_start("a", 200).await.unwrap();
     wait_for(WAIT, "packets through gateway a", || async {
-        lab.stream_report(stream).await.ok().filter(|r| r.delivered >= 50)
+        lab.stream_report(stream)
+            .await
+            .ok()
+            .filter(|r| r.delivered >= 50)
     })
     .await
     .unwrap();
@@ -60,24 +68,58 @@ async fn client_packets_follow_the_route_table_and_stop_at_a_blackhole() {
         .send()
         .await
         .unwrap();
-    assert_eq!(kernel_default(&lab, &a.route_table_id).await, b.eni_id, "mirrored when the call returns");
+    assert_eq!(
+        kernel_default(&lab, &a.route_table_id).await,
+        b.eni_id,
+        "mirrored when the call returns"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (a1, b1) = (rx_packets(&nsa, "ens6"), rx_packets(&nsb, "ens6"));
-    assert!(b1 - b0 >= 100, "gateway b carries zone a now: {} packets in 1 s at 200/s", b1 - b0);
-    assert!(a1 - a0 <= 5, "gateway a no longer does: {} packets", a1 - a0);
+    assert!(
+        b1 - b0 >= 100,
+        "gateway b carries zone a now: {} packets in 1 s at 200/s",
+        b1 - b0
+    );
+    assert!(
+        a1 - a0 <= 5,
+        "gateway a no longer does: {} packets",
+        a1 - a0
+    );
     let before = lab.stream_report(stream).await.unwrap();
     assert!(before.delivered >= 150, "{before:?}");
 
     // Detach the ENI the route points at: the route is a blackhole and the packets stop.
-    let att = lab.ec2().describe_network_interfaces().network_interface_ids(&b.eni_id).send().await.unwrap();
-    let attachment = att.network_interfaces()[0].attachment().unwrap().attachment_id().unwrap().to_string();
-    lab.ec2().detach_network_interface().attachment_id(attachment).send().await.unwrap();
-    assert_eq!(default_route(&lab, &a.route_table_id).await, (Some(b.eni_id.clone()), "blackhole".into()));
+    let att = lab
+        .ec2()
+        .describe_network_interfaces()
+        .network_interface_ids(&b.eni_id)
+        .send()
+        .await
+        .unwrap();
+    let attachment = att.network_interfaces()[0]
+        .attachment()
+        .unwrap()
+        .attachment_id()
+        .unwrap()
+        .to_string();
+    lab.ec2()
+        .detach_network_interface()
+        .attachment_id(attachment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        default_route(&lab, &a.route_table_id).await,
+        (Some(b.eni_id.clone()), "blackhole".into())
+    );
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
     let d0 = lab.stream_report(stream).await.unwrap().delivered;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let r = lab.stream_stop(stream).await.unwrap();
-    assert!(r.delivered - d0 <= 2, "at most the packets in flight land: {r:?} (was {d0})");
+    assert!(
+        r.delivered - d0 <= 2,
+        "at most the packets in flight land: {r:?} (was {d0})"
+    );
     assert!(r.lost >= 150, "a second of a 200/s stream is lost: {r:?}");
     assert!(r.longest_gap_ms >= 900.0, "{r:?}");
 }
@@ -110,24 +152,45 @@ async fn hang_stops_the_processes_and_the_traffic() {
     let (lab, sc) = lab_with(no_hooks()).await;
     let ia = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
     let ns = ia.ns.clone().unwrap();
-    let (pid, _) = lab.exec(&ia.instance_id, &["sleep", "300"], &[]).await.unwrap();
+    let (pid, _) = lab
+        .exec(&ia.instance_id, &["sleep", "300"], &[])
+        .await
+        .unwrap();
     let state = |pid: u32| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("?").to_string()
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
     };
-    wait_for(WAIT, "sleep running", || async { (state(pid) == "S").then_some(()) }).await.unwrap();
+    wait_for(WAIT, "sleep running", || async {
+        (state(pid) == "S").then_some(())
+    })
+    .await
+    .unwrap();
 
     lab.hang(&ia.instance_id).await.unwrap();
-    wait_for(WAIT, "sleep stopped", || async { (state(pid) == "T").then_some(()) }).await.unwrap();
+    wait_for(WAIT, "sleep stopped", || async {
+        (state(pid) == "T").then_some(())
+    })
+    .await
+    .unwrap();
     assert!(!api_reachable(&ns));
 
     lab.unhang(&ia.instance_id).await.unwrap();
-    wait_for(WAIT, "sleep running again", || async { (state(pid) == "S").then_some(()) }).await.unwrap();
+    wait_for(WAIT, "sleep running again", || async {
+        (state(pid) == "S").then_some(())
+    })
+    .await
+    .unwrap();
     assert!(api_reachable(&ns));
 
     // Terminating the instance kills what runs in it.
     lab.terminate(&ia.instance_id).await.unwrap();
-    wait_for(WAIT, "sleep killed", || async { (!gateway_lab::process_alive(pid)).then_some(()) })
-        .await
-        .unwrap();
+    wait_for(WAIT, "sleep killed", || async {
+        (!gateway_lab::process_alive(pid)).then_some(())
+    })
+    .await
+    .unwrap();
 }

@@ -15,18 +15,31 @@ async fn route_turns_blackhole_when_eni_detached_or_instance_stopped() {
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
 
     // Created while the ENI was detached: AWS reports blackhole, and so must the lab.
-    assert_eq!(default_route(&lab, &a.route_table_id).await, (Some(a.eni_id.clone()), "blackhole".into()));
+    assert_eq!(
+        default_route(&lab, &a.route_table_id).await,
+        (Some(a.eni_id.clone()), "blackhole".into())
+    );
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
 
     attach(&lab, &a.eni_id, &inst.instance_id).await;
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "active");
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, a.eni_id);
 
-    lab.ec2().stop_instances().instance_ids(&inst.instance_id).send().await.unwrap();
+    lab.ec2()
+        .stop_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "blackhole");
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
 
-    lab.ec2().start_instances().instance_ids(&inst.instance_id).send().await.unwrap();
+    lab.ec2()
+        .start_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "active");
 
     let att = lab
@@ -36,8 +49,19 @@ async fn route_turns_blackhole_when_eni_detached_or_instance_stopped() {
         .send()
         .await
         .unwrap();
-    let attachment_id = att.network_interfaces()[0].attachment().unwrap().attachment_id().unwrap().to_string();
-    lab.ec2().detach_network_interface().attachment_id(attachment_id).force(true).send().await.unwrap();
+    let attachment_id = att.network_interfaces()[0]
+        .attachment()
+        .unwrap()
+        .attachment_id()
+        .unwrap()
+        .to_string();
+    lab.ec2()
+        .detach_network_interface()
+        .attachment_id(attachment_id)
+        .force(true)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "blackhole");
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
 }
@@ -49,12 +73,26 @@ async fn terminating_an_instance_releases_its_persistent_eni() {
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
     attach(&lab, &a.eni_id, &inst.instance_id).await;
 
-    lab.ec2().terminate_instances().instance_ids(&inst.instance_id).send().await.unwrap();
+    lab.ec2()
+        .terminate_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .unwrap();
 
-    let out = lab.ec2().describe_network_interfaces().network_interface_ids(&a.eni_id).send().await.unwrap();
+    let out = lab
+        .ec2()
+        .describe_network_interfaces()
+        .network_interface_ids(&a.eni_id)
+        .send()
+        .await
+        .unwrap();
     let eni = &out.network_interfaces()[0];
     assert_eq!(eni.status().map(|s| s.as_str()), Some("available"));
-    assert!(eni.attachment().is_none(), "terminated holder must leave no attachment: {eni:?}");
+    assert!(
+        eni.attachment().is_none(),
+        "terminated holder must leave no attachment: {eni:?}"
+    );
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "blackhole");
 }
 
@@ -73,7 +111,11 @@ async fn create_route_never_overwrites_an_existing_destination() {
         .await
         .expect_err("the default route exists");
     assert_eq!(code(&err), "RouteAlreadyExists");
-    assert_eq!(default_route(&lab, &a.route_table_id).await.0, Some(a.eni_id.clone()), "left unchanged");
+    assert_eq!(
+        default_route(&lab, &a.route_table_id).await.0,
+        Some(a.eni_id.clone()),
+        "left unchanged"
+    );
 
     ec2.create_route()
         .route_table_id(&a.route_table_id)
@@ -113,10 +155,14 @@ async fn attach_network_interface_refuses_like_aws() {
                 .await
         }
     };
-    let err = try_attach(a.eni_id.clone(), ib.instance_id.clone(), 1).await.expect_err("in use");
+    let err = try_attach(a.eni_id.clone(), ib.instance_id.clone(), 1)
+        .await
+        .expect_err("in use");
     assert_eq!(code(&err), "InvalidNetworkInterface.InUse");
 
-    let err = try_attach(b.eni_id.clone(), ia.instance_id.clone(), 2).await.expect_err("other zone");
+    let err = try_attach(b.eni_id.clone(), ia.instance_id.clone(), 2)
+        .await
+        .expect_err("other zone");
     assert_eq!(code(&err), "InvalidParameterCombination");
 
     let spare = ec2
@@ -130,11 +176,19 @@ async fn attach_network_interface_refuses_like_aws() {
         .network_interface_id()
         .unwrap()
         .to_string();
-    let err = try_attach(spare.clone(), ia.instance_id.clone(), 1).await.expect_err("index taken");
+    let err = try_attach(spare.clone(), ia.instance_id.clone(), 1)
+        .await
+        .expect_err("index taken");
     assert_eq!(code(&err), "InvalidParameterValue");
 
-    ec2.terminate_instances().instance_ids(&ib.instance_id).send().await.unwrap();
-    let err = try_attach(b.eni_id.clone(), ib.instance_id.clone(), 1).await.expect_err("terminated");
+    ec2.terminate_instances()
+        .instance_ids(&ib.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let err = try_attach(b.eni_id.clone(), ib.instance_id.clone(), 1)
+        .await
+        .expect_err("terminated");
     assert_eq!(code(&err), "IncorrectInstanceState");
 }
 
@@ -146,7 +200,9 @@ async fn lifecycle_state(lab: &gateway_lab::Lab, instance: &str) -> Option<Strin
         .send()
         .await
         .expect("DescribeAutoScalingInstances");
-    out.auto_scaling_instances().first().and_then(|i| i.lifecycle_state().map(str::to_string))
+    out.auto_scaling_instances()
+        .first()
+        .and_then(|i| i.lifecycle_state().map(str::to_string))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -154,7 +210,10 @@ async fn launch_waits_in_pending_wait_until_completed() {
     let (lab, sc) = lab_with(ScenarioOptions::default()).await;
     let a = sc.zone("a");
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await.as_deref(), Some("Pending:Wait"));
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await.as_deref(),
+        Some("Pending:Wait")
+    );
     let asg = lab.autoscaling();
 
     let err = asg
@@ -177,8 +236,16 @@ async fn launch_waits_in_pending_wait_until_completed() {
         .await
         .expect_err("wrong instance");
     assert_eq!(err.code(), Some("ValidationError"));
-    assert!(err.message().unwrap_or("").contains("No active Lifecycle Action"), "{err:?}");
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await.as_deref(), Some("Pending:Wait"));
+    assert!(
+        err.message()
+            .unwrap_or("")
+            .contains("No active Lifecycle Action"),
+        "{err:?}"
+    );
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await.as_deref(),
+        Some("Pending:Wait")
+    );
 
     asg.complete_lifecycle_action()
         .auto_scaling_group_name(&a.asg_name)
@@ -188,13 +255,17 @@ async fn launch_waits_in_pending_wait_until_completed() {
         .send()
         .await
         .expect("CompleteLifecycleAction CONTINUE");
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await.as_deref(), Some("InService"));
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await.as_deref(),
+        Some("InService")
+    );
     let history = lab.lifecycle().await.unwrap();
     let done = history["history"].as_array().unwrap();
     assert!(
-        done.iter().any(|a| a["instance_id"] == inst.instance_id.as_str()
-            && a["result"] == "CONTINUE"
-            && a["how"] == "CompleteLifecycleAction"),
+        done.iter()
+            .any(|a| a["instance_id"] == inst.instance_id.as_str()
+                && a["result"] == "CONTINUE"
+                && a["how"] == "CompleteLifecycleAction"),
         "{history}"
     );
     // Completing twice is an error, as in AWS.
@@ -234,24 +305,51 @@ async fn heartbeat_timeout_applies_the_default_result_and_heartbeats_extend_it()
             .expect("RecordLifecycleActionHeartbeat");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(lifecycle_state(&lab, &first.instance_id).await.as_deref(), Some("Pending:Wait"));
+    assert_eq!(
+        lifecycle_state(&lab, &first.instance_id).await.as_deref(),
+        Some("Pending:Wait")
+    );
 
     // Then silence: ABANDON terminates it and the group launches a replacement.
     let replacement = wait_for(WAIT, "a replacement instance", || async {
-        lab.instance_in(&a.az).await.ok().filter(|i| i.instance_id != first.instance_id)
+        lab.instance_in(&a.az)
+            .await
+            .ok()
+            .filter(|i| i.instance_id != first.instance_id)
     })
     .await
     .unwrap();
-    let out = lab.ec2().describe_instances().instance_ids(&first.instance_id).send().await.unwrap();
-    let state = out.reservations()[0].instances()[0].state().unwrap().name().unwrap().as_str().to_string();
+    let out = lab
+        .ec2()
+        .describe_instances()
+        .instance_ids(&first.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let state = out.reservations()[0].instances()[0]
+        .state()
+        .unwrap()
+        .name()
+        .unwrap()
+        .as_str()
+        .to_string();
     assert_eq!(state, "terminated");
-    assert_eq!(lifecycle_state(&lab, &replacement.instance_id).await.as_deref(), Some("Pending:Wait"));
+    assert_eq!(
+        lifecycle_state(&lab, &replacement.instance_id)
+            .await
+            .as_deref(),
+        Some("Pending:Wait")
+    );
     let history = lab.lifecycle().await.unwrap();
     assert!(
-        history["history"].as_array().unwrap().iter().any(|h| h["instance_id"] == first.instance_id.as_str()
-            && h["result"] == "ABANDON"
-            && h["how"] == "HeartbeatTimeout"
-            && h["heartbeats"].as_u64() == Some(7)),
+        history["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["instance_id"] == first.instance_id.as_str()
+                && h["result"] == "ABANDON"
+                && h["how"] == "HeartbeatTimeout"
+                && h["heartbeats"].as_u64() == Some(7)),
         "{history}"
     );
 }
@@ -281,10 +379,20 @@ async fn termination_waits_in_terminating_wait_and_imds_says_terminated() {
         .send()
         .await
         .expect("TerminateInstanceInAutoScalingGroup");
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await.as_deref(), Some("Terminating:Wait"));
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await.as_deref(),
+        Some("Terminating:Wait")
+    );
     let still = lab.instances().await.unwrap();
-    assert!(still.iter().any(|i| i.instance_id == inst.instance_id && i.state == "running"));
-    let target = crate::imds::get(inst.ns.as_deref().unwrap(), "/latest/meta-data/autoscaling/target-lifecycle-state");
+    assert!(
+        still
+            .iter()
+            .any(|i| i.instance_id == inst.instance_id && i.state == "running")
+    );
+    let target = crate::imds::get(
+        inst.ns.as_deref().unwrap(),
+        "/latest/meta-data/autoscaling/target-lifecycle-state",
+    );
     assert_eq!(target, (200, "Terminated".to_string()));
 
     asg.complete_lifecycle_action()
@@ -298,13 +406,19 @@ async fn termination_waits_in_terminating_wait_and_imds_says_terminated() {
     let gone = wait_for(WAIT, "the instance terminated and replaced", || async {
         let all = lab.instances().await.ok()?;
         let old = all.iter().find(|i| i.instance_id == inst.instance_id)?;
-        let new = all.iter().find(|i| i.instance_id != inst.instance_id && i.state == "running")?;
+        let new = all
+            .iter()
+            .find(|i| i.instance_id != inst.instance_id && i.state == "running")?;
         (old.state == "terminated").then(|| new.clone())
     })
     .await
     .unwrap();
     assert_eq!(gone.lifecycle_state.as_deref(), Some("Pending:Wait"));
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await, None, "left the group");
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await,
+        None,
+        "left the group"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,14 +437,26 @@ async fn unhealthy_instance_is_replaced_through_the_termination_hook() {
         .send()
         .await
         .unwrap();
-    assert_eq!(lifecycle_state(&lab, &inst.instance_id).await.as_deref(), Some("Terminating:Wait"));
-    let out = lab.autoscaling().describe_auto_scaling_groups().auto_scaling_group_names(&a.asg_name).send().await.unwrap();
+    assert_eq!(
+        lifecycle_state(&lab, &inst.instance_id).await.as_deref(),
+        Some("Terminating:Wait")
+    );
+    let out = lab
+        .autoscaling()
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&a.asg_name)
+        .send()
+        .await
+        .unwrap();
     let states: Vec<LifecycleState> = out.auto_scaling_groups()[0]
         .instances()
         .iter()
         .filter_map(|i| i.lifecycle_state().cloned())
         .collect();
-    assert!(states.contains(&LifecycleState::PendingWait), "a replacement is launching: {states:?}");
+    assert!(
+        states.contains(&LifecycleState::PendingWait),
+        "a replacement is launching: {states:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -339,7 +465,12 @@ async fn unsupported_filter_is_an_aws_error_not_a_500() {
     let err = lab
         .ec2_with_attempts(1)
         .describe_route_tables()
-        .filters(aws_sdk_ec2::types::Filter::builder().name("no-such-filter").values("x").build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("no-such-filter")
+                .values("x")
+                .build(),
+        )
         .send()
         .await
         .expect_err("an unknown filter");
@@ -352,9 +483,15 @@ async fn fault_injection_throttles_fails_and_delays_on_demand() {
     let (lab, sc) = lab_with(no_hooks()).await;
     let a = sc.zone("a");
     let once = lab.ec2_with_attempts(1);
-    lab.inject(&Fault { action: Some("ReplaceRoute".into()), kind: "throttle".into(), count: Some(2), latency_ms: 0, status: None })
-        .await
-        .unwrap();
+    lab.inject(&Fault {
+        action: Some("ReplaceRoute".into()),
+        kind: "throttle".into(),
+        count: Some(2),
+        latency_ms: 0,
+        status: None,
+    })
+    .await
+    .unwrap();
     let replace = || {
         once.replace_route()
             .route_table_id(&a.route_table_id)
@@ -369,16 +506,37 @@ async fn fault_injection_throttles_fails_and_delays_on_demand() {
     replace().await.expect("the third call passes");
 
     // A burst of two 503s is absorbed by the SDK's standard retry (3 attempts).
-    lab.inject(&Fault { action: Some("DescribeRouteTables".into()), kind: "5xx".into(), count: Some(2), latency_ms: 0, status: None })
+    lab.inject(&Fault {
+        action: Some("DescribeRouteTables".into()),
+        kind: "5xx".into(),
+        count: Some(2),
+        latency_ms: 0,
+        status: None,
+    })
+    .await
+    .unwrap();
+    lab.ec2()
+        .describe_route_tables()
+        .send()
         .await
-        .unwrap();
-    lab.ec2().describe_route_tables().send().await.expect("retried through the 5xx burst");
+        .expect("retried through the 5xx burst");
 
-    lab.inject(&Fault { action: Some("DescribeAutoScalingGroups".into()), kind: "throttle".into(), count: Some(1), latency_ms: 0, status: None })
-        .await
-        .unwrap();
-    let asg = lab.autoscaling().config().to_builder()
-        .retry_config(aws_sdk_autoscaling::config::retry::RetryConfig::standard().with_max_attempts(1))
+    lab.inject(&Fault {
+        action: Some("DescribeAutoScalingGroups".into()),
+        kind: "throttle".into(),
+        count: Some(1),
+        latency_ms: 0,
+        status: None,
+    })
+    .await
+    .unwrap();
+    let asg = lab
+        .autoscaling()
+        .config()
+        .to_builder()
+        .retry_config(
+            aws_sdk_autoscaling::config::retry::RetryConfig::standard().with_max_attempts(1),
+        )
         .build();
     let err = aws_sdk_autoscaling::Client::from_conf(asg)
         .describe_auto_scaling_groups()
@@ -387,10 +545,19 @@ async fn fault_injection_throttles_fails_and_delays_on_demand() {
         .expect_err("throttled");
     assert_eq!(err.code(), Some("Throttling"));
 
-    lab.inject(&Fault { action: Some("DescribeVpcs".into()), kind: "latency".into(), count: Some(1), latency_ms: 300, status: None })
-        .await
-        .unwrap();
+    lab.inject(&Fault {
+        action: Some("DescribeVpcs".into()),
+        kind: "latency".into(),
+        count: Some(1),
+        latency_ms: 300,
+        status: None,
+    })
+    .await
+    .unwrap();
     let t = std::time::Instant::now();
     once.describe_vpcs().send().await.expect("slow but fine");
-    assert!(t.elapsed() >= Duration::from_millis(300), "the injected latency was applied");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "the injected latency was applied"
+    );
 }

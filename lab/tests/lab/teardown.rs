@@ -9,7 +9,10 @@ use crate::{WAIT, lab_with, no_hooks, require_root};
 
 fn leftovers(lab_id: &str) -> Vec<String> {
     let prefix = format!("gl-{lab_id}-");
-    netns_list().into_iter().filter(|n| n.starts_with(&prefix)).collect()
+    netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 fn alive(pid: u32) -> bool {
@@ -18,7 +21,10 @@ fn alive(pid: u32) -> bool {
 
 /// Interfaces in the host's own namespace: the lab must never add any.
 fn host_links() -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["-o", "link", "show"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap();
     let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(':').nth(1).map(|s| s.trim().to_string()))
@@ -32,11 +38,18 @@ async fn dropping_a_lab_removes_everything_it_made() {
     let host_before = host_links();
     let (lab, sc) = lab_with(no_hooks()).await;
     let inst = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
-    let (pid, _) = lab.exec(&inst.instance_id, &["sleep", "300"], &[]).await.unwrap();
+    let (pid, _) = lab
+        .exec(&inst.instance_id, &["sleep", "300"], &[])
+        .await
+        .unwrap();
     let id = lab.lab_id().to_string();
     let labd = lab.info.pid;
     let run_dir = lab.info.run_dir.clone();
-    assert!(leftovers(&id).len() >= 7, "router, internet, park, 2 clients, 2 instances: {:?}", leftovers(&id));
+    assert!(
+        leftovers(&id).len() >= 7,
+        "router, internet, park, 2 clients, 2 instances: {:?}",
+        leftovers(&id)
+    );
     assert!(alive(pid) && alive(labd));
 
     drop(lab);
@@ -44,7 +57,11 @@ async fn dropping_a_lab_removes_everything_it_made() {
     assert!(!alive(labd), "labd exited");
     assert!(!alive(pid), "processes in instances are killed");
     assert!(!Path::new(&run_dir).exists(), "{run_dir} removed");
-    assert_eq!(host_links(), host_before, "no interface left in the host namespace");
+    assert_eq!(
+        host_links(),
+        host_before,
+        "no interface left in the host namespace"
+    );
 }
 
 #[test]
@@ -84,7 +101,10 @@ async fn a_killed_labd_is_cleaned_up_by_down_all() {
     })
     .await
     .unwrap();
-    assert!(!leftovers(&id).is_empty(), "a SIGKILLed labd leaves its namespaces");
+    assert!(
+        !leftovers(&id).is_empty(),
+        "a SIGKILLed labd leaves its namespaces"
+    );
     assert!(cleanup_stale() >= 3);
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
 }

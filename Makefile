@@ -1,0 +1,46 @@
+# gateway-agent: the two commands of the README, and the rest.
+#   make demo    the two-zone lab demo (as root)
+#   make test    install what the tests need, then lint and run every test (as root)
+#   make bench   the benchmarks' figures
+
+CACHE ?= $(HOME)/.cache/gateway-agent
+# Kept outside the clone so CI's fresh clones reuse the build; a fresh machine just builds it.
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+export GATEWAY_LAB_PYTHON ?= $(CACHE)/venv/bin/python
+CARGO ?= cargo
+# Two cores: two lab tests at a time keep the machine responsive and the timings honest.
+TEST_THREADS ?= 2
+
+.PHONY: all setup build demo test lint unit lab-test bench clean-lab
+
+all: build
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(CARGO) build --workspace --locked
+
+demo: setup build
+	$(CARGO_TARGET_DIR)/debug/gwlab demo --agent $(CARGO_TARGET_DIR)/debug/gateway-agent
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --locked --lib --bins
+
+lab-test: clean-lab
+	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
+
+test: setup lint
+	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
+	$(MAKE) --no-print-directory clean-lab
+
+bench: setup build
+	$(CARGO_TARGET_DIR)/debug/gwlab bench
+
+# Remove what a killed lab left behind (namespaces, run dirs); never touches a live lab.
+clean-lab:
+	@$(CARGO) run -q -p gateway-lab --bin gwlab -- down --all
