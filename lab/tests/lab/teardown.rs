@@ -108,3 +108,32 @@ async fn a_killed_labd_is_cleaned_up_by_down_all() {
     assert!(cleanup_stale() >= 3);
     assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_returns_to_an_empty_lab_that_can_be_built_again() {
+    let (mut lab, sc) = lab_with(no_hooks()).await;
+    let first = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
+    let id = lab.lab_id().to_string();
+    lab.reset().await.unwrap();
+    assert!(lab.instances().await.unwrap().is_empty(), "moto is empty");
+    let mut left = leftovers(&id);
+    left.sort();
+    let mut base = vec![
+        format!("gl-{id}-inet"),
+        format!("gl-{id}-park"),
+        format!("gl-{id}-rtr"),
+    ];
+    base.sort();
+    assert_eq!(left, base, "only the lab's own namespaces remain");
+
+    let sc = lab
+        .scenario(&no_hooks())
+        .await
+        .expect("a new scenario after reset");
+    let again = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
+    assert_ne!(again.instance_id, first.instance_id);
+    assert_eq!(
+        crate::kernel_default(&lab, &sc.zone("a").route_table_id).await,
+        "blackhole"
+    );
+}
