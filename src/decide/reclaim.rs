@@ -1,0 +1,210 @@
+//! Reclaiming this zone's route tables: every managed destination must point at our ENI.
+
+use std::fmt;
+
+/// What a route currently points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Eni(String),
+    /// An internet/NAT/transit gateway, peering, instance...: a third party's route.
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFact {
+    pub destination: String,
+    pub target: Target,
+    pub blackhole: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFact {
+    pub id: String,
+    pub routes: Vec<RouteFact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Replace,
+}
+
+/// One route write, with the reason logged beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteIntent {
+    pub table: String,
+    pub destination: String,
+    pub op: Op,
+    pub reason: String,
+}
+
+impl fmt::Display for RouteIntent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = match self.op {
+            Op::Create => "create",
+            Op::Replace => "replace",
+        };
+        write!(
+            f,
+            "{verb} route {} in {}: {}",
+            self.destination, self.table, self.reason
+        )
+    }
+}
+
+/// A route we leave alone, and why (logged; an operator may have a reason for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub table: String,
+    pub destination: String,
+    pub reason: String,
+}
+
+/// The writes that make every managed destination of `tables` point at `own_eni`.
+///
+/// A route held by another ENI (a peer that took over while we were gone, or a dead gateway's
+/// ENI) is ours to take back; a blackhole is always replaced; a route to something that is not an
+/// ENI belongs to someone else and is skipped, never overwritten.
+pub fn reclaim(
+    own_eni: &str,
+    destinations: &[String],
+    tables: &[TableFact],
+) -> (Vec<RouteIntent>, Vec<Skipped>) {
+    let mut intents = Vec::new();
+    let mut skipped = Vec::new();
+    for table in tables {
+        for dest in destinations {
+            let Some(route) = table.routes.iter().find(|r| &r.destination == dest) else {
+                intents.push(RouteIntent {
+                    table: table.id.clone(),
+                    destination: dest.clone(),
+                    op: Op::Create,
+                    reason: "missing".into(),
+                });
+                continue;
+            };
+            let reason = match &route.target {
+                Target::Eni(id) if id == own_eni && !route.blackhole => continue,
+                Target::Eni(id) if id == own_eni => {
+                    "points at our ENI but reads blackhole".to_string()
+                }
+                Target::Eni(id) if route.blackhole => format!("blackhole via {id}"),
+                Target::Eni(id) => format!("held by {id}"),
+                Target::Other(_) if route.blackhole => "blackhole".to_string(),
+                Target::Other(other) => {
+                    skipped.push(Skipped {
+                        table: table.id.clone(),
+                        destination: dest.clone(),
+                        reason: format!("points at {other}, not a gateway ENI: left alone"),
+                    });
+                    continue;
+                }
+            };
+            intents.push(RouteIntent {
+                table: table.id.clone(),
+                destination: dest.clone(),
+                op: Op::Replace,
+                reason,
+            });
+        }
+    }
+    (intents, skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(dest: &str, target: Target, blackhole: bool) -> RouteFact {
+        RouteFact {
+            destination: dest.into(),
+            target,
+            blackhole,
+        }
+    }
+
+    fn eni(id: &str) -> Target {
+        Target::Eni(id.into())
+    }
+
+    #[test]
+    fn table() {
+        let dests = vec!["0.0.0.0/0".to_string(), "10.50.0.0/16".to_string()];
+        // (name, routes, expected writes, expected skipped count)
+        type Case<'a> = (&'a str, Vec<RouteFact>, Vec<(&'a str, Op)>, usize);
+        let cases: Vec<Case> = vec![
+            (
+                "already ours: nothing to do",
+                vec![
+                    route("0.0.0.0/0", eni("eni-me"), false),
+                    route("10.50.0.0/16", eni("eni-me"), false),
+                ],
+                vec![],
+                0,
+            ),
+            (
+                "held by the peer that covered for us",
+                vec![
+                    route("0.0.0.0/0", eni("eni-peer"), false),
+                    route("10.50.0.0/16", eni("eni-me"), false),
+                ],
+                vec![("0.0.0.0/0", Op::Replace)],
+                0,
+            ),
+            (
+                "blackhole via our own detached ENI, and a missing route",
+                vec![route("0.0.0.0/0", eni("eni-me"), true)],
+                vec![("0.0.0.0/0", Op::Replace), ("10.50.0.0/16", Op::Create)],
+                0,
+            ),
+            (
+                "a NAT gateway route is someone else's",
+                vec![
+                    route("0.0.0.0/0", Target::Other("nat-1".into()), false),
+                    route("10.50.0.0/16", eni("eni-old"), true),
+                ],
+                vec![("10.50.0.0/16", Op::Replace)],
+                1,
+            ),
+            (
+                "a blackholed foreign route is dead anyway",
+                vec![
+                    route("0.0.0.0/0", Target::Other("nat-1".into()), true),
+                    route("10.50.0.0/16", eni("eni-me"), false),
+                ],
+                vec![("0.0.0.0/0", Op::Replace)],
+                0,
+            ),
+        ];
+        for (name, routes, want, want_skipped) in cases {
+            let tables = vec![TableFact {
+                id: "rtb-1".into(),
+                routes,
+            }];
+            let (intents, skipped) = reclaim("eni-me", &dests, &tables);
+            let got: Vec<(&str, Op)> = intents
+                .iter()
+                .map(|i| (i.destination.as_str(), i.op.clone()))
+                .collect();
+            assert_eq!(got, want, "{name}");
+            assert_eq!(skipped.len(), want_skipped, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_table_of_the_zone_is_covered() {
+        let dests = vec!["0.0.0.0/0".to_string()];
+        let tables: Vec<TableFact> = (0..3)
+            .map(|i| TableFact {
+                id: format!("rtb-{i}"),
+                routes: vec![route("0.0.0.0/0", eni("eni-peer"), false)],
+            })
+            .collect();
+        let (intents, _) = reclaim("eni-me", &dests, &tables);
+        assert_eq!(intents.len(), 3);
+        assert_eq!(
+            intents[2].to_string(),
+            "replace route 0.0.0.0/0 in rtb-2: held by eni-peer"
+        );
+    }
+}

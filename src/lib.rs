@@ -1,0 +1,42 @@
+//! # gateway-agent
+//!
+//! A daemon that runs on every NAT/VPN gateway instance of a VPC, one gateway per availability
+//! zone, and keeps each zone's traffic flowing when a gateway fails.
+//!
+//! ## The problem
+//! Each zone's private route tables send their default route (and, for VPN, on-premises
+//! prefixes) to that zone's gateway. A route cannot target a load balancer, so it targets a
+//! *persistent ENI*: a network interface that outlives instances. Each gateway runs in a
+//! single-instance Auto Scaling group; when it dies, the group takes minutes to rebuild it, and
+//! meanwhile the route points at a detached ENI: a black hole.
+//!
+//! ## The life of one gateway
+//! 1. **Boot** (systemd `Type=notify`): read identity from IMDSv2; claim the zone's persistent
+//!    ENI; configure the kernel (addresses, policy routing, forwarding) with netlink; check its
+//!    own uplink; point its zone's routes at its ENI; complete the ASG launch lifecycle action;
+//!    `READY=1`.
+//! 2. **Run**: probe peer gateways (ICMP and their `/health`) and its own uplink; demote itself
+//!    when unhealthy; repair kernel drift; pet the systemd watchdog.
+//! 3. **Take over** a dead peer's zone, only when the death is confirmed through the EC2 API (a
+//!    lease tag the peer stopped renewing, or the instance or ENI gone), this gateway is healthy,
+//!    and it is the peer's designated successor, so exactly one gateway acts.
+//! 4. **Hand back** when the peer recovers: it reclaims its own routes at boot.
+//! 5. **Planned exits** (scale-in, spot interruption, `systemctl stop`) hand routes to the
+//!    successor before the instance goes.
+//!
+//! ## What exists today
+//! The skeleton: [`config`] (strict TOML), [`imds`] (IMDSv2 client), [`systemd`]
+//! (notifications) and [`agent`], which reads the instance's identity, reports ready and waits
+//! to be stopped. It does not claim ENIs or change routes yet. [`netconf`] holds the kernel
+//! configuration (desired state, diff, apply) the run loop will drive.
+//!
+//! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes.
+
+pub mod agent;
+pub mod cli;
+pub mod cloud;
+pub mod config;
+pub mod decide;
+pub mod imds;
+pub mod netconf;
+pub mod systemd;

@@ -1,0 +1,120 @@
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway_agent::cli::{Cli, Command};
+use gateway_agent::config::Config;
+use gateway_agent::{agent, imds};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Process exit codes. Units and scripts depend on them: never renumber, only add.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Ok = 0,
+    /// Anything not listed below.
+    Other = 1,
+    /// Bad command line (clap exits 2 itself) or bad config: restarting cannot fix it, so the
+    /// unit sets `RestartPreventExitStatus=2`.
+    Config = 2,
+    /// IMDS answered, but not usefully (refused the token, lacks required metadata).
+    Imds = 3,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let exit = match cli.command {
+        Command::Version => {
+            println!("gateway-agent {}", env!("CARGO_PKG_VERSION"));
+            Exit::Ok
+        }
+        Command::CheckConfig(arg) => check_config(&arg.path()),
+        Command::Run(arg) => run(&arg.path()).await,
+    };
+    exit.into()
+}
+
+fn check_config(path: &Path) -> Exit {
+    match Config::load(path) {
+        Ok(_) => {
+            println!("config OK: {}", path.display());
+            Exit::Ok
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            Exit::Config
+        }
+    }
+}
+
+async fn run(path: &Path) -> Exit {
+    // The config names the log level, so it is read before logging exists; its errors go to
+    // stderr, which systemd also puts in the journal.
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Exit::Config;
+        }
+    };
+    init_logging(config.log.level.trim());
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
+    match agent::run(config).await {
+        Ok(()) => Exit::Ok,
+        Err(error) => {
+            tracing::error!("{error}");
+            match error {
+                agent::Error::Imds(imds::Error::Client(_)) => Exit::Other,
+                agent::Error::Imds(_) => Exit::Imds,
+                agent::Error::Signal { .. } => Exit::Other,
+            }
+        }
+    }
+}
+
+/// `RUST_LOG` wins over `log.level`, for a one-off debug session without editing the config.
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let registry = tracing_subscriber::registry().with(filter);
+    // Under journald, structured fields go to the journal natively; writing stderr as well
+    // would log every line twice, since stderr is that same journal stream.
+    let journald = stderr_is_journal()
+        .then(|| tracing_journald::layer().ok())
+        .flatten();
+    // Fails only if a subscriber is already set, and then that one keeps logging.
+    let _ = match journald {
+        Some(journald) => registry.with(journald).try_init(),
+        None => registry
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
+    };
+}
+
+/// systemd sets `JOURNAL_STREAM=dev:inode` for the service's stderr; children inherit the
+/// variable, so it counts only if our stderr is still that stream.
+fn stderr_is_journal() -> bool {
+    let Some(expected) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| expected.to_str() == Some(format!("{}:{}", m.dev(), m.ino()).as_str()))
+}
