@@ -1,0 +1,29 @@
+# gateway-agent %post ($1: 1 = first install, >= 2 = upgrade). Hand-written equivalent of
+# %systemd_post / %systemd_postun_with_restart (cargo-generate-rpm expands no macros).
+#
+# First install follows the RPM distributions' rule: the distribution preset decides whether a
+# new service is enabled and nothing is started; the admin runs
+# `systemctl enable --now gateway-agent` once the config is set.
+#
+# Upgrade: restart into the new binary without moving routes. While
+# /run/gateway-agent/restart exists, a SIGTERM makes the agent exit WITHOUT handing its routes
+# to a peer, and the new process adopts the state as it finds it; a plain restart would be a
+# planned exit, every route moved to the successor and back for nothing. This runs here, in the
+# NEW package's %post (its files are already in place), rather than in %postun, which is the
+# OLD package's script and could not know a newer agent's restart protocol.
+# /run/gateway-agent exists only while the service runs (RuntimeDirectory=); try-restart does
+# nothing when it is stopped; the marker is removed in every case so that a later real stop
+# still hands its routes over.
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload >/dev/null 2>&1 || :
+    if [ "$1" -eq 1 ]; then
+        systemctl --no-reload preset gateway-agent.service >/dev/null 2>&1 || :
+    else
+        if [ -d /run/gateway-agent ]; then
+            touch /run/gateway-agent/restart || :
+        fi
+        systemctl try-restart gateway-agent.service >/dev/null 2>&1 || :
+        rm -f /run/gateway-agent/restart
+    fi
+fi
+exit 0
