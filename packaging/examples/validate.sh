@@ -9,7 +9,7 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${GATEWAY_AGENT_CACHE:-$HOME/.cache/gateway-agent}
-VENV=$CACHE/cfn-venv
+VENV=$CACHE/pytools-venv
 CFN_LINT_VERSION=1.58.0
 
 if [ "$("$VENV/bin/cfn-lint" --version 2>/dev/null)" != "cfn-lint $CFN_LINT_VERSION" ]; then
