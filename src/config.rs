@@ -12,27 +12,55 @@
 //!
 //! # Keys and defaults
 //!
-//! The defaults live in the constants below and nowhere else.
+//! The defaults live in the constants below and nowhere else. Everything but `version` and
+//! `group.name` is optional: the zone's ENI and route tables are found by their tags
+//! (`gateway-agent:group = <group.name>`, `gateway-agent:zone = <availability zone>`).
 //!
-//! | key               | default                       | meaning                                |
-//! |-------------------|-------------------------------|----------------------------------------|
-//! | `version`         | required, must be [`VERSION`] | format of this file                    |
-//! | `group.name`      | required                      | the gateway group of this instance     |
-//! | `imds.endpoint`   | [`DEFAULT_IMDS_ENDPOINT`]     | IMDS base URL (tests point elsewhere)  |
-//! | `imds.timeout_ms` | [`DEFAULT_IMDS_TIMEOUT_MS`]   | overall deadline of one IMDS call      |
-//! | `log.level`       | [`DEFAULT_LOG_LEVEL`]         | tracing filter; `RUST_LOG` overrides   |
+//! | key                           | default                          | meaning                                         |
+//! |-------------------------------|----------------------------------|-------------------------------------------------|
+//! | `version`                     | required, must be [`VERSION`]    | format of this file                             |
+//! | `group.name`                  | required                         | the gateway group of this instance              |
+//! | `eni.ids`                     | `{}` (find by tags)              | zone → persistent ENI ID, e.g. `{ "us-east-1a" = "eni-0123" }` |
+//! | `eni.device_index`            | [`DEFAULT_DEVICE_INDEX`]         | device index the ENI is attached at             |
+//! | `routes.destinations`         | [`DEFAULT_DESTINATIONS`]         | managed destinations (IPv4/IPv6 CIDRs)          |
+//! | `routes.tables`               | `{}` (find by tags)              | zone → route table IDs                          |
+//! | `kernel.table`                | [`netconf::DEFAULT_TABLE`]       | policy-routing table of the ENI                 |
+//! | `kernel.rule_priority`        | [`netconf::DEFAULT_RULE_PRIORITY`] | priority of the `from <eni address>` rules    |
+//! | `kernel.ipv4_forwarding`      | `true`                           | set `net.ipv4.ip_forward = 1`                   |
+//! | `kernel.ipv6_forwarding`      | `false`                          | set `net.ipv6.conf.all.forwarding = 1`          |
+//! | `kernel.reconcile_interval_ms`| [`DEFAULT_RECONCILE_INTERVAL_MS`] | how often kernel drift is repaired             |
+//! | `self_check.icmp_targets`     | `[]` (uplink not probed)         | IPv4 addresses that must answer ping            |
+//! | `self_check.units`            | `[]`                             | systemd units that must be active               |
+//! | `self_check.timeout_ms`       | [`DEFAULT_SELF_CHECK_TIMEOUT_MS`] | wait for one echo reply                        |
+//! | `self_check.attempts`         | [`DEFAULT_SELF_CHECK_ATTEMPTS`]  | a target passes if any of this many answers     |
+//! | `lifecycle.launch_hook`       | found in the group               | name of the ASG's launch lifecycle hook         |
+//! | `lifecycle.heartbeat_interval_s` | [`DEFAULT_HEARTBEAT_INTERVAL_S`] | heartbeat period while boot is in progress  |
+//! | `boot.timeout_s`              | [`DEFAULT_BOOT_TIMEOUT_S`]       | the whole boot, IMDS wait included              |
+//! | `boot.attach_timeout_s`       | [`DEFAULT_ATTACH_TIMEOUT_S`]     | claim of the ENI until the kernel shows it      |
+//! | `aws.endpoint`                | none (`AWS_ENDPOINT_URL`, else AWS) | EC2/Auto Scaling endpoint override          |
+//! | `imds.endpoint`               | [`DEFAULT_IMDS_ENDPOINT`]        | IMDS base URL (tests point elsewhere)           |
+//! | `imds.timeout_ms`             | [`DEFAULT_IMDS_TIMEOUT_MS`]      | overall deadline of one IMDS call               |
+//! | `log.level`                   | [`DEFAULT_LOG_LEVEL`]            | tracing filter; `RUST_LOG` overrides            |
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::netconf;
+
 /// The only file format this agent reads; bumped when a change could be misread by an old agent.
 pub const VERSION: u32 = 1;
 /// Where systemd's unit and the packages put the file.
 pub const DEFAULT_PATH: &str = "/etc/gateway-agent/config.toml";
+/// The tag key naming a resource's gateway group.
+pub const GROUP_TAG: &str = "gateway-agent:group";
+/// The tag key naming a resource's availability zone.
+pub const ZONE_TAG: &str = "gateway-agent:zone";
 /// The link-local IMDS address every EC2 instance answers on (IPv6: `http://[fd00:ec2::254]`).
 pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 /// IMDS answers in milliseconds on a healthy instance; 2 s leaves room for a few retries while
@@ -42,12 +70,46 @@ pub const DEFAULT_IMDS_TIMEOUT_MS: u64 = 2000;
 pub const MAX_IMDS_TIMEOUT_MS: u64 = 60_000;
 /// Transitions and identity at `info`; per-probe detail stays at `debug`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Device index 0 is the primary interface; the persistent ENI is the first secondary one.
+pub const DEFAULT_DEVICE_INDEX: u32 = 1;
+/// Small instance types take 2 to 4 interfaces; 15 is the largest count any type allows.
+pub const MAX_DEVICE_INDEX: u32 = 15;
+/// A NAT gateway carries the default route; VPN users add their on-premises prefixes.
+pub const DEFAULT_DESTINATIONS: &[&str] = &["0.0.0.0/0"];
+/// amazon-ec2-net-utils refreshes interfaces every few minutes; repairing within 5 s keeps a
+/// lost rule from stranding reply traffic for long, for one netlink dump per interval.
+pub const DEFAULT_RECONCILE_INTERVAL_MS: u64 = 5000;
+/// One echo round trip on the uplink takes milliseconds; a second means the path is broken.
+pub const DEFAULT_SELF_CHECK_TIMEOUT_MS: u64 = 1000;
+/// One lost packet must not fail a boot: a target passes if any of three echoes answers.
+pub const DEFAULT_SELF_CHECK_ATTEMPTS: u32 = 3;
+/// Well under the shortest lifecycle-hook heartbeat timeout AWS allows (30 s).
+pub const DEFAULT_HEARTBEAT_INTERVAL_S: u64 = 10;
+/// Under the unit's `TimeoutStartSec=300s`, so the agent ABANDONs with a reason before systemd
+/// kills it without one.
+pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 240;
+/// Detaching from a dead holder plus attaching takes 5–20 s on EC2; a minute covers a slow one.
+pub const DEFAULT_ATTACH_TIMEOUT_S: u64 = 60;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
     pub group: Group,
+    #[serde(default)]
+    pub eni: Eni,
+    #[serde(default)]
+    pub routes: Routes,
+    #[serde(default)]
+    pub kernel: Kernel,
+    #[serde(default)]
+    pub self_check: SelfCheck,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
+    pub aws: Aws,
     #[serde(default)]
     pub imds: Imds,
     #[serde(default)]
@@ -59,6 +121,156 @@ pub struct Config {
 pub struct Group {
     /// The gateway group tag value: gateways with the same name back each other up.
     pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Eni {
+    /// Zone → ENI ID; a zone not listed finds its ENI by tags.
+    pub ids: BTreeMap<String, String>,
+    pub device_index: u32,
+}
+
+impl Default for Eni {
+    fn default() -> Self {
+        Self {
+            ids: BTreeMap::new(),
+            device_index: DEFAULT_DEVICE_INDEX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Routes {
+    pub destinations: Vec<String>,
+    /// Zone → route table IDs; a zone not listed finds its tables by tags.
+    pub tables: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            destinations: DEFAULT_DESTINATIONS.iter().map(|d| d.to_string()).collect(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kernel {
+    pub table: u32,
+    pub rule_priority: u32,
+    pub ipv4_forwarding: bool,
+    pub ipv6_forwarding: bool,
+    pub reconcile_interval_ms: u64,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            table: netconf::DEFAULT_TABLE,
+            rule_priority: netconf::DEFAULT_RULE_PRIORITY,
+            ipv4_forwarding: true,
+            ipv6_forwarding: false,
+            reconcile_interval_ms: DEFAULT_RECONCILE_INTERVAL_MS,
+        }
+    }
+}
+
+impl Kernel {
+    pub fn reconcile_interval(&self) -> Duration {
+        Duration::from_millis(self.reconcile_interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SelfCheck {
+    pub icmp_targets: Vec<String>,
+    pub units: Vec<String>,
+    pub timeout_ms: u64,
+    pub attempts: u32,
+}
+
+impl Default for SelfCheck {
+    fn default() -> Self {
+        Self {
+            icmp_targets: Vec::new(),
+            units: Vec::new(),
+            timeout_ms: DEFAULT_SELF_CHECK_TIMEOUT_MS,
+            attempts: DEFAULT_SELF_CHECK_ATTEMPTS,
+        }
+    }
+}
+
+impl SelfCheck {
+    /// The targets, parsed (validation already refused anything else).
+    pub fn targets(&self) -> Vec<Ipv4Addr> {
+        self.icmp_targets
+            .iter()
+            .filter_map(|t| t.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lifecycle {
+    pub launch_hook: Option<String>,
+    pub heartbeat_interval_s: u64,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            launch_hook: None,
+            heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Boot {
+    pub timeout_s: u64,
+    pub attach_timeout_s: u64,
+}
+
+impl Default for Boot {
+    fn default() -> Self {
+        Self {
+            timeout_s: DEFAULT_BOOT_TIMEOUT_S,
+            attach_timeout_s: DEFAULT_ATTACH_TIMEOUT_S,
+        }
+    }
+}
+
+impl Boot {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
+    }
+
+    pub fn attach_timeout(&self) -> Duration {
+        Duration::from_secs(self.attach_timeout_s)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Aws {
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -95,6 +307,39 @@ impl Default for Log {
             level: DEFAULT_LOG_LEVEL.to_owned(),
         }
     }
+}
+
+/// A CIDR as AWS writes it, checked: `Err` explains what is wrong and gives the canonical form
+/// when only host bits are set.
+pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err("is not a CIDR (address/prefix length), e.g. \"0.0.0.0/0\"".to_owned());
+    };
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix length {len:?} is not 0 to {max}"))?;
+    let network = match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
+        }
+    };
+    if network != addr {
+        return Err(format!(
+            "has host bits set; AWS wants the network address: \"{network}/{len}\""
+        ));
+    }
+    Ok((addr, len))
 }
 
 /// One problem with one key, phrased as `key: what is wrong; how to fix it`.
@@ -203,6 +448,211 @@ impl Config {
                     .to_owned(),
             );
         }
+        for (zone, id) in &self.eni.ids {
+            if zone.trim().is_empty() {
+                fail("eni.ids", "has an empty zone name; key each ENI by its availability zone, e.g. { \"us-east-1a\" = \"eni-0123456789abcdef0\" }".to_owned());
+            }
+            if !is_aws_id(id, "eni") {
+                fail(
+                    "eni.ids",
+                    format!(
+                        "{zone} = {id:?} is not an ENI ID; use the eni-... ID of that zone's persistent ENI, or remove the entry to find it by tags"
+                    ),
+                );
+            }
+        }
+        if !(1..=MAX_DEVICE_INDEX).contains(&self.eni.device_index) {
+            fail(
+                "eni.device_index",
+                format!(
+                    "{} is out of range; use 1 to {MAX_DEVICE_INDEX} (0 is the primary interface), or remove the key for the default {DEFAULT_DEVICE_INDEX}",
+                    self.eni.device_index
+                ),
+            );
+        }
+        if self.routes.destinations.is_empty() {
+            fail(
+                "routes.destinations",
+                "is empty, so the agent would manage no route; list at least one CIDR, e.g. [\"0.0.0.0/0\"], or remove the key for the default".to_owned(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for dest in &self.routes.destinations {
+            match parse_cidr(dest.trim()) {
+                Err(why) => fail("routes.destinations", format!("{dest:?} {why}")),
+                Ok(_) if !seen.insert(dest.trim()) => fail(
+                    "routes.destinations",
+                    format!("{dest:?} is listed twice; remove one"),
+                ),
+                Ok(_) if dest.trim() != dest => fail(
+                    "routes.destinations",
+                    format!("{dest:?} has spaces around it; remove them"),
+                ),
+                Ok((IpAddr::V6(_), _)) if !self.kernel.ipv6_forwarding => fail(
+                    "routes.destinations",
+                    format!(
+                        "{dest:?} is IPv6 but kernel.ipv6_forwarding is false, so this gateway could not carry it; set kernel.ipv6_forwarding = true"
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+        for (zone, tables) in &self.routes.tables {
+            if zone.trim().is_empty() {
+                fail("routes.tables", "has an empty zone name; key each list by its availability zone, e.g. { \"us-east-1a\" = [\"rtb-0123456789abcdef0\"] }".to_owned());
+            }
+            if tables.is_empty() {
+                fail(
+                    "routes.tables",
+                    format!(
+                        "{zone} = [] lists no route table; list its rtb-... IDs, or remove the entry to find them by tags"
+                    ),
+                );
+            }
+            for id in tables {
+                if !is_aws_id(id, "rtb") {
+                    fail(
+                        "routes.tables",
+                        format!("{zone}: {id:?} is not a route table ID; use rtb-... IDs"),
+                    );
+                }
+            }
+        }
+        // 0 is unspec and 253-255 are the kernel's default/main/local tables: sharing them would
+        // make our read-diff-apply fight the system's own routes.
+        if matches!(self.kernel.table, 0 | 253..=255) {
+            fail(
+                "kernel.table",
+                format!(
+                    "{} is reserved by the kernel (0, 253 default, 254 main, 255 local); pick another number, or remove the key for the default {}",
+                    self.kernel.table,
+                    netconf::DEFAULT_TABLE
+                ),
+            );
+        }
+        // 0 is the local rule, 32766/32767 main/default: a rule there would shadow or be shadowed.
+        if !(1..=32765).contains(&self.kernel.rule_priority) {
+            fail(
+                "kernel.rule_priority",
+                format!(
+                    "{} is out of range; use 1 to 32765 (0 and 32766-32767 are the kernel's), or remove the key for the default {}",
+                    self.kernel.rule_priority,
+                    netconf::DEFAULT_RULE_PRIORITY
+                ),
+            );
+        }
+        if !(100..=3_600_000).contains(&self.kernel.reconcile_interval_ms) {
+            fail(
+                "kernel.reconcile_interval_ms",
+                format!(
+                    "{} is out of range; use 100 to 3600000, or remove the key for the default {DEFAULT_RECONCILE_INTERVAL_MS}",
+                    self.kernel.reconcile_interval_ms
+                ),
+            );
+        }
+        for target in &self.self_check.icmp_targets {
+            if target.trim().parse::<Ipv4Addr>().is_err() {
+                fail(
+                    "self_check.icmp_targets",
+                    format!(
+                        "{target:?} is not an IPv4 address; give addresses beyond the uplink that must answer ping, e.g. \"1.1.1.1\""
+                    ),
+                );
+            }
+        }
+        for unit in &self.self_check.units {
+            let valid = !unit.is_empty()
+                && !unit.contains(char::is_whitespace)
+                && !unit.contains('/')
+                && unit.rsplit_once('.').is_some_and(|(name, kind)| {
+                    !name.is_empty()
+                        && [
+                            "service", "socket", "target", "mount", "timer", "path", "scope",
+                        ]
+                        .contains(&kind)
+                });
+            if !valid {
+                fail(
+                    "self_check.units",
+                    format!(
+                        "{unit:?} is not a systemd unit name; give the full name, e.g. \"strongswan.service\""
+                    ),
+                );
+            }
+        }
+        if !(10..=60_000).contains(&self.self_check.timeout_ms) {
+            fail(
+                "self_check.timeout_ms",
+                format!(
+                    "{} is out of range; use 10 to 60000, or remove the key for the default {DEFAULT_SELF_CHECK_TIMEOUT_MS}",
+                    self.self_check.timeout_ms
+                ),
+            );
+        }
+        if !(1..=20).contains(&self.self_check.attempts) {
+            fail(
+                "self_check.attempts",
+                format!(
+                    "{} is out of range; use 1 to 20, or remove the key for the default {DEFAULT_SELF_CHECK_ATTEMPTS}",
+                    self.self_check.attempts
+                ),
+            );
+        }
+        if let Some(hook) = &self.lifecycle.launch_hook {
+            // AWS: 1-255 characters of [A-Za-z0-9\-_\/]
+            let ok = (1..=255).contains(&hook.len())
+                && hook
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_/".contains(c));
+            if !ok {
+                fail(
+                    "lifecycle.launch_hook",
+                    format!(
+                        "{hook:?} is not a lifecycle hook name (1-255 letters, digits, -, _ or /); give the hook's name, or remove the key to find the group's launch hook"
+                    ),
+                );
+            }
+        }
+        // AWS's shortest heartbeat timeout is 30 s: a slower heartbeat could let a hook expire.
+        if !(1..=29).contains(&self.lifecycle.heartbeat_interval_s) {
+            fail(
+                "lifecycle.heartbeat_interval_s",
+                format!(
+                    "{} is out of range; use 1 to 29 (the shortest hook heartbeat timeout is 30 s), or remove the key for the default {DEFAULT_HEARTBEAT_INTERVAL_S}",
+                    self.lifecycle.heartbeat_interval_s
+                ),
+            );
+        }
+        if !(10..=7200).contains(&self.boot.timeout_s) {
+            fail(
+                "boot.timeout_s",
+                format!(
+                    "{} is out of range; use 10 to 7200 (and keep it under the unit's TimeoutStartSec), or remove the key for the default {DEFAULT_BOOT_TIMEOUT_S}",
+                    self.boot.timeout_s
+                ),
+            );
+        }
+        if self.boot.attach_timeout_s == 0 || self.boot.attach_timeout_s > self.boot.timeout_s {
+            fail(
+                "boot.attach_timeout_s",
+                format!(
+                    "{} is out of range; use 1 to boot.timeout_s ({}), or remove the key for the default {DEFAULT_ATTACH_TIMEOUT_S}",
+                    self.boot.attach_timeout_s, self.boot.timeout_s
+                ),
+            );
+        }
+        if let Some(endpoint) = &self.aws.endpoint {
+            let ok = reqwest::Url::parse(endpoint)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+            if !ok {
+                fail(
+                    "aws.endpoint",
+                    format!(
+                        "{endpoint:?} is not an http(s):// URL; remove the key to use AWS's regional endpoints, or give e.g. \"https://ec2.us-east-1.amazonaws.com\""
+                    ),
+                );
+            }
+        }
         // IMDS speaks plain HTTP on a link-local address; anything else is a typo.
         let endpoint_ok = reqwest::Url::parse(&self.imds.endpoint)
             .is_ok_and(|url| url.scheme() == "http" && url.host().is_some());
@@ -246,6 +696,16 @@ impl Config {
         }
         errors
     }
+}
+
+/// `eni-0123abcd` / `rtb-...`: the prefix, a dash, then 8 or 17 hex digits as AWS issues them
+/// (moto and older resources use 8 or 17; anything hex from 8 to 17 is accepted).
+fn is_aws_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| {
+            (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit())
+        })
 }
 
 /// 1-based line and column of byte `offset`, as editors show them.
@@ -396,6 +856,205 @@ mod tests {
         assert!(matches!(err, ConfigError::Read { .. }));
         assert!(
             err.to_string().starts_with(&path.display().to_string()),
+            "{err}"
+        );
+    }
+
+    const MIN: &str = "version = 1\n[group]\nname = \"egress\"\n";
+
+    /// Every validation rule: (extra TOML, key named, fragment of the fix).
+    #[test]
+    fn every_validation_message_names_key_and_fix() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "[eni]\nids = { \"us-east-1a\" = \"vol-123\" }",
+                "eni.ids",
+                "not an ENI ID",
+            ),
+            (
+                "[eni]\nids = { \"\" = \"eni-0123abcd\" }",
+                "eni.ids",
+                "empty zone name",
+            ),
+            (
+                "[eni]\ndevice_index = 0",
+                "eni.device_index",
+                "0 is the primary",
+            ),
+            (
+                "[eni]\ndevice_index = 16",
+                "eni.device_index",
+                "use 1 to 15",
+            ),
+            (
+                "[routes]\ndestinations = []",
+                "routes.destinations",
+                "at least one CIDR",
+            ),
+            (
+                "[routes]\ndestinations = [\"10.0.0.0\"]",
+                "routes.destinations",
+                "is not a CIDR",
+            ),
+            (
+                "[routes]\ndestinations = [\"10.0.0.1/16\"]",
+                "routes.destinations",
+                "\"10.0.0.0/16\"",
+            ),
+            (
+                "[routes]\ndestinations = [\"10.0.0.0/33\"]",
+                "routes.destinations",
+                "0 to 32",
+            ),
+            (
+                "[routes]\ndestinations = [\"10.0.0.300/8\"]",
+                "routes.destinations",
+                "not an IP address",
+            ),
+            (
+                "[routes]\ndestinations = [\"0.0.0.0/0\", \"0.0.0.0/0\"]",
+                "routes.destinations",
+                "listed twice",
+            ),
+            (
+                "[routes]\ndestinations = [\"::/0\"]",
+                "routes.destinations",
+                "kernel.ipv6_forwarding = true",
+            ),
+            (
+                "[routes]\ntables = { \"us-east-1a\" = [] }",
+                "routes.tables",
+                "lists no route table",
+            ),
+            (
+                "[routes]\ntables = { \"us-east-1a\" = [\"eni-0123abcd\"] }",
+                "routes.tables",
+                "not a route table ID",
+            ),
+            ("[kernel]\ntable = 254", "kernel.table", "254 main"),
+            (
+                "[kernel]\nrule_priority = 32766",
+                "kernel.rule_priority",
+                "use 1 to 32765",
+            ),
+            (
+                "[kernel]\nreconcile_interval_ms = 5",
+                "kernel.reconcile_interval_ms",
+                "use 100 to",
+            ),
+            (
+                "[self_check]\nicmp_targets = [\"example.com\"]",
+                "self_check.icmp_targets",
+                "not an IPv4 address",
+            ),
+            (
+                "[self_check]\nunits = [\"strongswan\"]",
+                "self_check.units",
+                "\"strongswan.service\"",
+            ),
+            (
+                "[self_check]\ntimeout_ms = 0",
+                "self_check.timeout_ms",
+                "use 10 to",
+            ),
+            (
+                "[self_check]\nattempts = 0",
+                "self_check.attempts",
+                "use 1 to 20",
+            ),
+            (
+                "[lifecycle]\nlaunch_hook = \"a hook\"",
+                "lifecycle.launch_hook",
+                "not a lifecycle hook name",
+            ),
+            (
+                "[lifecycle]\nheartbeat_interval_s = 30",
+                "lifecycle.heartbeat_interval_s",
+                "30 s",
+            ),
+            (
+                "[boot]\ntimeout_s = 5\nattach_timeout_s = 5",
+                "boot.timeout_s",
+                "use 10 to 7200",
+            ),
+            (
+                "[boot]\nattach_timeout_s = 500",
+                "boot.attach_timeout_s",
+                "boot.timeout_s (240)",
+            ),
+            (
+                "[aws]\nendpoint = \"ec2.amazonaws.com\"",
+                "aws.endpoint",
+                "not an http(s):// URL",
+            ),
+            (
+                "[imds]\nendpoint = \"https://169.254.169.254\"",
+                "imds.endpoint",
+                "not an http:// URL",
+            ),
+            ("[imds]\ntimeout_ms = 0", "imds.timeout_ms", "out of range"),
+            ("[log]\nlevel = \"loud\"", "log.level", "not a log filter"),
+        ];
+        for (extra, key, fix) in cases {
+            let text = format!("{MIN}{extra}\n");
+            let Err(ConfigError::Invalid { errors, .. }) = parse(&text) else {
+                panic!("{extra}: expected a validation error");
+            };
+            assert_eq!(errors.len(), 1, "{extra}: {errors:?}");
+            assert_eq!(errors[0].key, *key, "{extra}");
+            assert!(
+                errors[0].message.contains(fix),
+                "{extra}: {}",
+                errors[0].message
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let text = format!(
+            "{MIN}[eni]\nids = {{ \"us-east-1a\" = \"eni-0123456789abcdef0\" }}\ndevice_index = 2\n\
+             [routes]\ndestinations = [\"0.0.0.0/0\", \"10.50.0.0/16\", \"::/0\"]\n\
+             tables = {{ \"us-east-1a\" = [\"rtb-0123abcd\"] }}\n\
+             [kernel]\ntable = 100\nrule_priority = 100\nipv6_forwarding = true\nreconcile_interval_ms = 1000\n\
+             [self_check]\nicmp_targets = [\"1.1.1.1\"]\nunits = [\"strongswan.service\"]\n\
+             [lifecycle]\nlaunch_hook = \"gateway-launch\"\nheartbeat_interval_s = 20\n\
+             [boot]\ntimeout_s = 120\nattach_timeout_s = 30\n[aws]\nendpoint = \"http://127.0.0.1:5000\"\n"
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.eni.device_index, 2);
+        assert_eq!(config.routes.destinations.len(), 3);
+        assert_eq!(config.self_check.targets(), vec![Ipv4Addr::new(1, 1, 1, 1)]);
+        assert_eq!(config.boot.attach_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn minimal_config_defaults_are_the_documented_ones() {
+        let config = parse(MIN).expect("valid");
+        assert_eq!(config.routes.destinations, ["0.0.0.0/0"]);
+        assert_eq!(config.eni.device_index, DEFAULT_DEVICE_INDEX);
+        assert!(config.eni.ids.is_empty() && config.routes.tables.is_empty());
+        assert_eq!(config.kernel.table, netconf::DEFAULT_TABLE);
+        assert!(config.kernel.ipv4_forwarding && !config.kernel.ipv6_forwarding);
+        assert!(config.self_check.icmp_targets.is_empty());
+        assert_eq!(
+            config.boot.timeout(),
+            Duration::from_secs(DEFAULT_BOOT_TIMEOUT_S)
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_new_table_is_named() {
+        let err = parse(&format!("{MIN}[kernel]\ntabel = 5\n")).expect_err("typo");
+        assert!(
+            err.to_string()
+                .starts_with("test.toml:5:1: kernel.tabel: unknown field"),
+            "{err}"
+        );
+        let err = parse("version = 1\n").expect_err("no group");
+        assert!(
+            err.to_string()
+                .starts_with("test.toml:1:1: group: missing field"),
             "{err}"
         );
     }

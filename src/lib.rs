@@ -39,4 +39,5 @@ pub mod config;
 pub mod decide;
 pub mod imds;
 pub mod netconf;
+pub mod probe;
 pub mod systemd;

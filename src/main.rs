@@ -23,6 +23,9 @@ enum Exit {
     Config = 2,
     /// IMDS answered, but not usefully (refused the token, lacks required metadata).
     Imds = 3,
+    /// Boot failed (ENI not claimable, self-check failed, API down past the deadline...); the
+    /// launch lifecycle action was ABANDONed when there was one.
+    Boot = 4,
 }
 
 impl From<Exit> for ExitCode {
@@ -76,8 +79,9 @@ async fn run(path: &Path) -> Exit {
             tracing::error!("{error}");
             match error {
                 agent::Error::Imds(imds::Error::Client(_)) => Exit::Other,
-                agent::Error::Imds(_) => Exit::Imds,
-                agent::Error::Signal { .. } => Exit::Other,
+                agent::Error::Imds(_) | agent::Error::ImdsDeadline(_) => Exit::Imds,
+                agent::Error::Boot(_) => Exit::Boot,
+                agent::Error::Signal { .. } | agent::Error::Netconf(_) => Exit::Other,
             }
         }
     }

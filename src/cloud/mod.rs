@@ -140,6 +140,34 @@ pub enum EniStatus {
     Other(String),
 }
 
+impl EniStatus {
+    /// As AWS spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Available => "available",
+            Self::InUse => "in-use",
+            Self::Attaching => "attaching",
+            Self::Detaching => "detaching",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl InstanceState {
+    /// As AWS spells it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::ShuttingDown => "shutting-down",
+            Self::Terminated => "terminated",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Other(s) => s,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
     pub id: String,

@@ -1,0 +1,113 @@
+//! The Auto Scaling launch lifecycle action: found at boot, heartbeated while boot runs,
+//! completed with CONTINUE when the gateway carries its zone, ABANDON when it cannot.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior, interval_at};
+use tracing::{info, warn};
+
+use crate::cloud::{self, Autoscaling, LifecycleResult, LifecycleTransition};
+use crate::config::Config;
+use crate::imds::Identity;
+
+/// The ASG state of an instance whose launch hook waits for us.
+const PENDING_WAIT: &str = "Pending:Wait";
+
+/// An open launch lifecycle action of this instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchAction {
+    pub group: String,
+    pub hook: String,
+    pub instance_id: String,
+}
+
+/// The launch action waiting for this instance, if any. `Ok(None)` outside an Auto Scaling
+/// group, when the instance is past `Pending:Wait` (an agent restart), or when the group has no
+/// launch hook.
+pub async fn pending_launch<A: Autoscaling>(
+    config: &Config,
+    identity: &Identity,
+    asg: &A,
+    deadline: Instant,
+) -> cloud::Result<Option<LaunchAction>> {
+    if identity.target_lifecycle_state.is_none() {
+        info!(
+            "not in an Auto Scaling group (no autoscaling/target-lifecycle-state in IMDS): no lifecycle action to complete"
+        );
+        return Ok(None);
+    }
+    let me = &identity.instance_id;
+    let Some(instance) = super::boot::retry(deadline, || asg.asg_instance(me)).await? else {
+        info!("the Auto Scaling API does not know this instance: no lifecycle action to complete");
+        return Ok(None);
+    };
+    if instance.lifecycle_state != PENDING_WAIT {
+        info!(group = %instance.group, state = %instance.lifecycle_state, "no launch action waits for this instance");
+        return Ok(None);
+    }
+    let hook = match &config.lifecycle.launch_hook {
+        Some(hook) => hook.clone(),
+        None => {
+            let hooks =
+                super::boot::retry(deadline, || asg.lifecycle_hooks(&instance.group)).await?;
+            let Some(hook) = hooks
+                .into_iter()
+                .find(|h| h.transition == LifecycleTransition::Launching)
+            else {
+                warn!(group = %instance.group, "Pending:Wait but the group has no launch hook; nothing to complete");
+                return Ok(None);
+            };
+            hook.name
+        }
+    };
+    info!(group = %instance.group, %hook, "launch lifecycle action waits for this boot");
+    Ok(Some(LaunchAction {
+        group: instance.group,
+        hook,
+        instance_id: me.clone(),
+    }))
+}
+
+/// Runs `work` while recording a heartbeat every `period`, so a slow boot (a long detach, a
+/// VPN tunnel taking its time) does not run into the hook's heartbeat timeout.
+pub async fn with_heartbeats<A: Autoscaling, F: Future>(
+    action: Option<&LaunchAction>,
+    asg: &A,
+    period: Duration,
+    work: F,
+) -> F::Output {
+    let Some(action) = action else {
+        return work.await;
+    };
+    let mut ticker = interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = ticker.tick() => {
+                match asg.record_heartbeat(&action.group, &action.hook, &action.instance_id).await {
+                    Ok(()) => info!(hook = %action.hook, "lifecycle heartbeat recorded"),
+                    // Not fatal: the boot may still finish inside the current timeout.
+                    Err(error) => warn!(%error, "lifecycle heartbeat failed"),
+                }
+            }
+        }
+    }
+}
+
+/// CompleteLifecycleAction, retried while `deadline` allows.
+pub async fn complete<A: Autoscaling>(
+    asg: &A,
+    action: &LaunchAction,
+    result: LifecycleResult,
+    deadline: Instant,
+) -> cloud::Result<()> {
+    super::boot::retry(deadline, || {
+        asg.complete_lifecycle_action(&action.group, &action.hook, &action.instance_id, result)
+    })
+    .await?;
+    info!(group = %action.group, hook = %action.hook, result = result.as_str(), "lifecycle action completed");
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! The agent's life: boot (see [`boot`]), then the run loop, then a clean stop.
+//!
+//! Boot claims the zone's persistent ENI, configures the kernel, self-checks, reclaims the
+//! zone's routes, completes the launch lifecycle action and only then sends `READY=1`. The run
+//! loop repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog. Peer
+//! failover and planned-exit hand-over are not built yet: a stop hands nothing over.
+
+pub mod boot;
+pub mod lifecycle;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::signal::unix::{Signal, SignalKind, signal as signal_of};
+use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
+use tracing::{error, info, warn};
+
+use crate::cloud::{self, LifecycleResult, SdkAutoscaling, SdkEc2};
+use crate::config::Config;
+use crate::imds::{self, Identity};
+use crate::netconf::{self, NetConf};
+use crate::systemd;
+
+pub use boot::BootError;
+
+/// Pause between identity attempts; each attempt already retries inside its own deadline.
+const IMDS_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// While IMDS stays silent, repeat the warning this often, not once a second.
+const IMDS_LOG_EVERY: Duration = Duration::from_secs(30);
+/// After a failed boot, how long ABANDON may take: the instance is going away, but the ASG
+/// should learn it now rather than at the hook's timeout.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(20);
+/// A kernel that keeps failing to reconcile is logged once a minute, not every interval.
+const RECONCILE_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Imds(#[from] imds::Error),
+    #[error(
+        "IMDS: no answer within the boot deadline ({0:?}); the instance cannot learn who it is"
+    )]
+    ImdsDeadline(Duration),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("boot failed: {0}")]
+    Boot(#[from] BootError),
+    #[error("{0}")]
+    Netconf(#[from] netconf::NetconfError),
+}
+
+/// Runs until SIGTERM or SIGINT. Returns an error only for what a restart cannot fix by waiting.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let started = Instant::now();
+    let deadline = started + config.boot.timeout();
+    // Handlers go in first: from here on a signal means "stop cleanly", even while IMDS is slow.
+    let mut supervisor = Supervisor::new()?;
+    let imds = imds::Client::new(&config.imds.endpoint, config.imds.timeout())?;
+
+    systemd::status("waiting for IMDS");
+    let Some(identity) = supervisor
+        .drive(tokio::time::timeout_at(deadline, wait_for_identity(&imds)))
+        .await
+    else {
+        return stop();
+    };
+    let identity = match identity {
+        Ok(identity) => identity?,
+        Err(_) => {
+            let error = Error::ImdsDeadline(config.boot.timeout());
+            // Without an instance ID there is no lifecycle action to ABANDON: the hook's
+            // DefaultResult applies when its heartbeat timeout runs out.
+            systemd::status(&format!("boot failed: {error}"));
+            return Err(error);
+        }
+    };
+    log_identity(&config, &identity);
+
+    let sdk = cloud::load(&identity.region, config.aws.endpoint.as_deref()).await;
+    let ec2 = SdkEc2::new(&sdk);
+    let asg = SdkAutoscaling::new(&sdk);
+    let netconf = NetConf::new().await?;
+
+    systemd::status("looking up the launch lifecycle action");
+    let action = match supervisor
+        .drive(lifecycle::pending_launch(
+            &config, &identity, &asg, deadline,
+        ))
+        .await
+    {
+        None => return stop(),
+        Some(Ok(action)) => action,
+        Some(Err(e)) => return fail(BootError::from(e), None, &asg).await,
+    };
+
+    let boot = boot::Boot {
+        config: &config,
+        identity: &identity,
+        imds: &imds,
+        ec2: &ec2,
+        netconf: &netconf,
+        deadline,
+        writes: 0,
+    };
+    let heartbeat = config.lifecycle.heartbeat_interval();
+    let booted = match supervisor
+        .drive(lifecycle::with_heartbeats(
+            action.as_ref(),
+            &asg,
+            heartbeat,
+            boot.run(),
+        ))
+        .await
+    {
+        None => return stop(),
+        Some(Ok(booted)) => booted,
+        Some(Err(e)) => return fail(e, action.as_ref(), &asg).await,
+    };
+    if let Some(action) = &action {
+        systemd::status("completing the launch lifecycle action");
+        let done = lifecycle::complete(&asg, action, LifecycleResult::Continue, deadline);
+        match supervisor.drive(done).await {
+            None => return stop(),
+            Some(Ok(())) => {}
+            Some(Err(e)) => return fail(e.into(), Some(action), &asg).await,
+        }
+    }
+    let status = format!(
+        "carrying {} via {} ({} route table(s)); ready in {:.2} s",
+        identity.availability_zone,
+        booted.eni.id,
+        booted.route_tables.len(),
+        started.elapsed().as_secs_f64()
+    );
+    info!(
+        eni = %booted.eni.id,
+        route_tables = %booted.route_tables.join(","),
+        api_writes = booted.writes,
+        boot_ms = started.elapsed().as_millis() as u64,
+        "boot complete"
+    );
+    systemd::ready(&status);
+
+    run_loop(&mut supervisor, &config, &netconf, &booted).await;
+    stop()
+}
+
+/// After a failed boot: ABANDON the launch action (so the ASG replaces the instance now),
+/// say why on STATUS=, and return the error (the process exits non-zero).
+async fn fail(
+    error: BootError,
+    action: Option<&lifecycle::LaunchAction>,
+    asg: &SdkAutoscaling,
+) -> Result<(), Error> {
+    error!(%error, "boot failed");
+    let mut status = format!("boot failed: {error}");
+    if let Some(action) = action {
+        // Said before ABANDON: the ASG may terminate the instance (and us) right after it.
+        systemd::status(&format!("{status}; ABANDONing the launch lifecycle action"));
+        let deadline = Instant::now() + ABANDON_TIMEOUT;
+        match lifecycle::complete(asg, action, LifecycleResult::Abandon, deadline).await {
+            Ok(()) => status.push_str("; lifecycle action ABANDONed"),
+            Err(e) => {
+                error!(error = %e, "cannot ABANDON the launch lifecycle action; the hook's default result will apply");
+                status.push_str("; ABANDON failed, the hook's default result will apply");
+            }
+        }
+    }
+    systemd::status(&status);
+    Err(error.into())
+}
+
+/// Repairs kernel drift until a stop signal.
+async fn run_loop(
+    supervisor: &mut Supervisor,
+    config: &Config,
+    netconf: &NetConf,
+    booted: &boot::Booted,
+) {
+    let period = config.kernel.reconcile_interval();
+    let mut ticker = interval_at(Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_error_log: Option<Instant> = None;
+    while supervisor.drive(ticker.tick()).await.is_some() {
+        match netconf.reconcile(&booted.desired).await {
+            Ok(changes) => {
+                for change in &changes {
+                    warn!(%change, reason = "drift: removed or changed behind the agent's back", "kernel repaired");
+                }
+                last_error_log = None;
+            }
+            Err(e) => {
+                if last_error_log.is_none_or(|at| at.elapsed() >= RECONCILE_ERROR_LOG_EVERY) {
+                    warn!(error = %e, "kernel reconcile failed; retrying every interval");
+                    last_error_log = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+fn stop() -> Result<(), Error> {
+    systemd::stopping();
+    info!("stopping; route hand-over on stop is not implemented yet: routes stay where they are");
+    Ok(())
+}
+
+/// Asks IMDS until it answers; only an answer that waiting cannot change ends this with `Err`.
+async fn wait_for_identity(imds: &imds::Client) -> Result<Identity, imds::Error> {
+    let started = Instant::now();
+    let mut last_logged: Option<Instant> = None;
+    let mut attempt: u64 = 0;
+    loop {
+        attempt += 1;
+        match imds.identity().await {
+            Ok(identity) => {
+                if attempt > 1 {
+                    info!(attempt, waited = ?started.elapsed(), "IMDS answered");
+                }
+                return Ok(identity);
+            }
+            Err(error) if error.is_transient() => {
+                if last_logged.is_none_or(|at| at.elapsed() >= IMDS_LOG_EVERY) {
+                    warn!(%error, attempt, waited = ?started.elapsed(), "waiting for IMDS");
+                    last_logged = Some(Instant::now());
+                }
+                sleep(IMDS_RETRY_PAUSE).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn log_identity(config: &Config, id: &Identity) {
+    info!(
+        group = %config.group.name,
+        instance_id = %id.instance_id,
+        region = %id.region,
+        zone = %id.availability_zone,
+        mac = %id.mac,
+        target_lifecycle_state = %id.target_lifecycle_state.as_deref().unwrap_or("(not in an ASG)"),
+        interfaces = id.interfaces.len(),
+        "identity read from IMDS"
+    );
+    for i in &id.interfaces {
+        info!(
+            device_number = i.device_number,
+            mac = %i.mac,
+            interface_id = %i.interface_id,
+            local_ipv4s = ?i.local_ipv4s,
+            subnet_id = %i.subnet_id,
+            subnet_ipv4_cidr_block = %i.subnet_ipv4_cidr_block.as_deref().unwrap_or("(none)"),
+            vpc_id = %i.vpc_id,
+            "interface"
+        );
+    }
+}
+
+/// What the agent answers to while it works: stop signals, SIGHUP and the watchdog timer.
+struct Supervisor {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    watchdog: Option<Interval>,
+}
+
+impl Supervisor {
+    fn new() -> Result<Self, Error> {
+        let install =
+            |kind, signal| signal_of(kind).map_err(|source| Error::Signal { signal, source });
+        let watchdog = systemd::watchdog_interval().map(|period| {
+            let mut ticker = interval(period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticker
+        });
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+            watchdog,
+        })
+    }
+
+    /// Drives `work` while petting the watchdog; `None` if a stop signal came first.
+    async fn drive<F: Future>(&mut self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            let signal = tokio::select! {
+                output = &mut work => return Some(output),
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                // The unit's ExecReload sends SIGHUP, whose default action would kill us.
+                _ = self.hup.recv() => {
+                    warn!("SIGHUP: reload is not implemented yet; ignoring");
+                    continue;
+                }
+                _ = tick(&mut self.watchdog) => {
+                    systemd::watchdog();
+                    continue;
+                }
+            };
+            info!(signal, "stop requested");
+            return None;
+        }
+    }
+}
+
+async fn tick(watchdog: &mut Option<Interval>) {
+    match watchdog {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,583 @@
+//! The boot path in the lab (as root): the real agent binary inside an instance's namespace,
+//! moto behind the VPC, the IMDS emulator, a real NOTIFY_SOCKET, packets through the kernel.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gateway_lab::{Fault, Instance, Lab, Scenario, ScenarioOptions, wait_for};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
+const WAIT: Duration = Duration::from_secs(30);
+const INTERNET_HOST: &str = "198.51.100.1";
+/// Inside the lab's internet, but nobody answers there: a broken uplink as the agent sees it.
+const SILENT_HOST: &str = "198.51.100.99";
+const MUTATING: &[&str] = &[
+    "AttachNetworkInterface",
+    "DetachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "ReplaceRoute",
+    "CreateRoute",
+    "CompleteLifecycleAction",
+];
+
+/// Everything the agent told systemd, in order.
+struct Notify {
+    path: PathBuf,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl Notify {
+    fn new(dir: &str, name: &str) -> Self {
+        let path = PathBuf::from(dir).join(format!("{name}.notify"));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path).expect("bind NOTIFY_SOCKET");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().push(text);
+            }
+        });
+        Self { path, messages }
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    fn ready(&self) -> bool {
+        self.all().iter().any(|m| m.lines().any(|l| l == "READY=1"))
+    }
+
+    /// The STATUS= lines, in order.
+    fn statuses(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .flat_map(|m| m.lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| l.strip_prefix("STATUS=").map(str::to_owned))
+            .collect()
+    }
+}
+
+struct Agent {
+    child: Child,
+    log: PathBuf,
+    notify: Notify,
+}
+
+impl Agent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let ready = wait_for(WAIT, "READY=1", || async {
+            self.notify.ready().then_some(())
+        })
+        .await;
+        if ready.is_err() {
+            panic!(
+                "no READY=1 within {WAIT:?}; statuses {:?}\nlog:\n{}",
+                self.notify.statuses(),
+                self.log()
+            );
+        }
+    }
+
+    /// The exit code; `None` when a signal ended the process.
+    async fn wait_exit(&mut self) -> Option<i32> {
+        match tokio::time::timeout(WAIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait").code(),
+            Err(_) => panic!("agent still running after {WAIT:?}; log:\n{}", self.log()),
+        }
+    }
+
+    /// A failed boot in an ASG: the STATUS= names `reason`, the launch action was ABANDONed,
+    /// and the process exited with `code`, or was SIGKILLed with its instance, which the lab
+    /// terminates the moment ABANDON lands (as EC2 does, a little later).
+    async fn assert_abandoned(&mut self, e: &Env, inst: &Instance, code: i32, reason: &str) {
+        let exit = self.wait_exit().await;
+        let log = self.log();
+        assert!(
+            exit == Some(code) || exit.is_none(),
+            "exit {exit:?}; log:\n{log}"
+        );
+        assert!(log.contains("boot failed"), "{log}");
+        let status = self.notify.statuses().join(" | ");
+        assert!(status.contains(reason), "{reason:?} not in {status}");
+        assert!(
+            status.contains("ABANDONing the launch lifecycle action"),
+            "{status}"
+        );
+        assert_eq!(
+            e.lifecycle_result(&inst.instance_id).await.as_deref(),
+            Some("ABANDON by CompleteLifecycleAction"),
+            "{log}"
+        );
+    }
+}
+
+struct Env {
+    lab: Lab,
+    sc: Scenario,
+}
+
+async fn env(opts: ScenarioOptions) -> Env {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the lab tests need root (network namespaces)"
+    );
+    let mut lab = Lab::start().expect("lab starts");
+    let sc = lab.scenario(&opts).await.expect("scenario builds");
+    Env { lab, sc }
+}
+
+impl Env {
+    async fn instance(&self, zone: &str) -> Instance {
+        self.lab
+            .wait_instance(self.sc.zone(zone).az.as_str(), WAIT)
+            .await
+            .expect("the ASG launches an instance")
+    }
+
+    /// Starts the agent binary inside `inst`'s namespace with `extra` appended to a minimal
+    /// config.
+    fn start_agent(&self, inst: &Instance, name: &str, extra: &str) -> Agent {
+        let dir = &self.lab.info.run_dir;
+        let config = format!("{dir}/{name}.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 1\n[group]\nname = \"{}\"\n{extra}\n",
+                self.sc.group
+            ),
+        )
+        .expect("write config");
+        let notify = Notify::new(dir, name);
+        let log = PathBuf::from(format!("{dir}/{name}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let ns = inst
+            .ns
+            .as_deref()
+            .expect("a running instance has a namespace");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, AGENT, "run", "--config", &config])
+            .envs(Lab::instance_env())
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .kill_on_drop(true);
+        Agent {
+            child: cmd.spawn().expect("start gateway-agent"),
+            log,
+            notify,
+        }
+    }
+
+    async fn route(&self, zone: &str, dest: &str) -> (String, String) {
+        let out = self
+            .lab
+            .ec2()
+            .describe_route_tables()
+            .route_table_ids(&self.sc.zone(zone).route_table_id)
+            .send()
+            .await
+            .expect("DescribeRouteTables");
+        let route = out
+            .route_tables()
+            .iter()
+            .flat_map(|t| t.routes())
+            .find(|r| r.destination_cidr_block() == Some(dest))
+            .unwrap_or_else(|| panic!("no route {dest} in zone {zone}"));
+        (
+            route.network_interface_id().unwrap_or("").to_owned(),
+            route
+                .state()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default(),
+        )
+    }
+
+    async fn asg_state(&self, instance: &str) -> String {
+        let out = self
+            .lab
+            .autoscaling()
+            .describe_auto_scaling_instances()
+            .instance_ids(instance)
+            .send()
+            .await
+            .expect("DescribeAutoScalingInstances");
+        out.auto_scaling_instances()
+            .first()
+            .and_then(|i| i.lifecycle_state())
+            .unwrap_or("(gone)")
+            .to_owned()
+    }
+
+    async fn lifecycle_result(&self, instance: &str) -> Option<String> {
+        let all = self.lab.lifecycle().await.expect("lab lifecycle");
+        all["history"]
+            .as_array()?
+            .iter()
+            .find(|h| {
+                h["instance_id"] == instance
+                    && h["transition"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("LAUNCHING"))
+            })
+            .map(|h| {
+                format!(
+                    "{} by {}",
+                    h["result"].as_str().unwrap_or("?"),
+                    h["how"].as_str().unwrap_or("?")
+                )
+            })
+    }
+
+    async fn api_calls(&self) -> Vec<String> {
+        let stats: Value = self.lab.stats().await.expect("lab stats");
+        stats["api_calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| c["action"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A plain instance (no ASG) in `zone`'s public subnet holding `zone`'s ENI: an old gateway.
+    async fn old_holder(&self, zone: &str) -> String {
+        let id = self.plain_instance(zone).await;
+        self.lab
+            .ec2()
+            .attach_network_interface()
+            .network_interface_id(&self.sc.zone(zone).eni_id)
+            .instance_id(&id)
+            .device_index(1)
+            .send()
+            .await
+            .expect("AttachNetworkInterface to the old holder");
+        id
+    }
+
+    /// A plain instance (no ASG) in `zone`'s public subnet.
+    async fn plain_instance(&self, zone: &str) -> String {
+        let z = self.sc.zone(zone);
+        let ec2 = self.lab.ec2();
+        let image = ec2.describe_images().send().await.expect("images").images()[0]
+            .image_id()
+            .unwrap()
+            .to_owned();
+        let out = ec2
+            .run_instances()
+            .image_id(image)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&z.public_subnet_id)
+            .send()
+            .await
+            .expect("RunInstances");
+        out.instances()[0].instance_id().unwrap().to_owned()
+    }
+
+    async fn eni_holder(&self, zone: &str) -> Option<String> {
+        let out = self
+            .lab
+            .ec2()
+            .describe_network_interfaces()
+            .network_interface_ids(&self.sc.zone(zone).eni_id)
+            .send()
+            .await
+            .expect("DescribeNetworkInterfaces");
+        out.network_interfaces()[0]
+            .attachment()
+            .and_then(|a| a.instance_id())
+            .map(str::to_owned)
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns])
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// What the agent owns in an instance's kernel, as netlink dumps show it.
+fn kernel_snapshot(ns: &str) -> String {
+    [
+        ip(ns, &["-j", "rule", "show"]),
+        ip(ns, &["-j", "route", "show", "table", "7700"]),
+        ip(ns, &["-j", "-4", "addr", "show"]),
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default(),
+    ]
+    .join("\n")
+}
+
+/// The main story: a fresh instance whose ENI is held by a stopped old gateway and whose
+/// zone's route is a blackhole becomes the zone's working gateway, then says READY.
+#[tokio::test(flavor = "multi_thread")]
+async fn boot_takes_the_eni_from_a_dead_holder_and_carries_the_zone() {
+    let e = env(ScenarioOptions::default()).await;
+    let a = e.sc.zone("a").clone();
+    let inst = e.instance("a").await;
+    assert_eq!(e.asg_state(&inst.instance_id).await, "Pending:Wait");
+
+    let old = e.old_holder("a").await;
+    e.lab.stop(&old).await.expect("stop the old gateway");
+    wait_for(WAIT, "route a blackholed", || async {
+        (e.route("a", "0.0.0.0/0").await.1 == "blackhole").then_some(())
+    })
+    .await
+    .expect("a stopped holder blackholes the zone's route");
+
+    let agent = e.start_agent(
+        &inst,
+        "boot",
+        &format!("[self_check]\nicmp_targets = [\"{INTERNET_HOST}\"]\n[kernel]\nreconcile_interval_ms = 200"),
+    );
+    agent.wait_ready().await;
+
+    // Everything READY promises is already true when it arrives.
+    assert_eq!(
+        e.eni_holder("a").await.as_deref(),
+        Some(inst.instance_id.as_str())
+    );
+    assert_eq!(
+        e.route("a", "0.0.0.0/0").await,
+        (a.eni_id.clone(), "active".to_owned())
+    );
+    assert_eq!(e.asg_state(&inst.instance_id).await, "InService");
+    assert_eq!(
+        e.lifecycle_result(&inst.instance_id).await.as_deref(),
+        Some("CONTINUE by CompleteLifecycleAction")
+    );
+    let statuses = e.lab.info.run_dir.clone();
+    let order = agent.notify.statuses();
+    let pos = |needle: &str| {
+        order
+            .iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no STATUS with {needle:?} in {order:?} ({statuses})"))
+    };
+    assert!(pos("claiming") < pos("configuring the kernel"));
+    assert!(pos("configuring the kernel") < pos("self-check"));
+    assert!(pos("self-check") < pos("reclaiming"));
+    assert!(pos("reclaiming") < pos("completing the launch lifecycle action"));
+    assert!(pos("completing the launch lifecycle action") < pos("carrying"));
+    let ns = inst.ns.as_deref().unwrap();
+    let rules = ip(ns, &["rule", "show"]);
+    assert!(
+        rules.contains(&format!("from {} lookup 7700", a.eni_ip)),
+        "{rules}"
+    );
+    let table = ip(ns, &["route", "show", "table", "7700"]);
+    assert!(table.contains("default via 10.0.0.1"), "{table}");
+    let log = agent.log();
+    assert!(log.contains("detach requested from a dead holder"), "{log}");
+
+    // A client in zone A reaches the internet host through the new gateway.
+    let stream = e.lab.stream_start("a", 100).await.expect("stream");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = e.lab.stream_stop(stream).await.expect("stream report");
+    assert!(report.sent >= 150, "{report:?}");
+    assert_eq!(report.lost, 0, "{report:?}");
+}
+
+/// A restart of a configured gateway (crash, upgrade) makes no API write and no kernel change;
+/// a kernel rule or route removed behind the agent's back comes back within an interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_changes_nothing_and_drift_is_repaired() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    let ns = inst.ns.clone().unwrap();
+    let extra = "[kernel]\nreconcile_interval_ms = 200";
+    let mut first = e.start_agent(&inst, "first", extra);
+    first.wait_ready().await;
+    first.child.kill().await.expect("kill -9 the first agent");
+    let kernel_before = kernel_snapshot(&ns);
+    let calls_before = e.api_calls().await.len();
+
+    let second = e.start_agent(&inst, "second", extra);
+    second.wait_ready().await;
+    let calls = e.api_calls().await;
+    let writes: Vec<&String> = calls[calls_before..]
+        .iter()
+        .filter(|c| MUTATING.contains(&c.as_str()))
+        .collect();
+    assert!(writes.is_empty(), "second boot wrote {writes:?}");
+    assert_eq!(
+        kernel_snapshot(&ns),
+        kernel_before,
+        "second boot changed the kernel"
+    );
+    assert!(second.log().contains("api_writes=0"), "{}", second.log());
+    assert!(second.log().contains("changes=0"), "{}", second.log());
+
+    // Drift: amazon-ec2-net-utils (or an operator) flushes our rule and default route.
+    let eni_ip = e.sc.zone("a").eni_ip.clone();
+    ip(&ns, &["rule", "del", "pref", "7700"]);
+    ip(&ns, &["route", "del", "default", "table", "7700"]);
+    assert!(!ip(&ns, &["rule", "show"]).contains(&eni_ip));
+    wait_for(
+        Duration::from_secs(3),
+        "rule and route restored",
+        || async {
+            let rules = ip(&ns, &["rule", "show"]);
+            let table = ip(&ns, &["route", "show", "table", "7700"]);
+            (rules.contains(&format!("from {eni_ip} lookup 7700")) && table.contains("default via"))
+                .then_some(())
+        },
+    )
+    .await
+    .expect("the run loop restores the kernel config");
+    let log = second.log();
+    assert!(log.contains("kernel repaired"), "{log}");
+}
+
+/// Each failure: non-zero exit, a STATUS= saying why, ABANDON, and nothing half-done.
+#[tokio::test(flavor = "multi_thread")]
+async fn eni_held_by_a_live_gateway_is_never_stolen() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    let holder = e.old_holder("a").await;
+    let route_before = e.route("a", "0.0.0.0/0").await;
+    let mut agent = e.start_agent(&inst, "refuse", "");
+    let reason =
+        format!("held by {holder} which is running: refusing to take it from a live gateway");
+    agent.assert_abandoned(&e, &inst, 4, &reason).await;
+    assert_eq!(e.eni_holder("a").await, Some(holder));
+    assert_eq!(e.route("a", "0.0.0.0/0").await, route_before);
+}
+
+/// On a plain instance (no Auto Scaling group, so nothing to ABANDON and nothing terminates
+/// it) the exit code is observable: 4, a failed boot.
+#[tokio::test(flavor = "multi_thread")]
+async fn eni_of_another_zone_is_refused() {
+    let e = env(ScenarioOptions {
+        capacity: 0,
+        ..ScenarioOptions::default()
+    })
+    .await;
+    let plain = e.plain_instance("a").await;
+    let inst = wait_for(WAIT, "plain instance namespace", || async {
+        e.lab
+            .instances()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|i| i.instance_id == plain && i.ns.is_some())
+    })
+    .await
+    .expect("the lab runs the plain instance");
+    let (az_a, eni_b) = (e.sc.zone("a").az.clone(), e.sc.zone("b").eni_id.clone());
+    let mut agent = e.start_agent(
+        &inst,
+        "zone",
+        &format!("[eni]\nids = {{ \"{az_a}\" = \"{eni_b}\" }}"),
+    );
+    assert_eq!(agent.wait_exit().await, Some(4), "{}", agent.log());
+    let status = agent.notify.statuses().join(" | ");
+    assert!(
+        status.contains(&format!("but this instance is in {az_a}")),
+        "{status}"
+    );
+    assert!(!status.contains("ABANDON"), "{status}");
+    assert!(
+        agent.log().contains("not in an Auto Scaling group"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(e.eni_holder("b").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_errors_past_the_deadline_abandon_with_the_call_named() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    e.lab
+        .inject(&Fault {
+            action: Some("DescribeNetworkInterfaces".into()),
+            kind: "5xx".into(),
+            count: None,
+            latency_ms: 0,
+            status: None,
+        })
+        .await
+        .expect("inject 5xx");
+    let mut agent = e.start_agent(
+        &inst,
+        "5xx",
+        "[boot]\ntimeout_s = 10\nattach_timeout_s = 10",
+    );
+    agent
+        .assert_abandoned(&e, &inst, 4, "ec2 DescribeNetworkInterfaces")
+        .await;
+    e.lab.clear_faults().await.expect("clear faults");
+    assert_eq!(e.eni_holder("a").await, None, "nothing attached");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_self_check_abandons_before_any_route_moves() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    let route_before = e.route("a", "0.0.0.0/0").await;
+    let mut agent = e.start_agent(
+        &inst,
+        "selfcheck",
+        &format!("[self_check]\nicmp_targets = [\"{SILENT_HOST}\"]\ntimeout_ms = 200\nattempts = 2\n[boot]\ntimeout_s = 10\nattach_timeout_s = 10"),
+    );
+    let reason = format!("self-check failed: icmp {SILENT_HOST} FAILED");
+    agent.assert_abandoned(&e, &inst, 4, &reason).await;
+    assert_eq!(
+        e.route("a", "0.0.0.0/0").await,
+        route_before,
+        "no route moved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imds_down_for_the_whole_deadline_exits_with_the_reason() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    e.lab
+        .imds_fault(&inst.instance_id, "refuse", 0)
+        .await
+        .expect("IMDS fault");
+    let mut agent = e.start_agent(
+        &inst,
+        "imds",
+        "[boot]\ntimeout_s = 10\nattach_timeout_s = 10",
+    );
+    assert_eq!(agent.wait_exit().await, Some(3), "{}", agent.log());
+    let status = agent.notify.statuses();
+    assert!(status.iter().any(|s| s == "waiting for IMDS"), "{status:?}");
+    assert!(
+        status
+            .iter()
+            .any(|s| s.contains("IMDS: no answer within the boot deadline")),
+        "{status:?}"
+    );
+    // Nothing was claimed or written.
+    assert_eq!(e.eni_holder("a").await, None);
+    assert_eq!(e.asg_state(&inst.instance_id).await, "Pending:Wait");
+}
