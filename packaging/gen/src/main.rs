@@ -15,6 +15,37 @@ use gateway_agent::cli::Cli;
 
 const BIN: &str = "gateway-agent";
 
+/// Sections appended to gateway-agent(1), in roff. The exit codes mirror `Exit` in
+/// src/main.rs; keep them in step.
+const MAIN_PAGE_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+success
+.TP
+\fB1\fR
+any other failure (the message names the call or resource)
+.TP
+\fB2\fR
+bad command line or configuration; the unit does not restart into it (RestartPreventExitStatus=2)
+.TP
+\fB3\fR
+IMDS answered, but not usefully (refused the token, lacks required metadata)
+.SH FILES
+.TP
+\fI/etc/gateway-agent/config.toml\fR
+The configuration (TOML). Check it with \fBgateway-agent check-config\fR. The packaged file is
+commented and lists where every key is described.
+.TP
+\fI/run/gateway-agent/restart\fR
+While this file exists, SIGTERM makes the agent exit without handing its routes to a peer, so a
+restart (package upgrade) changes no route: the new process adopts the state.
+.TP
+\fI/usr/share/doc/gateway-agent/iam-policy.json\fR
+The least-privilege IAM policy for the gateways' instance role.
+.SH "SEE ALSO"
+\fBsystemctl\fR(1), \fBjournalctl\fR(1); the README at https://github.com/gateway-agent/gateway-agent
+"#;
+
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     let (Some(out), None) = (args.next(), args.next()) else {
@@ -61,11 +92,21 @@ fn man_pages(cmd: &clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
     let path = dir.join(format!("{}.1", cmd.get_display_name().unwrap_or(BIN)));
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    if cmd.get_name() == BIN {
+        // What clap does not know: files, exit codes, where the rest is documented.
+        page.extend_from_slice(MAIN_PAGE_EXTRA.as_bytes());
+    }
     fs::write(&path, page)?;
     files.push(path);
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
-        let name = format!("{BIN}-{}", sub.get_name());
-        let sub = sub.clone().name(name.clone()).display_name(name);
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        // clap takes &'static names unless its "string" feature is on, and turning that on here
+        // would change the agent's own clap build (features unify); a few leaked bytes in a
+        // one-shot tool are cheaper.
+        let name: &'static str = Box::leak(format!("{BIN}-{}", sub.get_name()).into_boxed_str());
+        let sub = sub.clone().name(name).display_name(name);
         files.extend(man_pages(&sub, dir)?);
     }
     Ok(files)
