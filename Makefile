@@ -40,6 +40,7 @@ test: setup lint
 
 bench: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench
+	$(CARGO_TARGET_DIR)/debug/gwlab bench-boot --agent $(CARGO_TARGET_DIR)/debug/gateway-agent
 
 # Remove what a killed lab left behind (namespaces, run dirs); never touches a live lab.
 clean-lab:

@@ -116,6 +116,11 @@ impl Client {
         // A proxy from the environment must never see metadata requests or tokens.
         let http = reqwest::Client::builder()
             .no_proxy()
+            // A fresh connection per call: IMDS is a link-local hop away (a connect costs
+            // microseconds), calls are rare, and an idle kept-alive connection that the IMDS
+            // side has dropped (or that stalls on delayed ACKs, as the lab's emulator did at
+            // 40 ms per call) would cost more than it saves.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(Error::Client)?;
         Ok(Self {

@@ -76,12 +76,27 @@ pub async fn run(agent: Option<String>) -> Result<(), String> {
         logs.push((z.clone(), inst, log));
     }
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // An agent's boot ends with "boot complete" in its log (READY=1 under systemd).
+    let booted = |log: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("boot complete")
+    };
+    let waited = Instant::now();
+    while !logs.iter().all(|(_, _, log)| booted(log)) && waited.elapsed() < Duration::from_secs(30)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (z, inst, log) in &logs {
         println!("{} agent in {} ({}) says:", at(), z.az, inst.instance_id);
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        for l in text.lines().take(12) {
-            println!("          | {l}");
+        for l in text.lines().filter(|l| {
+            !l.contains("kernel changed") && !l.contains(" interface ") && !l.contains("starting")
+        }) {
+            // Drop the timestamp and module path: the story is in the message.
+            let short = l.split_once("gateway_agent").map_or(l, |(_, rest)| rest);
+            let short = short.split_once(": ").map_or(short, |(_, msg)| msg);
+            println!("          | {short}");
         }
     }
 
@@ -116,9 +131,9 @@ pub async fn run(agent: Option<String>) -> Result<(), String> {
         );
     }
     println!(
-        "{} the agent is a skeleton today: it reads its identity from IMDS and reports READY; claiming \
-         the ENI, kernel setup, failover and hand-over come with the next issues, so the routes stay \
-         blackholed and the clients' packets are lost.",
+        "{} each gateway claimed its zone's ENI, configured its kernel, pointed its zone's routes \
+         at it and completed its launch hook before reporting ready. Peer failover and planned-exit \
+         hand-over are the next issues; this demo grows with them.",
         at()
     );
     println!("{} tearing the lab down", at());

@@ -10,6 +10,7 @@
 //!   gwlab exec <zone|instance-id> -- CMD...
 //!   gwlab down [--all]          tear down the lab (--all: also any lab left by a killed labd)
 //!   gwlab bench                 the lab's own figures (moto latency, route-mirror lag)
+//!   gwlab bench-boot --agent P  the agent's boot time and API calls
 //!   gwlab demo                  the two-zone demo
 
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale};
 
 mod bench;
+mod bootbench;
 mod demo;
 
 const CURRENT: &str = "/run/gateway-lab/current";
@@ -126,6 +128,17 @@ enum Cmd {
     Bench {
         #[arg(long, default_value_t = 300)]
         calls: usize,
+    },
+    /// How long a gateway-agent boot takes in the lab (start -> READY=1), and its API calls.
+    BenchBoot {
+        /// The gateway-agent binary to run in the instances.
+        #[arg(long)]
+        agent: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print the agent's log of the last run.
+        #[arg(long)]
+        logs: bool,
     },
     /// The two-zone demo: lab up, agents started, a gateway killed, what the client saw.
     Demo {
@@ -385,6 +398,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             println!("pid {pid}, output in {log}");
         }
         Cmd::Bench { calls } => bench::run(calls).await?,
+        Cmd::BenchBoot { agent, runs, logs } => bootbench::run(&agent, runs, logs).await?,
         Cmd::Demo { agent } => demo::run(agent).await?,
     }
     Ok(())

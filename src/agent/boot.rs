@@ -83,6 +83,8 @@ pub struct Booted {
     pub route_tables: Vec<String>,
     /// API writes this boot made (0 on a restart of a configured gateway).
     pub writes: u32,
+    /// When the AttachNetworkInterface call returned, if this boot attached the ENI.
+    pub attached_at: Option<Instant>,
 }
 
 pub struct Boot<'a, E> {
@@ -93,6 +95,7 @@ pub struct Boot<'a, E> {
     pub netconf: &'a NetConf,
     pub deadline: Instant,
     pub writes: u32,
+    pub attached_at: Option<Instant>,
 }
 
 impl<E: Ec2 + Sync> Boot<'_, E> {
@@ -118,6 +121,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             desired,
             route_tables,
             writes: self.writes,
+            attached_at: self.attached_at,
         })
     }
 
@@ -233,6 +237,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     {
                         Ok(attachment) => {
                             self.writes += 1;
+                            self.attached_at = Some(Instant::now());
                             info!(eni = %eni_id, %attachment, device_index = device, "attached");
                         }
                         // Someone else attached it between our read and our write: look again.

@@ -104,6 +104,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         netconf: &netconf,
         deadline,
         writes: 0,
+        attached_at: None,
     };
     let heartbeat = config.lifecycle.heartbeat_interval();
     let booted = match supervisor
@@ -140,6 +141,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         route_tables = %booted.route_tables.join(","),
         api_writes = booted.writes,
         boot_ms = started.elapsed().as_millis() as u64,
+        after_attach_ms = booted.attached_at.map(|at| at.elapsed().as_millis() as u64),
         "boot complete"
     );
     systemd::ready(&status);

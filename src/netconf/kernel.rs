@@ -21,7 +21,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::{
     Change, Desired, EniSpec, LINK_POLL_INTERVAL, Link, MacAddr, NetconfError, Observed,
@@ -254,7 +254,7 @@ impl NetConf {
     /// as deleted. Stops at the first failure.
     pub async fn apply(&self, changes: &[Change]) -> Result<()> {
         for change in changes {
-            info!(change = %change, "netconf");
+            debug!(change = %change, "netconf: applying");
             self.apply_one(change)
                 .await
                 .map_err(|source| match change {
