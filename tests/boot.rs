@@ -581,3 +581,40 @@ async fn imds_down_for_the_whole_deadline_exits_with_the_reason() {
     assert_eq!(e.eni_holder("a").await, None);
     assert_eq!(e.asg_state(&inst.instance_id).await, "Pending:Wait");
 }
+
+/// A boot slower than the heartbeat period keeps the launch action alive with heartbeats.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_boot_heartbeats_the_launch_action() {
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    // Every route-table read takes 2.5 s: the reclaim step outlasts two heartbeat periods.
+    e.lab
+        .inject(&Fault {
+            action: Some("DescribeRouteTables".into()),
+            kind: "latency".into(),
+            count: None,
+            latency_ms: 2500,
+            status: None,
+        })
+        .await
+        .expect("inject latency");
+    let agent = e.start_agent(&inst, "slow", "[lifecycle]\nheartbeat_interval_s = 1");
+    agent.wait_ready().await;
+    e.lab.clear_faults().await.expect("clear faults");
+    let all = e.lab.lifecycle().await.expect("lifecycle");
+    let done = all["history"]
+        .as_array()
+        .and_then(|h| {
+            h.iter()
+                .find(|a| a["instance_id"] == inst.instance_id.as_str())
+                .cloned()
+        })
+        .expect("the launch action was completed");
+    assert_eq!(done["result"], "CONTINUE", "{all}");
+    assert!(done["heartbeats"].as_u64().unwrap_or(0) >= 2, "{all}");
+    assert!(
+        agent.log().contains("lifecycle heartbeat recorded"),
+        "{}",
+        agent.log()
+    );
+}
