@@ -7,23 +7,17 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway_lab::{Fault, Instance, Lab, Scenario, ScenarioOptions, wait_for};
+use gateway_lab::{
+    Fault, INTERNET_HOST, Instance, Lab, Scenario, ScenarioOptions, WRITE_ACTIONS, wait_for,
+};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
 const WAIT: Duration = Duration::from_secs(30);
-const INTERNET_HOST: &str = "198.51.100.1";
+
 /// Inside the lab's internet, but nobody answers there: a broken uplink as the agent sees it.
 const SILENT_HOST: &str = "198.51.100.99";
-const MUTATING: &[&str] = &[
-    "AttachNetworkInterface",
-    "DetachNetworkInterface",
-    "ModifyNetworkInterfaceAttribute",
-    "ReplaceRoute",
-    "CreateRoute",
-    "CompleteLifecycleAction",
-];
 
 /// Everything the agent told systemd, in order.
 struct Notify {
@@ -422,7 +416,7 @@ async fn restart_changes_nothing_and_drift_is_repaired() {
     let calls = e.api_calls().await;
     let writes: Vec<&String> = calls[calls_before..]
         .iter()
-        .filter(|c| MUTATING.contains(&c.as_str()))
+        .filter(|c| WRITE_ACTIONS.contains(&c.as_str()))
         .collect();
     assert!(writes.is_empty(), "second boot wrote {writes:?}");
     assert_eq!(

@@ -11,18 +11,10 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gateway_lab::{Lab, ScenarioOptions, percentile};
+use gateway_lab::{Lab, ScenarioOptions, WRITE_ACTIONS, percentile};
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
-const WRITES: &[&str] = &[
-    "AttachNetworkInterface",
-    "DetachNetworkInterface",
-    "ModifyNetworkInterfaceAttribute",
-    "ReplaceRoute",
-    "CreateRoute",
-    "CompleteLifecycleAction",
-];
 
 struct Boot {
     log: String,
@@ -179,7 +171,7 @@ pub async fn run(agent: &str, runs: usize, show_logs: bool) -> Result<(), String
             let total: usize = calls.values().sum();
             let writes: usize = calls
                 .iter()
-                .filter(|(a, _)| WRITES.contains(&a.as_str()))
+                .filter(|(a, _)| WRITE_ACTIONS.contains(&a.as_str()))
                 .map(|(_, n)| n)
                 .sum();
             let list: Vec<String> = calls.iter().map(|(a, n)| format!("{a}×{n}")).collect();

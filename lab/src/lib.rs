@@ -53,6 +53,18 @@ pub enum LabError {
     Timeout(Duration, String),
 }
 
+/// The API actions a gateway boot may write with (everything else it calls only reads): what
+/// tests and the boot bench count to show a restart writes nothing.
+pub const WRITE_ACTIONS: &[&str] = &[
+    "AttachNetworkInterface",
+    "DetachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "ReplaceRoute",
+    "CreateRoute",
+    "CreateTags",
+    "CompleteLifecycleAction",
+];
+
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
 /// What labd reports about itself when it is ready.
