@@ -2,6 +2,7 @@
 #   make demo    the two-zone lab demo (as root)
 #   make test    install what the tests need, then lint and run every test (as root)
 #   make bench   the benchmarks' figures
+#   make package the .deb and .rpm (see packaging/Makefile.inc for the packaging targets)
 
 CACHE ?= $(HOME)/.cache/gateway-agent
 # Kept outside the clone so CI's fresh clones reuse the build; a fresh machine just builds it.
@@ -27,6 +28,7 @@ demo: setup build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	python3 packaging/check-iam.py
 
 unit:
 	$(CARGO) test --workspace --locked --lib --bins
@@ -34,7 +36,7 @@ unit:
 lab-test: clean-lab
 	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
 
-test: setup lint
+test: setup lint examples-check ami-check
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
 
@@ -45,3 +47,5 @@ bench: setup build
 # Remove what a killed lab left behind (namespaces, run dirs); never touches a live lab.
 clean-lab:
 	@$(CARGO) run -q -p gateway-lab --bin gwlab -- down --all
+
+include packaging/Makefile.inc
