@@ -105,3 +105,36 @@ fn a_missing_file_says_how_to_point_at_the_right_one() {
         "{stderr}"
     );
 }
+
+/// The packaged example config, with the group filled in and every optional key uncommented at
+/// its documented default, passes: the example cannot drift from what the agent accepts.
+#[test]
+fn the_packaged_example_config_is_valid_with_every_key_uncommented() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/config.toml"
+    ))
+    .expect("packaging/config.toml");
+    let filled = example.replace("\nname = \"\"", "\nname = \"egress\"");
+    let (code, _, stderr, _) = check("example", &filled);
+    assert_eq!(code, 0, "{stderr}");
+    let uncommented: String = filled
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .filter(|l| !l.contains("\"...\"") && !l.contains("\"https://...\""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("\n[self_check]\n"), "{uncommented}");
+    let (code, _, stderr, _) = check("example-all", &uncommented);
+    assert_eq!(code, 0, "{stderr}\n{uncommented}");
+}
