@@ -36,7 +36,7 @@ unit:
 lab-test: clean-lab
 	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
 
-test: setup lint examples-check ami-check
+test: setup lint examples-check ami-check package-test
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
 
