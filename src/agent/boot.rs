@@ -308,25 +308,15 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             }
             sleep(IMDS_POLL).await;
         };
-        let cidr =
-            interface
-                .subnet_ipv4_cidr_block
-                .clone()
-                .ok_or_else(|| imds::Error::Invalid {
-                    call: format!(
-                        "GET /latest/meta-data/network/interfaces/macs/{}/subnet-ipv4-cidr-block",
-                        interface.mac
-                    ),
-                    body: String::new(),
-                    reason: "absent: the ENI's subnet has no IPv4 CIDR".to_owned(),
-                })?;
+        let call = format!(
+            "GET /latest/meta-data/network/interfaces/macs/{}/subnet-ipv4-cidr-block",
+            interface.mac
+        );
+        let cidr = interface.subnet_ipv4_cidr_block.clone().unwrap_or_default();
         let (network, prefix) = parse_v4_cidr(&cidr).ok_or_else(|| imds::Error::Invalid {
-            call: format!(
-                "GET /latest/meta-data/network/interfaces/macs/{}/subnet-ipv4-cidr-block",
-                interface.mac
-            ),
+            call,
             body: cidr.clone(),
-            reason: "not an IPv4 CIDR".to_owned(),
+            reason: "not an IPv4 subnet CIDR (absent on an IPv6-only subnet)".to_owned(),
         })?;
         // The VPC router is the subnet's first host address, on every AWS subnet.
         let gateway = Ipv4Addr::from(u32::from(network) + 1);
@@ -535,10 +525,12 @@ pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// An IPv4 subnet CIDR, checked by the same rules as the config's destinations.
 fn parse_v4_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (addr, len) = text.trim().split_once('/')?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((addr.parse().ok()?, len))
+    match crate::config::parse_cidr(text.trim()).ok()? {
+        (std::net::IpAddr::V4(addr), len) => Some((addr, len)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
