@@ -41,6 +41,19 @@
 //! | `imds.endpoint`               | [`DEFAULT_IMDS_ENDPOINT`]        | IMDS base URL (tests point elsewhere)           |
 //! | `imds.timeout_ms`             | [`DEFAULT_IMDS_TIMEOUT_MS`]      | overall deadline of one IMDS call               |
 //! | `log.level`                   | [`DEFAULT_LOG_LEVEL`]            | tracing filter; `RUST_LOG` overrides            |
+//! | `failover.enabled`            | `true`                           | watch peers, take over a dead peer's zone       |
+//! | `failover.probe_interval_ms`  | [`DEFAULT_PROBE_INTERVAL_MS`]    | ICMP probe period per peer (and own targets)    |
+//! | `failover.probe_timeout_ms`   | the probe interval               | an echo later than this counts as lost          |
+//! | `failover.fall`               | [`DEFAULT_FALL`]                 | consecutive lost probes before "down"           |
+//! | `failover.rise`               | [`DEFAULT_RISE`]                 | consecutive answered probes before "up"         |
+//! | `failover.confirm`            | `"api"`                          | `"api"`: a death needs API/lease/self-report evidence; `"icmp"`: ICMP alone (opt-in) |
+//! | `failover.lease_renew_ms`     | [`DEFAULT_LEASE_RENEW_MS`]       | lease tag renewal and route-table read period   |
+//! | `failover.lease_ttl_ms`       | [`DEFAULT_LEASE_TTL_MS`]         | a lease unchanged this long confirms a death    |
+//! | `failover.failback`           | `"auto"`                         | `"auto"`: a recovered owner reclaims after the hold-down; `"manual"`: only at boot or by `gateway-agent failback` |
+//! | `failover.hold_down_s`        | [`DEFAULT_HOLD_DOWN_S`]          | continuous health before an owner reclaims      |
+//! | `failover.damping_max_s`      | [`DEFAULT_DAMPING_MAX_S`]        | cap of the doubling hold-down of a flapping zone |
+//! | `failover.health_port`        | [`DEFAULT_HEALTH_PORT`]          | TCP port of `/health` on the ENI address        |
+//! | `failover.ring`               | `[]` (zone names sorted)         | successor order of the zones                    |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -90,6 +103,25 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_S: u64 = 10;
 pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 240;
 /// Detaching from a dead holder plus attaching takes 5–20 s on EC2; a minute covers a slow one.
 pub const DEFAULT_ATTACH_TIMEOUT_S: u64 = 60;
+/// Five probes a second: with `fall` 3 a dead peer is noticed in 0.6–0.8 s, for a few hundred
+/// bytes a second of ICMP per peer.
+pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 200;
+/// One lost packet never triggers anything: three in a row do.
+pub const DEFAULT_FALL: u32 = 3;
+/// A peer must answer three times in a row to count as up again.
+pub const DEFAULT_RISE: u32 = 3;
+/// One CreateTags and one DescribeRouteTables per gateway per second: a fleet of 20 gateways
+/// stays far below EC2's per-account request rates for both (tens per second, sustained).
+pub const DEFAULT_LEASE_RENEW_MS: u64 = 1000;
+/// Two renewals and some: one slow renewal never confirms a death.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 2500;
+/// A recovered owner waits this long before it takes its zone back, so a peer that flaps does
+/// not drag its zone's traffic along.
+pub const DEFAULT_HOLD_DOWN_S: u64 = 30;
+/// The hold-down doubles for every recent change of the same zone, up to this.
+pub const DEFAULT_DAMPING_MAX_S: u64 = 600;
+/// Next to the kernel table number; any free port works.
+pub const DEFAULT_HEALTH_PORT: u16 = 7701;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +146,8 @@ pub struct Config {
     pub imds: Imds,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub failover: Failover,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -306,6 +340,83 @@ impl Default for Log {
         Self {
             level: DEFAULT_LOG_LEVEL.to_owned(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// A peer that stops answering is dead only when the API, its lease or its own last word
+    /// says so too.
+    Api,
+    /// ICMP silence alone is enough (appliances without an agent); a partition then moves routes.
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    Auto,
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Failover {
+    pub enabled: bool,
+    pub probe_interval_ms: u64,
+    /// `None`: the probe interval.
+    pub probe_timeout_ms: Option<u64>,
+    pub fall: u32,
+    pub rise: u32,
+    pub confirm: Confirm,
+    pub lease_renew_ms: u64,
+    pub lease_ttl_ms: u64,
+    pub failback: Failback,
+    pub hold_down_s: u64,
+    pub damping_max_s: u64,
+    pub health_port: u16,
+    pub ring: Vec<String>,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            probe_interval_ms: DEFAULT_PROBE_INTERVAL_MS,
+            probe_timeout_ms: None,
+            fall: DEFAULT_FALL,
+            rise: DEFAULT_RISE,
+            confirm: Confirm::Api,
+            lease_renew_ms: DEFAULT_LEASE_RENEW_MS,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            failback: Failback::Auto,
+            hold_down_s: DEFAULT_HOLD_DOWN_S,
+            damping_max_s: DEFAULT_DAMPING_MAX_S,
+            health_port: DEFAULT_HEALTH_PORT,
+            ring: Vec::new(),
+        }
+    }
+}
+
+impl Failover {
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms)
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms.unwrap_or(self.probe_interval_ms))
+    }
+    pub fn lease_renew(&self) -> Duration {
+        Duration::from_millis(self.lease_renew_ms)
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+    pub fn hold_down(&self) -> Duration {
+        Duration::from_secs(self.hold_down_s)
+    }
+    pub fn damping_max(&self) -> Duration {
+        Duration::from_secs(self.damping_max_s)
     }
 }
 
@@ -675,6 +786,97 @@ impl Config {
                     self.imds.timeout_ms
                 ),
             );
+        }
+        let f = &self.failover;
+        if !(20..=10_000).contains(&f.probe_interval_ms) {
+            fail(
+                "failover.probe_interval_ms",
+                format!(
+                    "{} is out of range; use 20 to 10000, or remove the key for the default {DEFAULT_PROBE_INTERVAL_MS}",
+                    f.probe_interval_ms
+                ),
+            );
+        }
+        if let Some(t) = f.probe_timeout_ms
+            && !(10..=f.probe_interval_ms.max(10) * 5).contains(&t)
+        {
+            fail(
+                "failover.probe_timeout_ms",
+                format!(
+                    "{t} is out of range; use 10 to 5 × failover.probe_interval_ms ({}), or remove the key to use the probe interval",
+                    f.probe_interval_ms * 5
+                ),
+            );
+        }
+        for (key, value, default) in [
+            ("failover.fall", f.fall, DEFAULT_FALL),
+            ("failover.rise", f.rise, DEFAULT_RISE),
+        ] {
+            // One lost packet must never move a route.
+            if !(2..=100).contains(&value) {
+                fail(
+                    key,
+                    format!("{value} is out of range; use 2 to 100 (one lost probe must never decide anything), or remove the key for the default {default}"),
+                );
+            }
+        }
+        if !(100..=60_000).contains(&f.lease_renew_ms) {
+            fail(
+                "failover.lease_renew_ms",
+                format!(
+                    "{} is out of range; use 100 to 60000, or remove the key for the default {DEFAULT_LEASE_RENEW_MS}",
+                    f.lease_renew_ms
+                ),
+            );
+        }
+        // A TTL under two renewals would confirm the death of a gateway whose one renewal was slow.
+        if f.lease_ttl_ms < f.lease_renew_ms.saturating_mul(2) || f.lease_ttl_ms > 600_000 {
+            fail(
+                "failover.lease_ttl_ms",
+                format!(
+                    "{} is out of range; use 2 × failover.lease_renew_ms ({}) to 600000, or remove the key for the default {DEFAULT_LEASE_TTL_MS}",
+                    f.lease_ttl_ms,
+                    f.lease_renew_ms.saturating_mul(2)
+                ),
+            );
+        }
+        if f.hold_down_s > 86_400 {
+            fail(
+                "failover.hold_down_s",
+                format!(
+                    "{} is out of range; use 0 to 86400, or remove the key for the default {DEFAULT_HOLD_DOWN_S}",
+                    f.hold_down_s
+                ),
+            );
+        }
+        if f.damping_max_s < f.hold_down_s || f.damping_max_s > 86_400 {
+            fail(
+                "failover.damping_max_s",
+                format!(
+                    "{} is out of range; use failover.hold_down_s ({}) to 86400, or remove the key for the default {DEFAULT_DAMPING_MAX_S}",
+                    f.damping_max_s, f.hold_down_s
+                ),
+            );
+        }
+        if f.health_port == 0 {
+            fail(
+                "failover.health_port",
+                format!("0 is not a port; use 1 to 65535, or remove the key for the default {DEFAULT_HEALTH_PORT}"),
+            );
+        }
+        let mut ring_seen = std::collections::BTreeSet::new();
+        for zone in &f.ring {
+            if zone.trim().is_empty() || zone.trim() != zone {
+                fail(
+                    "failover.ring",
+                    format!("{zone:?} is not a zone name; list availability zones, e.g. [\"us-east-1a\", \"us-east-1b\"]"),
+                );
+            } else if !ring_seen.insert(zone.as_str()) {
+                fail(
+                    "failover.ring",
+                    format!("{zone:?} is listed twice; every zone once, in successor order"),
+                );
+            }
         }
         // A bare word parses as a filter on a target of that name, which would silently log
         // nothing: accept the level names, or a directive list that has an `=` in it.

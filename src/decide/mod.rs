@@ -5,3 +5,5 @@
 
 pub mod claim;
 pub mod reclaim;
+pub mod failover;
+pub mod lease;

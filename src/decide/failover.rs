@@ -1,0 +1,499 @@
+//! Who should carry each zone, from what this gateway knows: the failover decision core.
+//!
+//! Facts in (route tables, peer probes, API evidence, lease ages, flap history, own health),
+//! intended route writes out, each with the evidence that justified it, plus the reasons for
+//! not acting where acting was conceivable (logged, so "why did nothing happen" has an answer).
+//! No I/O and no clock: durations arrive as facts measured on the agent's monotonic clock.
+//!
+//! The rules, in the order they are checked:
+//! - a route is *dead* when it reads `blackhole` (the API says its ENI is detached or its
+//!   instance is not running), or when it points at a gateway that is down by probe (ICMP fell)
+//!   **and** confirmed: the API says the instance or ENI is gone, or the gateway's own last
+//!   `/health` said draining/unhealthy, or the zone's lease has not changed for `lease_ttl`, or
+//!   the operator opted into ICMP-only confirmation;
+//! - nothing is taken while this gateway's own self-check fails;
+//! - this gateway's own zone: dead routes are reclaimed at once; routes held by a live peer
+//!   come back only with `failback = auto`, after `hold_down` of continuous own health (doubled
+//!   for every recent change of the zone, up to `damping_max`);
+//! - another zone: dead routes are left to the zone's own gateway while it is eligible, and
+//!   otherwise taken only by the designated successor: the first eligible zone after it in the
+//!   ring. A takeover confirmed only by lease or self-report (not by the API) of a zone that
+//!   changed hands recently also waits out the damped hold-down, so a flapping peer settles;
+//! - every write names the target it expects to replace; the executor re-reads and skips any
+//!   route that no longer matches (never overwrite a third party or a fresh reclaim).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::reclaim::{TableFact, Target};
+use crate::config::{Confirm, Failback};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Not enough probes yet to say either way.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// What a peer agent said about itself on `/health`, if it answered recently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfReport {
+    pub healthy: bool,
+    pub draining: bool,
+}
+
+/// One zone's gateway (whoever holds the zone's persistent ENI), as seen from here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub zone: String,
+    pub eni: String,
+    pub icmp: Probe,
+    pub report: Option<SelfReport>,
+    /// Why the API says it cannot carry traffic (instance not running, ENI detached, lifecycle
+    /// Terminating); `None` when the API said nothing of the sort or was not asked.
+    pub api_gone: Option<String>,
+}
+
+impl Gateway {
+    /// Could take a zone: reachable, its agent answering, healthy and not leaving.
+    fn eligible(&self) -> bool {
+        self.icmp == Probe::Up && self.report.is_some_and(|r| r.healthy && !r.draining)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    pub zone: String,
+    pub tables: Vec<TableFact>,
+    /// Since the lease tag on the zone's tables last changed, as observed here.
+    pub lease_unchanged_for: Duration,
+    /// How often the zone changed carrier within the damping window.
+    pub recent_changes: u32,
+    /// Since the last change of carrier; `None` if none was seen.
+    pub since_last_change: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    pub zone: String,
+    pub eni: String,
+    /// The own self-check passes (rise/fall applied).
+    pub healthy: bool,
+    /// How long it has passed without interruption.
+    pub healthy_for: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub confirm: Confirm,
+    pub failback: Failback,
+    pub hold_down: Duration,
+    pub damping_max: Duration,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub me: Me,
+    /// Zones in successor order (the zone after Z is Z's first choice).
+    pub ring: Vec<String>,
+    /// Every other zone's gateway.
+    pub peers: Vec<Gateway>,
+    /// Every zone, this one included.
+    pub zones: Vec<Zone>,
+    pub destinations: Vec<String>,
+    pub policy: Policy,
+}
+
+/// What a write expects to find, re-checked right before it is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The route points at this ENI (active or not).
+    Eni(String),
+    /// The route reads blackhole, whatever it points at.
+    Blackhole,
+    /// There is no route for the destination (a create).
+    Missing,
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Eni(id) => write!(f, "via {id}"),
+            Self::Blackhole => f.write_str("blackhole"),
+            Self::Missing => f.write_str("missing"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub table: String,
+    pub destination: String,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// This gateway's own zone, dead routes: at once.
+    Reclaim,
+    /// This gateway's own zone, back from a live peer after the hold-down.
+    Failback,
+    /// A dead peer's zone.
+    TakeOver,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reclaim => "reclaim",
+            Self::Failback => "failback",
+            Self::TakeOver => "takeover",
+        }
+    }
+}
+
+/// Point `writes` of `zone` at this gateway's ENI, because of `evidence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub zone: String,
+    pub kind: Kind,
+    pub writes: Vec<Write>,
+    pub evidence: String,
+    /// The carrier whose routes are taken, if one (a peer's ENI).
+    pub from: Option<String>,
+}
+
+/// A zone where acting was conceivable but a rule said no (logged when it changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    pub zone: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub decisions: Vec<Decision>,
+    pub waits: Vec<Wait>,
+}
+
+/// How one managed route stands.
+enum Standing<'a> {
+    Mine,
+    Missing,
+    Blackhole,
+    /// Points at a gateway that is down and confirmed dead, with the evidence.
+    Dead(&'a str, String),
+    /// Points at a gateway that is down by probe, but nothing confirms it.
+    Unconfirmed(&'a str),
+    /// Points at a live (or not yet probed) gateway's ENI.
+    Live(&'a str),
+    /// Not a gateway of this group: a third party's route.
+    Foreign,
+}
+
+pub fn decide(f: &Facts) -> Outcome {
+    let mut out = Outcome::default();
+    for zone in &f.zones {
+        if zone.zone == f.me.zone {
+            own_zone(f, zone, &mut out);
+        } else {
+            peer_zone(f, zone, &mut out);
+        }
+    }
+    out
+}
+
+/// Doubles per recent change: 1 change → hold_down, 2 → 2×, ... capped at `damping_max`.
+pub fn damped_hold_down(policy: &Policy, recent_changes: u32) -> Duration {
+    let doublings = recent_changes.saturating_sub(1).min(20);
+    policy
+        .hold_down
+        .saturating_mul(1u32 << doublings)
+        .min(policy.damping_max.max(policy.hold_down))
+}
+
+fn standing<'a>(f: &'a Facts, zone: &Zone, table: &'a TableFact, dest: &str) -> Standing<'a> {
+    let Some(route) = table.routes.iter().find(|r| r.destination == dest) else {
+        return Standing::Missing;
+    };
+    if route.blackhole {
+        return Standing::Blackhole;
+    }
+    let Target::Eni(eni) = &route.target else {
+        return Standing::Foreign;
+    };
+    if *eni == f.me.eni {
+        return Standing::Mine;
+    }
+    let Some(gw) = f.peers.iter().find(|g| g.eni == *eni) else {
+        return Standing::Foreign;
+    };
+    if gw.icmp != Probe::Down {
+        return Standing::Live(eni);
+    }
+    let mut evidence = Vec::new();
+    if let Some(why) = &gw.api_gone {
+        evidence.push(why.clone());
+    }
+    if let Some(r) = gw.report
+        && (r.draining || !r.healthy)
+    {
+        evidence.push(format!(
+            "its last /health said {}",
+            if r.draining { "draining" } else { "unhealthy" }
+        ));
+    }
+    if zone.lease_unchanged_for >= f.policy.lease_ttl {
+        evidence.push(format!(
+            "lease not renewed for {} ms (ttl {} ms)",
+            zone.lease_unchanged_for.as_millis(),
+            f.policy.lease_ttl.as_millis()
+        ));
+    }
+    if evidence.is_empty() && f.policy.confirm == Confirm::Icmp {
+        evidence.push("ICMP-only confirmation (failover.confirm = \"icmp\")".into());
+    }
+    if evidence.is_empty() {
+        Standing::Unconfirmed(eni)
+    } else {
+        Standing::Dead(
+            eni,
+            format!(
+                "{eni} ({}) fell silent to ICMP; {}",
+                gw.zone,
+                evidence.join("; ")
+            ),
+        )
+    }
+}
+
+fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
+    let mut dead = Vec::new();
+    let mut held = Vec::new();
+    let mut evidence = Vec::new();
+    let mut holder = None;
+    for table in &zone.tables {
+        for dest in &f.destinations {
+            let write = |expect| Write {
+                table: table.id.clone(),
+                destination: dest.clone(),
+                expect,
+            };
+            match standing(f, zone, table, dest) {
+                Standing::Mine | Standing::Foreign => {}
+                Standing::Missing => {
+                    dead.push(write(Expect::Missing));
+                    push_unique(&mut evidence, "route missing".into());
+                }
+                Standing::Blackhole => {
+                    dead.push(write(Expect::Blackhole));
+                    push_unique(&mut evidence, "route reads blackhole".into());
+                }
+                Standing::Dead(eni, why) => {
+                    dead.push(write(Expect::Eni(eni.to_owned())));
+                    push_unique(&mut evidence, format!("held by a dead gateway: {why}"));
+                }
+                Standing::Unconfirmed(eni) | Standing::Live(eni) => {
+                    held.push(write(Expect::Eni(eni.to_owned())));
+                    holder.get_or_insert(eni);
+                }
+            }
+        }
+    }
+    if dead.is_empty() && held.is_empty() {
+        return;
+    }
+    if !f.me.healthy {
+        out.waits.push(Wait {
+            zone: zone.zone.clone(),
+            reason: "own self-check failing: not taking traffic back".into(),
+        });
+        return;
+    }
+    if !dead.is_empty() {
+        out.decisions.push(Decision {
+            zone: zone.zone.clone(),
+            kind: Kind::Reclaim,
+            writes: dead,
+            evidence: evidence.join("; "),
+            from: None,
+        });
+    }
+    let Some(holder) = holder else { return };
+    if f.policy.failback == Failback::Manual {
+        out.waits.push(Wait {
+            zone: zone.zone.clone(),
+            reason: format!(
+                "held by {holder}; failback = manual: run `gateway-agent failback` to take it back"
+            ),
+        });
+        return;
+    }
+    let hold = damped_hold_down(&f.policy, zone.recent_changes);
+    if f.me.healthy_for < hold {
+        out.waits.push(Wait {
+            zone: zone.zone.clone(),
+            reason: format!(
+                "held by {holder}; failback after {} s of continuous health ({} s so far, {} recent change(s))",
+                hold.as_secs(),
+                f.me.healthy_for.as_secs(),
+                zone.recent_changes
+            ),
+        });
+        return;
+    }
+    out.decisions.push(Decision {
+        zone: zone.zone.clone(),
+        kind: Kind::Failback,
+        writes: held,
+        evidence: format!(
+            "own zone held by {holder}; healthy for {} s (hold-down {} s)",
+            f.me.healthy_for.as_secs(),
+            hold.as_secs()
+        ),
+        from: Some(holder.to_owned()),
+    });
+}
+
+fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
+    let mut dead = Vec::new();
+    let mut evidence = Vec::new();
+    let mut from = None;
+    let mut api_confirmed = true;
+    let mut unconfirmed = None;
+    for table in &zone.tables {
+        for dest in &f.destinations {
+            let write = |expect| Write {
+                table: table.id.clone(),
+                destination: dest.clone(),
+                expect,
+            };
+            match standing(f, zone, table, dest) {
+                Standing::Blackhole => {
+                    dead.push(write(Expect::Blackhole));
+                    push_unique(&mut evidence, "route reads blackhole".into());
+                }
+                Standing::Dead(eni, why) => {
+                    let by_api = f
+                        .peers
+                        .iter()
+                        .any(|g| g.eni == eni && g.api_gone.is_some());
+                    api_confirmed &= by_api;
+                    dead.push(write(Expect::Eni(eni.to_owned())));
+                    from.get_or_insert(eni.to_owned());
+                    push_unique(&mut evidence, why);
+                }
+                Standing::Unconfirmed(eni) => {
+                    unconfirmed.get_or_insert(eni);
+                }
+                // A missing route in a peer's zone is its owner's to create.
+                Standing::Mine | Standing::Missing | Standing::Live(_) | Standing::Foreign => {}
+            }
+        }
+    }
+    if dead.is_empty() {
+        if let Some(eni) = unconfirmed {
+            out.waits.push(Wait {
+                zone: zone.zone.clone(),
+                reason: format!(
+                    "{eni} does not answer ICMP, but nothing confirms it is dead (its lease is \
+                     being renewed, the API says it runs): a partition, not a death; not acting"
+                ),
+            });
+        }
+        return;
+    }
+    let wait = |reason: String| Wait {
+        zone: zone.zone.clone(),
+        reason,
+    };
+    if !f.me.healthy {
+        out.waits.push(wait(
+            "dead routes, but own self-check failing: not taking traffic it cannot carry".into(),
+        ));
+        return;
+    }
+    if let Some(owner) = f.peers.iter().find(|g| g.zone == zone.zone)
+        && owner.eligible()
+    {
+        out.waits.push(wait(format!(
+            "dead routes, but the zone's own gateway ({}) is healthy: its reclaim",
+            owner.eni
+        )));
+        return;
+    }
+    match successor(f, &zone.zone) {
+        Some(s) if s == f.me.zone => {}
+        Some(s) => {
+            out.waits.push(wait(format!(
+                "dead routes; the designated successor is {s}, not this gateway"
+            )));
+            return;
+        }
+        None => {
+            out.waits.push(wait(
+                "dead routes; no eligible successor (this gateway is not in the ring?)".into(),
+            ));
+            return;
+        }
+    }
+    if !api_confirmed && zone.recent_changes > 0 {
+        let hold = damped_hold_down(&f.policy, zone.recent_changes);
+        let since = zone.since_last_change.unwrap_or(Duration::MAX);
+        if since < hold {
+            out.waits.push(wait(format!(
+                "flap damping: {} change(s) recently, the last {} s ago; next takeover without API \
+                 evidence after {} s",
+                zone.recent_changes,
+                since.as_secs(),
+                hold.as_secs()
+            )));
+            return;
+        }
+    }
+    out.decisions.push(Decision {
+        zone: zone.zone.clone(),
+        kind: Kind::TakeOver,
+        writes: dead,
+        evidence: evidence.join("; "),
+        from,
+    });
+}
+
+/// The first zone after `zone` in the ring whose gateway could carry it: this one if healthy,
+/// a peer if eligible. Zones missing from the ring come after it, sorted.
+pub fn successor<'a>(f: &'a Facts, zone: &str) -> Option<&'a str> {
+    let mut ring: Vec<&str> = f.ring.iter().map(String::as_str).collect();
+    let mut rest: Vec<&str> = f
+        .zones
+        .iter()
+        .map(|z| z.zone.as_str())
+        .chain(std::iter::once(f.me.zone.as_str()))
+        .filter(|z| !ring.contains(z))
+        .collect();
+    rest.sort_unstable();
+    rest.dedup();
+    ring.extend(rest);
+    let start = ring.iter().position(|z| *z == zone)?;
+    (1..ring.len())
+        .map(|i| ring[(start + i) % ring.len()])
+        .find(|z| {
+            if *z == f.me.zone {
+                f.me.healthy
+            } else {
+                f.peers.iter().any(|g| g.zone == *z && g.eligible())
+            }
+        })
+}
+
+fn push_unique(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+#[cfg(test)]
+#[path = "failover_tests.rs"]
+mod tests;

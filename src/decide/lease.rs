@@ -1,0 +1,86 @@
+//! The lease tag: who carries a zone's route tables, since which claim, renewed when.
+//!
+//! `gateway-agent:lease = <instance-id>/<epoch>/<unix-ms>` on every route table of a zone. The
+//! carrier of the zone rewrites it every `failover.lease_renew_ms`; a takeover or a reclaim
+//! writes it with an epoch larger than any seen on the zone, *before* its route writes, so a
+//! reader that finds routes and lease disagreeing knows a claim is in flight and who made it.
+//! Peers judge freshness by whether the value *changes* (on their own monotonic clock), never
+//! by comparing `unix-ms` with their clock: the timestamp is for operators.
+
+use std::fmt;
+
+/// The tag key.
+pub const LEASE_TAG: &str = "gateway-agent:lease";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: u64,
+    pub unix_ms: u64,
+}
+
+impl Lease {
+    /// `None` for anything that is not exactly `<holder>/<epoch>/<unix-ms>`: a hand-edited or
+    /// foreign tag is ignored (it only delays a lease-confirmed takeover, never causes one).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.trim().split('/');
+        let holder = parts.next()?;
+        let epoch = parts.next()?.parse().ok()?;
+        let unix_ms = parts.next()?.parse().ok()?;
+        let valid_holder = !holder.is_empty()
+            && holder.len() <= 64
+            && holder
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        (parts.next().is_none() && valid_holder).then(|| Self {
+            holder: holder.to_owned(),
+            epoch,
+            unix_ms,
+        })
+    }
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.holder, self.epoch, self.unix_ms)
+    }
+}
+
+/// The newest lease among a zone's tables: the largest epoch (then the latest renewal).
+pub fn newest<'a>(tags: impl IntoIterator<Item = &'a str>) -> Option<Lease> {
+    tags.into_iter()
+        .filter_map(Lease::parse)
+        .max_by_key(|l| (l.epoch, l.unix_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let l = Lease::parse("i-0abc/7/1700000000000").unwrap();
+        assert_eq!(l.holder, "i-0abc");
+        assert_eq!(l.epoch, 7);
+        assert_eq!(Lease::parse(&l.to_string()), Some(l));
+        for bad in [
+            "",
+            "i-1",
+            "i-1/2",
+            "i-1/x/3",
+            "i-1/2/3/4",
+            "/2/3",
+            "i 1/2/3",
+            "i-1/-2/3",
+        ] {
+            assert_eq!(Lease::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn newest_takes_the_largest_epoch() {
+        let n = newest(["i-a/3/100", "junk", "i-b/4/50", "i-a/3/200"]).unwrap();
+        assert_eq!((n.holder.as_str(), n.epoch), ("i-b", 4));
+        assert_eq!(newest(["junk"]), None);
+    }
+}
