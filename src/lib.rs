@@ -37,6 +37,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod decide;
+pub mod health;
 pub mod imds;
 pub mod netconf;
 pub mod probe;

@@ -47,6 +47,34 @@ impl Icmp {
         })
     }
 
+    /// Echoes leave from `source`: peer probes go out of the ENI, so what they test is the path
+    /// the zone's traffic takes, and a partition between ENIs shows as one.
+    pub fn bound(source: Ipv4Addr) -> Result<Self, Error> {
+        let config = Config::builder()
+            .bind(std::net::SocketAddr::new(IpAddr::V4(source), 0))
+            .build();
+        Ok(Self {
+            client: Client::new(&config).map_err(Error::Socket)?,
+        })
+    }
+
+    /// One echo: its round trip, or why none came back within `timeout`.
+    pub async fn echo(
+        &self,
+        target: Ipv4Addr,
+        ident: u16,
+        seq: u16,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let mut pinger = self.client.pinger(IpAddr::V4(target), PingIdentifier(ident)).await;
+        pinger.timeout(timeout);
+        pinger
+            .ping(PingSequence(seq), &[0; 16])
+            .await
+            .map(|(_, rtt)| rtt)
+            .map_err(|e| e.to_string())
+    }
+
     /// Up to `attempts` echoes, `timeout` each; passes on the first reply.
     pub async fn check(&self, target: Ipv4Addr, timeout: Duration, attempts: u32) -> Verdict {
         // The identifier separates our replies from other pingers' on a shared raw socket.
@@ -75,8 +103,64 @@ impl Icmp {
     }
 }
 
+use crate::decide::failover::Probe;
+
+/// Rise/fall counting: `fall` failures in a row make a target down, `rise` successes in a row
+/// make it up; anything in between changes nothing, so one lost packet never decides anything.
+#[derive(Debug, Clone)]
+pub struct RiseFall {
+    rise: u32,
+    fall: u32,
+    state: Probe,
+    ok_streak: u32,
+    bad_streak: u32,
+}
+
+impl RiseFall {
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            state: Probe::Unknown,
+            ok_streak: 0,
+            bad_streak: 0,
+        }
+    }
+
+    pub fn state(&self) -> Probe {
+        self.state
+    }
+
+    /// Failures in a row so far (0 after a success).
+    pub fn bad_streak(&self) -> u32 {
+        self.bad_streak
+    }
+
+    /// Counts one result; returns the new state when it changed.
+    pub fn record(&mut self, ok: bool) -> Option<Probe> {
+        if ok {
+            self.ok_streak += 1;
+            self.bad_streak = 0;
+        } else {
+            self.bad_streak += 1;
+            self.ok_streak = 0;
+        }
+        let next = if self.ok_streak >= self.rise {
+            Probe::Up
+        } else if self.bad_streak >= self.fall {
+            Probe::Down
+        } else {
+            self.state
+        };
+        (next != self.state).then(|| {
+            self.state = next;
+            next
+        })
+    }
+}
+
 /// Identifiers need only differ between concurrent pingers of this process.
-fn rand_ident(target: Ipv4Addr) -> u16 {
+pub fn rand_ident(target: Ipv4Addr) -> u16 {
     let pid = std::process::id();
     let [.., c, d] = target.octets();
     (pid as u16) ^ u16::from_be_bytes([c, d])
@@ -132,6 +216,33 @@ pub async fn self_check(config: &crate::config::SelfCheck) -> Result<Vec<Verdict
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rise_fall_needs_streaks() {
+        let mut rf = RiseFall::new(3, 3);
+        let seq = |rf: &mut RiseFall, results: &[bool]| -> Vec<Option<Probe>> {
+            results.iter().map(|ok| rf.record(*ok)).collect()
+        };
+        assert_eq!(
+            seq(&mut rf, &[true, true, true]),
+            [None, None, Some(Probe::Up)]
+        );
+        // One loss, or two, change nothing; an answer resets the count.
+        assert_eq!(
+            seq(&mut rf, &[false, false, true, false, false]),
+            [None, None, None, None, None]
+        );
+        assert_eq!(rf.state(), Probe::Up);
+        assert_eq!(seq(&mut rf, &[false]), [Some(Probe::Down)]);
+        assert_eq!(rf.bad_streak(), 3);
+        assert_eq!(
+            seq(&mut rf, &[true, false, true, true, true]),
+            [None, None, None, None, Some(Probe::Up)]
+        );
+        // Down is reachable from Unknown too (a peer dead before we started).
+        let mut rf = RiseFall::new(3, 2);
+        assert_eq!(seq(&mut rf, &[false, false]), [None, Some(Probe::Down)]);
+    }
 
     #[tokio::test]
     async fn loopback_answers_and_a_missing_unit_fails() {

@@ -268,7 +268,7 @@ async fn route_tables_by_tags_routes_move_and_tags_read_back() {
 
     // A lease tag, read back through the tag search the agent uses.
     let lease = format!("{}/7/1700000000000", inst_a.instance_id);
-    ec2.create_tags(&a.route_table_id, &[("gateway-agent:lease", &lease)])
+    ec2.create_tags(&[&a.route_table_id], &[("gateway-agent:lease", &lease)])
         .await
         .unwrap();
     let tables = ec2

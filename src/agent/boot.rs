@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::cloud::{self, CloudError, Ec2, Eni, RouteState, RouteTable, RouteTarget};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
 use crate::decide::claim::{self, ClaimStep, EniFacts, Holder, SelfFacts};
+use crate::decide::lease::{self, LEASE_TAG};
 use crate::decide::reclaim::{self, Op, RouteFact, TableFact, Target};
 use crate::imds::{self, Identity};
 use crate::netconf::{self, Desired, EniSpec, MacAddr, NetConf};
@@ -81,6 +82,8 @@ pub struct Booted {
     pub eni: Eni,
     pub desired: Desired,
     pub route_tables: Vec<String>,
+    /// The lease epoch this boot claimed the zone with; `None` when nothing had to be written.
+    pub epoch: Option<u64>,
     /// API writes this boot made (0 on a restart of a configured gateway).
     pub writes: u32,
     /// When the AttachNetworkInterface call returned, if this boot attached the ENI.
@@ -115,11 +118,12 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         self.self_check().await?;
 
         systemd::status(&format!("reclaiming the route tables of {zone}"));
-        let route_tables = self.reclaim(&eni.id).await?;
+        let (route_tables, epoch) = self.reclaim(&eni.id).await?;
         Ok(Booted {
             eni,
             desired,
             route_tables,
+            epoch,
             writes: self.writes,
             attached_at: self.attached_at,
         })
@@ -404,11 +408,14 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     }
 
     /// Read → decide → write, until a read shows nothing left to write. A create that loses a
-    /// race (`RouteAlreadyExists`) or a write that fails is settled by the next read.
-    async fn reclaim(&mut self, eni_id: &str) -> Result<Vec<String>> {
+    /// race (`RouteAlreadyExists`) or a write that fails is settled by the next read. Before
+    /// the first route write, the lease tag is written with a larger epoch, so a peer holding
+    /// the zone sees the claim and lets go instead of repairing "drift".
+    async fn reclaim(&mut self, eni_id: &str) -> Result<(Vec<String>, Option<u64>)> {
         let destinations = &self.config.routes.destinations;
         let mut backoff = RETRY_BACKOFF;
         let mut logged_skips = false;
+        let mut epoch = None;
         loop {
             let tables = self.tables().await?;
             let facts: Vec<TableFact> = tables.iter().map(table_fact).collect();
@@ -422,7 +429,24 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             let ids: Vec<String> = tables.iter().map(|t| t.id.clone()).collect();
             if intents.is_empty() {
                 info!(tables = %ids.join(", "), "every managed route of the zone points at {eni_id}");
-                return Ok(ids);
+                return Ok((ids, epoch));
+            }
+            if epoch.is_none() {
+                let next = lease::newest(tables.iter().filter_map(|t| t.tags.get(LEASE_TAG)).map(String::as_str))
+                    .map_or(1, |l| l.epoch + 1);
+                let value = lease::Lease {
+                    holder: self.identity.instance_id.clone(),
+                    epoch: next,
+                    unix_ms: unix_ms(),
+                }
+                .to_string();
+                let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let lease_tag = [(LEASE_TAG, value.as_str())];
+                retry(self.deadline, || self.ec2.create_tags(&table_ids, &lease_tag))
+                .await?;
+                self.writes += 1;
+                info!(lease = %value, "zone claimed: lease written before the route writes");
+                epoch = Some(next);
             }
             let ec2 = self.ec2;
             let writes = intents.iter().map(|intent| async move {
@@ -463,7 +487,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     }
 }
 
-fn table_fact(table: &RouteTable) -> TableFact {
+pub fn table_fact(table: &RouteTable) -> TableFact {
     TableFact {
         id: table.id.clone(),
         routes: table
@@ -513,6 +537,13 @@ fn jitter(d: Duration) -> Duration {
     let random = RandomState::new().hash_one(Instant::now());
     let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
     d.mul_f64(fraction)
+}
+
+/// Wall-clock milliseconds for the lease tag, which operators read; no decision uses it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `0a:1b:2c:3d:4e:5f` (either case) → bytes.

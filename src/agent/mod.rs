@@ -7,15 +7,16 @@
 
 pub mod boot;
 pub mod lifecycle;
+pub mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio::signal::unix::{Signal, SignalKind, signal as signal_of};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::cloud::{self, LifecycleResult, SdkAutoscaling, SdkEc2};
+use crate::cloud::{self, Autoscaling, Ec2, LifecycleResult, SdkAutoscaling, SdkEc2};
 use crate::config::Config;
 use crate::imds::{self, Identity};
 use crate::netconf::{self, NetConf};
@@ -146,7 +147,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     systemd::ready(&status);
 
-    run_loop(&mut supervisor, &config, &netconf, &booted).await;
+    run_loop(
+        &mut supervisor,
+        &config,
+        &identity,
+        (&ec2, &asg),
+        &netconf,
+        &booted,
+    )
+    .await;
     stop()
 }
 
@@ -175,29 +184,123 @@ async fn fail(
     Err(error.into())
 }
 
-/// Repairs kernel drift until a stop signal.
-async fn run_loop(
+/// Watches peers and routes (when failover is on) and repairs kernel drift, until a stop
+/// signal.
+async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     supervisor: &mut Supervisor,
     config: &Config,
+    identity: &Identity,
+    (ec2, asg): (&E, &A),
     netconf: &NetConf,
     booted: &boot::Booted,
 ) {
     let period = config.kernel.reconcile_interval();
-    let mut ticker = interval_at(Instant::now() + period, period);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_error_log: Option<Instant> = None;
-    while supervisor.drive(ticker.tick()).await.is_some() {
-        match netconf.reconcile(&booted.desired).await {
+    let mut kernel_ticker = interval_at(Instant::now() + period, period);
+    kernel_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut kernel = KernelRepair {
+        netconf,
+        booted,
+        last_error_log: None,
+    };
+    let Some(own_ip) = booted.eni.private_ips.first().copied() else {
+        warn!(eni = %booted.eni.id, "the ENI has no private address: peers cannot be watched");
+        while supervisor.drive(kernel_ticker.tick()).await.is_some() {
+            kernel.repair().await;
+        }
+        return;
+    };
+    if !config.failover.enabled {
+        info!("failover.enabled = false: not watching peers");
+        while supervisor.drive(kernel_ticker.tick()).await.is_some() {
+            kernel.repair().await;
+        }
+        return;
+    }
+    let own = watch::Own {
+        instance_id: identity.instance_id.clone(),
+        zone: identity.availability_zone.clone(),
+        eni: booted.eni.id.clone(),
+        ip: own_ip,
+    };
+    let (mut watch, mut events, report) = watch::Watch::new(config, ec2, asg, own, booted.epoch);
+    if let Err(e) = watch.start_own_health() {
+        error!(error = %e, "cannot run the continuous self-check; this gateway counts as healthy");
+    }
+    let _health = match crate::health::serve(own_ip, config.failover.health_port, report).await {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            // Peers then see no /health: they never pick this gateway as a successor, and
+            // confirm its death by lease or API only. It still carries its own zone.
+            error!(error = %e, "cannot serve /health; peers will not count on this gateway");
+            None
+        }
+    };
+    let mut lease_ticker = interval(config.failover.lease_renew());
+    lease_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut soon: Option<Duration> = None;
+    loop {
+        let woke = supervisor
+            .drive(async {
+                tokio::select! {
+                    _ = lease_ticker.tick() => Wake::Cycle,
+                    Some(event) = events.recv() => Wake::Event(event),
+                    _ = kernel_ticker.tick() => Wake::Kernel,
+                    _ = sleep(soon.unwrap_or(Duration::from_secs(3600))), if soon.is_some() => Wake::Cycle,
+                }
+            })
+            .await;
+        match woke {
+            None => return,
+            Some(Wake::Kernel) => {
+                kernel.repair().await;
+                continue;
+            }
+            Some(Wake::Event(event)) => debug!(?event, "probe state changed: deciding now"),
+            Some(Wake::Cycle) => {}
+        }
+        match supervisor.drive(watch.cycle()).await {
+            None => return,
+            Some(next) => soon = next,
+        }
+    }
+}
+
+enum Wake {
+    Cycle,
+    Event(watch::Event),
+    Kernel,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct KernelRepair<'a> {
+    netconf: &'a NetConf,
+    booted: &'a boot::Booted,
+    last_error_log: Option<Instant>,
+}
+
+impl KernelRepair<'_> {
+    async fn repair(&mut self) {
+        match self.netconf.reconcile(&self.booted.desired).await {
             Ok(changes) => {
                 for change in &changes {
                     warn!(%change, reason = "drift: removed or changed behind the agent's back", "kernel repaired");
                 }
-                last_error_log = None;
+                self.last_error_log = None;
             }
             Err(e) => {
-                if last_error_log.is_none_or(|at| at.elapsed() >= RECONCILE_ERROR_LOG_EVERY) {
+                if self
+                    .last_error_log
+                    .is_none_or(|at| at.elapsed() >= RECONCILE_ERROR_LOG_EVERY)
+                {
                     warn!(error = %e, "kernel reconcile failed; retrying every interval");
-                    last_error_log = Some(Instant::now());
+                    self.last_error_log = Some(Instant::now());
                 }
             }
         }

@@ -302,7 +302,7 @@ impl Ec2 for SdkEc2 {
         Ok(())
     }
 
-    async fn create_tags(&self, resource: &str, tags: &[(&str, &str)]) -> Result<()> {
+    async fn create_tags(&self, resources: &[&str], tags: &[(&str, &str)]) -> Result<()> {
         let sdk_tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
@@ -310,13 +310,16 @@ impl Ec2 for SdkEc2 {
         let words: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         self.client
             .create_tags()
-            .resources(resource)
+            .set_resources(Some(resources.iter().map(|r| (*r).to_owned()).collect()))
             .set_tags(Some(sdk_tags))
             .send()
             .await
             .map_err(|e| {
                 sdk_error(
-                    call("CreateTags", format!("{resource} {}", words.join(","))),
+                    call(
+                        "CreateTags",
+                        format!("{} {}", resources.join(","), words.join(",")),
+                    ),
                     e,
                 )
             })?;

@@ -361,10 +361,10 @@ pub trait Ec2 {
         destination: &str,
         eni: &str,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// Add or overwrite tags on any EC2 resource.
+    /// Add or overwrite tags on EC2 resources (one call for all of them).
     fn create_tags(
         &self,
-        resource: &str,
+        resources: &[&str],
         tags: &[(&str, &str)],
     ) -> impl Future<Output = Result<()>> + Send;
 }

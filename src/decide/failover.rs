@@ -182,7 +182,8 @@ pub struct Outcome {
 enum Standing<'a> {
     Mine,
     Missing,
-    Blackhole,
+    /// Reads blackhole; the ENI it points at, if it points at one.
+    Blackhole(Option<&'a str>),
     /// Points at a gateway that is down and confirmed dead, with the evidence.
     Dead(&'a str, String),
     /// Points at a gateway that is down by probe, but nothing confirms it.
@@ -219,7 +220,10 @@ fn standing<'a>(f: &'a Facts, zone: &Zone, table: &'a TableFact, dest: &str) -> 
         return Standing::Missing;
     };
     if route.blackhole {
-        return Standing::Blackhole;
+        return Standing::Blackhole(match &route.target {
+            Target::Eni(eni) => Some(eni),
+            Target::Other(_) => None,
+        });
     }
     let Target::Eni(eni) = &route.target else {
         return Standing::Foreign;
@@ -287,7 +291,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
                     dead.push(write(Expect::Missing));
                     push_unique(&mut evidence, "route missing".into());
                 }
-                Standing::Blackhole => {
+                Standing::Blackhole(_) => {
                     dead.push(write(Expect::Blackhole));
                     push_unique(&mut evidence, "route reads blackhole".into());
                 }
@@ -371,8 +375,11 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
                 expect,
             };
             match standing(f, zone, table, dest) {
-                Standing::Blackhole => {
+                Standing::Blackhole(eni) => {
                     dead.push(write(Expect::Blackhole));
+                    if let Some(eni) = eni {
+                        from.get_or_insert(eni.to_owned());
+                    }
                     push_unique(&mut evidence, "route reads blackhole".into());
                 }
                 Standing::Dead(eni, why) => {

@@ -1,0 +1,981 @@
+//! The run loop's failover half: observe peers, route tables and leases; ask
+//! [`decide::failover`]; execute its decisions; renew this gateway's leases.
+//!
+//! Observation is split so the slow parts never delay the fast ones:
+//! - one ICMP task and one `/health` task per peer update a shared view and send an event the
+//!   moment a peer's rise/fall state changes, which starts a cycle at once (no waiting for the
+//!   next tick);
+//! - one task keeps the own self-check (ICMP targets, systemd units) current with rise/fall;
+//! - a cycle (every `failover.lease_renew_ms`, or on an event) renews the leases this gateway
+//!   holds, reads every route table of the group and, for peers that fell silent, asks the API
+//!   whether they are gone, all concurrently; then it decides and writes.
+//!
+//! A write re-reads its tables first and skips any route that no longer points where the
+//! decision expected, then confirms by reading again. Failures are not remembered as work to
+//! redo: the next cycle (soon, with backoff) decides again from fresh facts, so a partial
+//! takeover is finished and a stale one is dropped.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
+use tracing::{debug, error, info, warn};
+
+use crate::agent::boot::{table_fact, unix_ms};
+use crate::cloud::{
+    AttachmentStatus, Autoscaling, CloudError, Ec2, InstanceState, RouteState, RouteTable,
+    RouteTarget,
+};
+use crate::config::{Config, GROUP_TAG, ZONE_TAG};
+use crate::decide::failover::{
+    self, Decision, Expect, Facts, Gateway, Kind, Me, Policy, Probe, SelfReport,
+};
+use crate::decide::lease::{self, LEASE_TAG, Lease};
+use crate::health::{self, Report};
+use crate::probe::{self, Icmp, RiseFall};
+
+/// How often a peer's `/health` is asked. Its answer only matters with ICMP (eligibility of a
+/// successor, a dying peer's last word), so a slower pace than ICMP is enough.
+const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(400);
+/// A `/health` answer older than this no longer describes the peer.
+const REPORT_FRESH: Duration = Duration::from_secs(2);
+/// systemd units are asked less often than ICMP targets: each check spawns systemctl.
+const UNIT_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// After a failed or unconfirmed write, the next cycle comes this soon (doubling per failure,
+/// up to the lease period), not a whole period later.
+const RETRY_SOON: Duration = Duration::from_millis(100);
+/// Peers (the group's ENIs) are looked up again this often, in case one was added.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// A failing API is reported once a minute, not every cycle.
+const API_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A peer that keeps failing probes is logged once per this, beyond its transitions.
+const PROBE_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Why the loop woke up.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Peer { zone: String, state: Probe },
+    Own { healthy: bool },
+}
+
+/// One peer gateway as the probes see it.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub zone: String,
+    pub eni: String,
+    pub ip: Ipv4Addr,
+    pub icmp: Probe,
+    /// When the first probe of the current run of losses was sent.
+    pub losing_since: Option<Instant>,
+    pub last_rtt: Option<Duration>,
+    pub report: Option<(Report, Instant)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OwnHealth {
+    pub healthy: bool,
+    pub since: Instant,
+    pub detail: String,
+}
+
+type Peers = Arc<Mutex<BTreeMap<String, PeerView>>>;
+
+/// This gateway, as the loop needs it.
+pub struct Own {
+    pub instance_id: String,
+    pub zone: String,
+    pub eni: String,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Watch<'a, E, A> {
+    config: &'a Config,
+    ec2: &'a E,
+    asg: &'a A,
+    own: Own,
+    peers: Peers,
+    own_health: Arc<Mutex<OwnHealth>>,
+    events_tx: mpsc::Sender<Event>,
+    tasks: BTreeMap<String, Vec<JoinHandle<()>>>,
+    own_task: Option<JoinHandle<()>>,
+    discovered_at: Option<Instant>,
+    report: watch::Sender<Report>,
+    /// Zone → (lease tags of its tables, when that value was first seen).
+    leases: BTreeMap<String, (String, Instant)>,
+    /// Zone → (carrier: the ENI its routes point at, or "blackhole", since when).
+    carriers: BTreeMap<String, (String, Instant)>,
+    /// Zone → when its carrier changed, within the damping window.
+    changes: BTreeMap<String, Vec<Instant>>,
+    /// Zone → the epoch this gateway claimed it with.
+    epochs: BTreeMap<String, u64>,
+    /// Zone → the last wait reason logged, so a wait is logged when it changes, not each cycle.
+    waits: BTreeMap<String, String>,
+    /// Peer zone → what the API said about its gateway, and when it was asked.
+    gone: BTreeMap<String, (Option<String>, Instant)>,
+    /// Zones given up to a newer claim (logged once).
+    let_go: BTreeMap<String, u64>,
+    last_api_error: Option<Instant>,
+    failures: u32,
+    tables: Vec<RouteTable>,
+}
+
+impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
+    pub fn new(
+        config: &'a Config,
+        ec2: &'a E,
+        asg: &'a A,
+        own: Own,
+        claimed_epoch: Option<u64>,
+    ) -> (Self, mpsc::Receiver<Event>, watch::Receiver<Report>) {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (report, report_rx) = watch::channel(Report {
+            instance_id: own.instance_id.clone(),
+            zone: own.zone.clone(),
+            eni: own.eni.clone(),
+            healthy: true,
+            draining: false,
+            carries: vec![own.zone.clone()],
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
+        let mut epochs = BTreeMap::new();
+        if let Some(epoch) = claimed_epoch {
+            epochs.insert(own.zone.clone(), epoch);
+        }
+        let watch = Self {
+            config,
+            ec2,
+            asg,
+            own,
+            peers: Arc::default(),
+            own_health: Arc::new(Mutex::new(OwnHealth {
+                healthy: true,
+                since: Instant::now(),
+                detail: "passed at boot".into(),
+            })),
+            events_tx,
+            tasks: BTreeMap::new(),
+            own_task: None,
+            discovered_at: None,
+            report,
+            leases: BTreeMap::new(),
+            carriers: BTreeMap::new(),
+            changes: BTreeMap::new(),
+            epochs,
+            waits: BTreeMap::new(),
+            gone: BTreeMap::new(),
+            let_go: BTreeMap::new(),
+            last_api_error: None,
+            failures: 0,
+            tables: Vec::new(),
+        };
+        (watch, events_rx, report_rx)
+    }
+
+    /// Starts the own self-check task. The boot self-check passed, so the gateway starts
+    /// healthy and must fail `fall` rounds to become unhealthy.
+    pub fn start_own_health(&mut self) -> Result<(), probe::Error> {
+        let sc = &self.config.self_check;
+        let targets = sc.targets();
+        let units = sc.units.clone();
+        if targets.is_empty() && units.is_empty() {
+            return Ok(());
+        }
+        let icmp = Icmp::new()?;
+        let f = &self.config.failover;
+        let (period, timeout) = (f.probe_interval(), sc.timeout());
+        let mut rf = RiseFall::new(f.rise, f.fall);
+        // Seed "up": boot's self-check just passed.
+        for _ in 0..f.rise {
+            rf.record(true);
+        }
+        let state = Arc::clone(&self.own_health);
+        let tx = self.events_tx.clone();
+        self.own_task = Some(tokio::spawn(async move {
+            let mut ticker = interval(period);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let mut units_ok = (true, String::new());
+            let mut units_at: Option<Instant> = None;
+            let mut seq: u16 = 0;
+            loop {
+                ticker.tick().await;
+                seq = seq.wrapping_add(1);
+                let echoes = targets.iter().map(|t| {
+                    let icmp = &icmp;
+                    async move { (*t, icmp.echo(*t, probe::rand_ident(*t), seq, timeout).await) }
+                });
+                let results = futures::future::join_all(echoes).await;
+                if units_at.is_none_or(|at| at.elapsed() >= UNIT_CHECK_EVERY) {
+                    let verdicts =
+                        futures::future::join_all(units.iter().map(|u| probe::unit_active(u)))
+                            .await;
+                    let failed: Vec<String> = verdicts
+                        .iter()
+                        .filter(|v| !v.ok)
+                        .map(ToString::to_string)
+                        .collect();
+                    units_ok = (failed.is_empty(), failed.join("; "));
+                    units_at = Some(Instant::now());
+                }
+                let failed: Vec<String> = results
+                    .iter()
+                    .filter_map(|(t, r)| r.as_ref().err().map(|e| format!("icmp {t}: {e}")))
+                    .collect();
+                let ok = failed.is_empty() && units_ok.0;
+                let changed = rf.record(ok);
+                let mut detail = failed.join("; ");
+                if !units_ok.0 {
+                    if !detail.is_empty() {
+                        detail.push_str("; ");
+                    }
+                    detail.push_str(&units_ok.1);
+                }
+                if let Some(now_state) = changed {
+                    let healthy = now_state == Probe::Up;
+                    {
+                        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                        s.healthy = healthy;
+                        s.since = Instant::now();
+                        s.detail = if healthy {
+                            "self-check passing".into()
+                        } else {
+                            detail.clone()
+                        };
+                    }
+                    if healthy {
+                        info!("own self-check passing again");
+                    } else {
+                        warn!(failed = %detail, "own self-check failing: this gateway takes no traffic it cannot carry");
+                    }
+                    let _ = tx.send(Event::Own { healthy }).await;
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    /// Finds the group's other gateways (their ENIs) and starts probing new ones.
+    async fn discover(&mut self) -> Result<(), CloudError> {
+        let group = self.config.group.name.as_str();
+        let mut enis = self.ec2.find_enis(&[(GROUP_TAG, group)]).await?;
+        for (zone, id) in &self.config.eni.ids {
+            if !enis.iter().any(|e| &e.id == id)
+                && let Some(eni) = self.ec2.describe_eni(id).await?
+            {
+                let _ = zone;
+                enis.push(eni);
+            }
+        }
+        let f = &self.config.failover;
+        for eni in enis {
+            let zone = self
+                .config
+                .eni
+                .ids
+                .iter()
+                .find(|(_, id)| **id == eni.id)
+                .map(|(z, _)| z.clone())
+                .or_else(|| eni.tags.get(ZONE_TAG).cloned())
+                .unwrap_or_else(|| eni.az.clone());
+            if zone == self.own.zone || self.tasks.contains_key(&zone) {
+                continue;
+            }
+            let Some(ip) = eni.private_ips.first().copied() else {
+                warn!(eni = %eni.id, %zone, "peer ENI has no private address: not probed");
+                continue;
+            };
+            info!(%zone, eni = %eni.id, %ip, "watching peer gateway");
+            self.peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    zone.clone(),
+                    PeerView {
+                        zone: zone.clone(),
+                        eni: eni.id.clone(),
+                        ip,
+                        icmp: Probe::Unknown,
+                        losing_since: None,
+                        last_rtt: None,
+                        report: None,
+                    },
+                );
+            let icmp = match Icmp::bound(self.own.ip) {
+                Ok(icmp) => Arc::new(icmp),
+                Err(e) => {
+                    error!(%zone, error = %e, "cannot probe the peer: it will never be taken over from here");
+                    continue;
+                }
+            };
+            let http = match health::Client::new(self.own.ip, f.health_port, HEALTH_TIMEOUT) {
+                Ok(http) => http,
+                Err(e) => {
+                    error!(%zone, error = %e, "cannot ask the peer's /health: it will never be taken over from here");
+                    continue;
+                }
+            };
+            let tasks = vec![
+                tokio::spawn(icmp_task(
+                    icmp,
+                    Arc::clone(&self.peers),
+                    zone.clone(),
+                    ip,
+                    (f.probe_interval(), f.probe_timeout()),
+                    (f.rise, f.fall),
+                    self.events_tx.clone(),
+                )),
+                tokio::spawn(health_task(http, Arc::clone(&self.peers), zone.clone(), ip)),
+            ];
+            self.tasks.insert(zone, tasks);
+        }
+        self.discovered_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// One observe → decide → act round. Returns how soon the next one should come, if sooner
+    /// than the regular tick.
+    pub async fn cycle(&mut self) -> Option<Duration> {
+        if self
+            .discovered_at
+            .is_none_or(|at| at.elapsed() >= REDISCOVER_EVERY)
+            && let Err(e) = self.discover().await
+        {
+            self.api_trouble(&e, "looking up the group's gateways");
+            return Some(self.backoff());
+        }
+        let renewals = self.renewals();
+        let down: Vec<(String, String)> = self
+            .peer_views()
+            .into_iter()
+            .filter(|p| p.icmp == Probe::Down)
+            .map(|p| (p.zone, p.eni))
+            .collect();
+        let (ec2, asg) = (self.ec2, self.asg);
+        let renew = futures::future::join_all(renewals.iter().map(|(zone, ids, value)| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            async move {
+                let tags = [(LEASE_TAG, value.as_str())];
+                (zone, value, ec2.create_tags(&ids, &tags).await)
+            }
+        }));
+        let evidence = futures::future::join_all(
+            down.iter()
+                .map(|(zone, eni)| async move { (zone.clone(), gone(ec2, asg, eni).await) }),
+        );
+        let (renewed, read, evidence) = tokio::join!(renew, self.read_tables(), evidence);
+        for (zone, value, result) in renewed {
+            match result {
+                Ok(()) => debug!(%zone, lease = %value, "lease renewed"),
+                Err(e) => self.api_trouble(&e, "renewing a lease"),
+            }
+        }
+        let now = Instant::now();
+        for (zone, result) in evidence {
+            match result {
+                Ok(why) => {
+                    self.gone.insert(zone, (why, now));
+                }
+                Err(e) => self.api_trouble(&e, "asking the API about a silent peer"),
+            }
+        }
+        let tables = match read {
+            Ok(tables) => tables,
+            Err(e) => {
+                // Without the arbiter, doing nothing is the safe choice.
+                self.api_trouble(&e, "reading the route tables (changing nothing until it answers)");
+                return Some(self.backoff());
+            }
+        };
+        if self.last_api_error.take().is_some() {
+            info!("EC2 API answering again");
+        }
+        self.observe(&tables, now);
+        self.tables = tables;
+        let facts = self.facts(now);
+        let outcome = failover::decide(&facts);
+        self.log_waits(&outcome.waits);
+        let mut again = false;
+        for d in &outcome.decisions {
+            if !self.execute(d).await {
+                again = true;
+            }
+        }
+        self.publish();
+        if again {
+            Some(self.backoff())
+        } else {
+            self.failures = 0;
+            None
+        }
+    }
+
+    fn backoff(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        RETRY_SOON
+            .saturating_mul(1 << self.failures.min(6))
+            .min(self.config.failover.lease_renew())
+    }
+
+    fn api_trouble(&mut self, e: &CloudError, doing: &str) {
+        if self
+            .last_api_error
+            .is_none_or(|at| at.elapsed() >= API_LOG_EVERY)
+        {
+            warn!(error = %e, doing, "EC2 API call failed; retrying, routes stay as they are");
+            crate::systemd::status(&format!("EC2 API failing ({doing}): {e}"));
+            self.last_api_error = Some(Instant::now());
+        }
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    async fn read_tables(&self) -> Result<Vec<RouteTable>, CloudError> {
+        let configured = &self.config.routes.tables;
+        if configured.is_empty() {
+            let group = self.config.group.name.as_str();
+            return self.ec2.find_route_tables(&[(GROUP_TAG, group)]).await;
+        }
+        let ids: Vec<&str> = configured.values().flatten().map(String::as_str).collect();
+        self.ec2.describe_route_tables(&ids).await
+    }
+
+    fn zone_of(&self, table: &RouteTable) -> Option<String> {
+        self.config
+            .routes
+            .tables
+            .iter()
+            .find(|(_, ids)| ids.contains(&table.id))
+            .map(|(z, _)| z.clone())
+            .or_else(|| table.tags.get(ZONE_TAG).cloned())
+    }
+
+    fn by_zone<'t>(&self, tables: &'t [RouteTable]) -> BTreeMap<String, Vec<&'t RouteTable>> {
+        let mut zones: BTreeMap<String, Vec<&RouteTable>> = BTreeMap::new();
+        for t in tables {
+            if let Some(zone) = self.zone_of(t) {
+                zones.entry(zone).or_default().push(t);
+            }
+        }
+        zones
+    }
+
+    /// The ENI most managed routes of `tables` point at, or `blackhole`.
+    fn carrier(&self, tables: &[&RouteTable]) -> Option<String> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for t in tables {
+            for dest in &self.config.routes.destinations {
+                if let Some(r) = t.route(dest) {
+                    let key = match (&r.target, r.state) {
+                        (_, RouteState::Blackhole) => "blackhole".to_owned(),
+                        (RouteTarget::Eni(id), _) => id.clone(),
+                        (other, _) => other.to_string(),
+                    };
+                    *counts.entry(key).or_default() += 1;
+                }
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k)
+    }
+
+    /// Updates lease ages and carrier history from a fresh read; logs every change of carrier.
+    fn observe(&mut self, tables: &[RouteTable], now: Instant) {
+        let window = self.config.failover.damping_max();
+        for (zone, ts) in self.by_zone(tables) {
+            let value: Vec<&str> = ts
+                .iter()
+                .map(|t| t.tags.get(LEASE_TAG).map_or("-", String::as_str))
+                .collect();
+            let value = value.join(",");
+            match self.leases.get(&zone) {
+                Some((old, _)) if *old == value => {}
+                _ => {
+                    self.leases.insert(zone.clone(), (value, now));
+                }
+            }
+            let Some(carrier) = self.carrier(&ts) else {
+                continue;
+            };
+            match self.carriers.get(&zone) {
+                Some((old, _)) if *old == carrier => {}
+                Some((old, since)) => {
+                    let held = since.elapsed();
+                    info!(
+                        %zone,
+                        from = %old,
+                        to = %carrier,
+                        held_for_ms = held.as_millis() as u64,
+                        "zone changed carrier"
+                    );
+                    if *old == self.own.eni && zone != self.own.zone {
+                        info!(%zone, to = %carrier, "zone handed back: this gateway no longer carries it");
+                    }
+                    let list = self.changes.entry(zone.clone()).or_default();
+                    list.push(now);
+                    list.retain(|at| now.duration_since(*at) < window);
+                    self.carriers.insert(zone.clone(), (carrier, now));
+                }
+                None => {
+                    self.carriers.insert(zone.clone(), (carrier, now));
+                }
+            }
+        }
+    }
+
+    /// Leases to renew: every zone whose routes point here, unless someone claimed it since
+    /// with a newer epoch (then this gateway lets go and stops renewing).
+    fn renewals(&mut self) -> Vec<(String, Vec<String>, String)> {
+        let mut out = Vec::new();
+        let tables = std::mem::take(&mut self.tables);
+        for (zone, ts) in self.by_zone(&tables) {
+            if self.carrier(&ts).as_deref() != Some(self.own.eni.as_str()) {
+                continue;
+            }
+            let newest = lease::newest(
+                ts.iter()
+                    .filter_map(|t| t.tags.get(LEASE_TAG))
+                    .map(String::as_str),
+            );
+            let mine = self.epochs.get(&zone).copied();
+            let epoch = match (&newest, mine) {
+                (Some(l), Some(e)) if l.holder != self.own.instance_id && l.epoch > e => {
+                    if self.let_go.insert(zone.clone(), l.epoch) != Some(l.epoch) {
+                        info!(%zone, claimed_by = %l.holder, epoch = l.epoch, "zone claimed with a newer epoch: letting go, no longer renewing");
+                    }
+                    continue;
+                }
+                (_, Some(e)) => e,
+                (Some(l), None) if l.holder == self.own.instance_id => l.epoch,
+                (Some(l), None) => l.epoch + 1,
+                (None, None) => 1,
+            };
+            self.epochs.insert(zone.clone(), epoch);
+            let value = Lease {
+                holder: self.own.instance_id.clone(),
+                epoch,
+                unix_ms: unix_ms(),
+            }
+            .to_string();
+            out.push((zone, ts.iter().map(|t| t.id.clone()).collect(), value));
+        }
+        self.tables = tables;
+        out
+    }
+
+    fn facts(&self, now: Instant) -> Facts {
+        let f = &self.config.failover;
+        let own = self
+            .own_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let peers = self
+            .peer_views()
+            .into_iter()
+            .map(|p| Gateway {
+                report: p.report.as_ref().and_then(|(r, at)| {
+                    (now.saturating_duration_since(*at) <= REPORT_FRESH).then_some(SelfReport {
+                        healthy: r.healthy,
+                        draining: r.draining,
+                    })
+                }),
+                api_gone: if p.icmp == Probe::Down {
+                    self.gone.get(&p.zone).and_then(|(why, _)| why.clone())
+                } else {
+                    None
+                },
+                zone: p.zone,
+                eni: p.eni,
+                icmp: p.icmp,
+            })
+            .collect();
+        let zones = self
+            .by_zone(&self.tables)
+            .into_iter()
+            .map(|(zone, ts)| {
+                let changes = self.changes.get(&zone);
+                failover::Zone {
+                    lease_unchanged_for: self
+                        .leases
+                        .get(&zone)
+                        .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at)),
+                    recent_changes: changes.map_or(0, |c| {
+                        u32::try_from(
+                            c.iter()
+                                .filter(|at| now.duration_since(**at) < f.damping_max())
+                                .count(),
+                        )
+                        .unwrap_or(u32::MAX)
+                    }),
+                    since_last_change: changes
+                        .and_then(|c| c.last())
+                        .map(|at| now.saturating_duration_since(*at)),
+                    tables: ts.into_iter().map(table_fact).collect(),
+                    zone,
+                }
+            })
+            .collect();
+        Facts {
+            me: Me {
+                zone: self.own.zone.clone(),
+                eni: self.own.eni.clone(),
+                healthy: own.healthy,
+                healthy_for: if own.healthy {
+                    now.saturating_duration_since(own.since)
+                } else {
+                    Duration::ZERO
+                },
+            },
+            ring: f.ring.clone(),
+            peers,
+            zones,
+            destinations: self.config.routes.destinations.clone(),
+            policy: Policy {
+                confirm: f.confirm,
+                failback: f.failback,
+                hold_down: f.hold_down(),
+                damping_max: f.damping_max(),
+                lease_ttl: f.lease_ttl(),
+            },
+        }
+    }
+
+    fn log_waits(&mut self, waits: &[failover::Wait]) {
+        let mut seen = BTreeMap::new();
+        for w in waits {
+            if self.waits.get(&w.zone) != Some(&w.reason) {
+                info!(zone = %w.zone, reason = %w.reason, "not acting");
+            }
+            seen.insert(w.zone.clone(), w.reason.clone());
+        }
+        self.waits = seen;
+    }
+
+    /// Claims the zone (lease with a larger epoch), re-reads, writes what still matches,
+    /// confirms. `false` when something is left for the next cycle.
+    async fn execute(&mut self, d: &Decision) -> bool {
+        let decided = Instant::now();
+        let zone_tables: Vec<RouteTable> = self
+            .tables
+            .iter()
+            .filter(|t| self.zone_of(t).as_deref() == Some(d.zone.as_str()))
+            .cloned()
+            .collect();
+        let ids: Vec<&str> = zone_tables.iter().map(|t| t.id.as_str()).collect();
+        let newest = lease::newest(
+            zone_tables
+                .iter()
+                .filter_map(|t| t.tags.get(LEASE_TAG))
+                .map(String::as_str),
+        );
+        let epoch = newest.as_ref().map_or(1, |l| l.epoch + 1);
+        let value = Lease {
+            holder: self.own.instance_id.clone(),
+            epoch,
+            unix_ms: unix_ms(),
+        }
+        .to_string();
+        let detection = d.from.as_ref().and_then(|eni| {
+            self.peer_views()
+                .into_iter()
+                .find(|p| &p.eni == eni)
+                .and_then(|p| p.losing_since)
+                .map(|at| decided.saturating_duration_since(at))
+        });
+        info!(
+            zone = %d.zone,
+            kind = d.kind.as_str(),
+            routes = d.writes.len(),
+            from = %d.from.as_deref().unwrap_or("-"),
+            evidence = %d.evidence,
+            lease = %value,
+            "decision: pointing routes at {}", self.own.eni
+        );
+        let lease_tag = [(LEASE_TAG, value.as_str())];
+        let (tagged, fresh) = tokio::join!(
+            self.ec2.create_tags(&ids, &lease_tag),
+            self.ec2.describe_route_tables(&ids)
+        );
+        if let Err(e) = tagged {
+            warn!(zone = %d.zone, error = %e, "lease tag not written; writing the routes anyway (the lease only informs)");
+        }
+        let fresh = match fresh {
+            Ok(f) => f,
+            Err(e) => {
+                self.api_trouble(&e, "re-reading before a route write");
+                return false;
+            }
+        };
+        let mut writes = Vec::new();
+        for w in &d.writes {
+            let table = fresh.iter().find(|t| t.id == w.table);
+            let current = table.and_then(|t| t.route(&w.destination));
+            let still = match (&w.expect, current) {
+                (Expect::Missing, None) => true,
+                (Expect::Blackhole, Some(r)) => r.state == RouteState::Blackhole,
+                (Expect::Eni(id), Some(r)) => r.target == RouteTarget::Eni(id.clone()),
+                _ => false,
+            };
+            if still && table.is_some() {
+                writes.push(w);
+            } else {
+                info!(zone = %d.zone, table = %w.table, destination = %w.destination, expected = %w.expect, now = %current.map_or("missing".to_owned(), |r| r.target.to_string()), "route changed since the decision: left alone");
+            }
+        }
+        let own_eni = self.own.eni.clone();
+        let eni = own_eni.as_str();
+        let ec2 = self.ec2;
+        let results = futures::future::join_all(writes.iter().map(|w| async move {
+            let r = match w.expect {
+                Expect::Missing => ec2.create_route(&w.table, &w.destination, eni).await,
+                _ => ec2.replace_route(&w.table, &w.destination, eni).await,
+            };
+            (w, r)
+        }))
+        .await;
+        let mut ok = true;
+        for (w, r) in results {
+            match r {
+                Ok(()) => info!(
+                    zone = %d.zone,
+                    table = %w.table,
+                    destination = %w.destination,
+                    target = %eni,
+                    was = %w.expect,
+                    reason = d.kind.as_str(),
+                    "route switched"
+                ),
+                Err(e) => {
+                    warn!(zone = %d.zone, error = %e, "route write failed; the next cycle decides again");
+                    ok = false;
+                }
+            }
+        }
+        self.epochs.insert(d.zone.clone(), epoch);
+        self.let_go.remove(&d.zone);
+        // Confirm from the API, not from our own success codes.
+        let confirmed = match self.ec2.describe_route_tables(&ids).await {
+            Ok(after) => {
+                let n = writes
+                    .iter()
+                    .filter(|w| {
+                        after
+                            .iter()
+                            .find(|t| t.id == w.table)
+                            .and_then(|t| t.route(&w.destination))
+                            .is_some_and(|r| r.target == RouteTarget::Eni(eni.to_owned()))
+                    })
+                    .count();
+                for t in after {
+                    if let Some(old) = self.tables.iter_mut().find(|x| x.id == t.id) {
+                        *old = t;
+                    }
+                }
+                n
+            }
+            Err(e) => {
+                self.api_trouble(&e, "confirming route writes");
+                return false;
+            }
+        };
+        let switched = decided.elapsed();
+        if ok && confirmed == writes.len() {
+            info!(
+                zone = %d.zone,
+                kind = d.kind.as_str(),
+                detection_ms = detection.map_or(-1.0, |t| t.as_secs_f64() * 1e3),
+                decision_to_switched_ms = switched.as_secs_f64() * 1e3,
+                routes = confirmed,
+                epoch,
+                "{} complete", d.kind.as_str()
+            );
+            if d.kind == Kind::TakeOver {
+                crate::systemd::status(&format!(
+                    "carrying {} and {} (took over: {})",
+                    self.own.zone, d.zone, d.evidence
+                ));
+            }
+            true
+        } else {
+            warn!(zone = %d.zone, confirmed, wanted = writes.len(), "not every route confirmed; trying again");
+            false
+        }
+    }
+
+    fn publish(&self) {
+        let own = self
+            .own_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let carries: Vec<String> = self
+            .by_zone(&self.tables)
+            .into_iter()
+            .filter(|(_, ts)| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()))
+            .map(|(z, _)| z)
+            .collect();
+        self.report.send_if_modified(|r| {
+            let changed = r.healthy != own.healthy || r.carries != carries;
+            r.healthy = own.healthy;
+            r.carries.clone_from(&carries);
+            changed
+        });
+    }
+
+    /// For tests and status: what the probes see.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.peer_views()
+    }
+}
+
+impl<E, A> Drop for Watch<'_, E, A> {
+    fn drop(&mut self) {
+        for t in self.tasks.values().flatten() {
+            t.abort();
+        }
+        if let Some(t) = &self.own_task {
+            t.abort();
+        }
+    }
+}
+
+/// Why the API says `eni`'s gateway cannot carry traffic, or `None` if it says it can.
+async fn gone<E: Ec2, A: Autoscaling>(
+    ec2: &E,
+    asg: &A,
+    eni: &str,
+) -> Result<Option<String>, CloudError> {
+    let Some(e) = ec2.describe_eni(eni).await? else {
+        return Ok(Some(format!("ENI {eni} no longer exists")));
+    };
+    let Some(att) = e.attachment else {
+        return Ok(Some(format!("ENI {eni} is detached")));
+    };
+    if matches!(
+        att.status,
+        AttachmentStatus::Detaching | AttachmentStatus::Detached
+    ) {
+        return Ok(Some(format!("ENI {eni} is detaching")));
+    }
+    let Some(instance) = att.instance_id else {
+        return Ok(None);
+    };
+    match ec2.describe_instance(&instance).await? {
+        None => return Ok(Some(format!("instance {instance} no longer exists"))),
+        Some(i) if i.state != InstanceState::Running => {
+            return Ok(Some(format!("instance {instance} is {}", i.state.as_str())));
+        }
+        Some(_) => {}
+    }
+    if let Some(a) = asg.asg_instance(&instance).await?
+        && a.lifecycle_state.starts_with("Terminating")
+    {
+        return Ok(Some(format!(
+            "instance {instance} is {} in {}",
+            a.lifecycle_state, a.group
+        )));
+    }
+    Ok(None)
+}
+
+async fn icmp_task(
+    icmp: Arc<Icmp>,
+    peers: Peers,
+    zone: String,
+    ip: Ipv4Addr,
+    (period, timeout): (Duration, Duration),
+    (rise, fall): (u32, u32),
+    tx: mpsc::Sender<Event>,
+) {
+    let mut rf = RiseFall::new(rise, fall);
+    let ident = probe::rand_ident(ip);
+    let mut ticker = interval(period);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut seq: u16 = 0;
+    let mut last_log: Option<Instant> = None;
+    loop {
+        ticker.tick().await;
+        seq = seq.wrapping_add(1);
+        let sent = Instant::now();
+        let result = icmp.echo(ip, ident, seq, timeout).await;
+        let change = rf.record(result.is_ok());
+        {
+            let mut map = peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = map.get_mut(&zone) {
+                match &result {
+                    Ok(rtt) => {
+                        p.last_rtt = Some(*rtt);
+                        p.losing_since = None;
+                    }
+                    Err(_) => {
+                        p.losing_since.get_or_insert(sent);
+                    }
+                }
+                p.icmp = rf.state();
+            }
+        }
+        match (&result, change) {
+            (_, Some(state)) => {
+                match state {
+                    Probe::Down => {
+                        warn!(%zone, peer = %ip, lost_in_a_row = rf.bad_streak(), "peer down by ICMP")
+                    }
+                    _ => info!(%zone, peer = %ip, state = ?state, "peer ICMP state"),
+                }
+                let _ = tx
+                    .send(Event::Peer {
+                        zone: zone.clone(),
+                        state,
+                    })
+                    .await;
+            }
+            (Err(e), None)
+                if rf.state() == Probe::Down
+                    && last_log.is_none_or(|at| at.elapsed() >= PROBE_LOG_EVERY) =>
+            {
+                warn!(%zone, peer = %ip, error = %e, "peer still silent");
+                last_log = Some(Instant::now());
+            }
+            (Err(e), None) => debug!(%zone, peer = %ip, error = %e, "probe lost"),
+            _ => {}
+        }
+    }
+}
+
+async fn health_task(http: health::Client, peers: Peers, zone: String, ip: Ipv4Addr) {
+    let mut ticker = interval(HEALTH_INTERVAL);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last: Option<(bool, bool)> = None;
+    loop {
+        ticker.tick().await;
+        match http.fetch(ip).await {
+            Ok(report) => {
+                let now = (report.healthy, report.draining);
+                if last != Some(now) {
+                    info!(%zone, healthy = report.healthy, draining = report.draining, carries = ?report.carries, "peer /health");
+                    last = Some(now);
+                }
+                if let Some(p) = peers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&zone)
+                {
+                    p.report = Some((report, Instant::now()));
+                }
+            }
+            Err(e) => debug!(%zone, error = %e, "peer /health unanswered"),
+        }
+        // A tick that waited on a slow peer must not make the next ask come at once.
+        sleep(Duration::ZERO).await;
+    }
+}
