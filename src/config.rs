@@ -816,7 +816,9 @@ impl Config {
             if !(2..=100).contains(&value) {
                 fail(
                     key,
-                    format!("{value} is out of range; use 2 to 100 (one lost probe must never decide anything), or remove the key for the default {default}"),
+                    format!(
+                        "{value} is out of range; use 2 to 100 (one lost probe must never decide anything), or remove the key for the default {default}"
+                    ),
                 );
             }
         }
@@ -861,7 +863,9 @@ impl Config {
         if f.health_port == 0 {
             fail(
                 "failover.health_port",
-                format!("0 is not a port; use 1 to 65535, or remove the key for the default {DEFAULT_HEALTH_PORT}"),
+                format!(
+                    "0 is not a port; use 1 to 65535, or remove the key for the default {DEFAULT_HEALTH_PORT}"
+                ),
             );
         }
         let mut ring_seen = std::collections::BTreeSet::new();
@@ -869,7 +873,9 @@ impl Config {
             if zone.trim().is_empty() || zone.trim() != zone {
                 fail(
                     "failover.ring",
-                    format!("{zone:?} is not a zone name; list availability zones, e.g. [\"us-east-1a\", \"us-east-1b\"]"),
+                    format!(
+                        "{zone:?} is not a zone name; list availability zones, e.g. [\"us-east-1a\", \"us-east-1b\"]"
+                    ),
                 );
             } else if !ring_seen.insert(zone.as_str()) {
                 fail(

@@ -66,7 +66,10 @@ impl Icmp {
         seq: u16,
         timeout: Duration,
     ) -> Result<Duration, String> {
-        let mut pinger = self.client.pinger(IpAddr::V4(target), PingIdentifier(ident)).await;
+        let mut pinger = self
+            .client
+            .pinger(IpAddr::V4(target), PingIdentifier(ident))
+            .await;
         pinger.timeout(timeout);
         pinger
             .ping(PingSequence(seq), &[0; 16])

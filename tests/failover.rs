@@ -136,3 +136,88 @@ async fn terminated_peer_is_taken_over_and_handed_back_when_replaced() {
     assert!(after.delivered > mid.delivered, "{after:?}");
     f.show_logs();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_peer_is_taken_only_after_its_lease_lapses_and_fails_back_after_the_hold_down() {
+    let f = Fleet::start(&["a", "b"], "[failover]\nhold_down_s = 4").await;
+    steady(2).await;
+    let b = f.instance("b").instance_id.clone();
+    f.e.lab.hang(&b).await.unwrap();
+    f.wait_route("b", "a", Duration::from_secs(10)).await;
+    let log_a = f.agent("a").log();
+    // The API still says b runs: only the lapsed lease confirmed it.
+    assert!(log_a.contains("lease not renewed"), "{log_a}");
+    assert!(!log_a.contains("shutting-down"), "{log_a}");
+
+    // b comes back without a reboot: it takes its zone back after the hold-down, once.
+    let writes = f.route_writes().await;
+    f.e.lab.unhang(&b).await.unwrap();
+    steady(2).await;
+    f.wait_route("b", "a", Duration::from_secs(1)).await;
+    f.wait_route("b", "b", Duration::from_secs(10)).await;
+    steady(3).await;
+    f.wait_route("b", "b", Duration::from_secs(1)).await;
+    assert_eq!(f.route_writes().await, writes + 1, "{}", f.logs());
+    let log_b = f.agent("b").log();
+    assert!(log_b.contains("failback complete"), "{log_b}");
+    f.show_logs();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_agent_on_a_forwarding_gateway_is_not_taken_over() {
+    let mut f = Fleet::start(&["a", "b"], "").await;
+    steady(2).await;
+    let stream = f.e.lab.stream_start("b", 100).await.unwrap();
+    let writes = f.route_writes().await;
+    let agent_b = &mut f.agents.iter_mut().find(|(z, ..)| z == "b").unwrap().2;
+    agent_b.child.kill().await.unwrap();
+    // Well past ICMP fall and the lease ttl: b's lease is stale, but its kernel forwards.
+    steady(6).await;
+    let report = f.e.lab.stream_stop(stream).await.unwrap();
+    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    f.wait_route("b", "b", Duration::from_secs(1)).await;
+    assert_eq!(report.lost, 0, "{report:?}");
+    f.show_logs();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_between_healthy_gateways_moves_nothing() {
+    let f = Fleet::start(&["a", "b"], "").await;
+    steady(2).await;
+    let writes = f.route_writes().await;
+    let (ip_a, ip_b) = (f.e.sc.zone("a").eni_ip.clone(), f.e.sc.zone("b").eni_ip.clone());
+    f.e.lab.partition(&ip_a, &ip_b).await.unwrap();
+    steady(8).await;
+    let log_a = f.agent("a").log();
+    assert!(log_a.contains("peer down by ICMP"), "the partition did not bite:\n{log_a}");
+    assert!(log_a.contains("a partition, not a death"), "{log_a}");
+    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    f.e.lab.heal(&ip_a, &ip_b).await.unwrap();
+    steady(2).await;
+    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    f.wait_route("a", "a", Duration::from_secs(1)).await;
+    f.wait_route("b", "b", Duration::from_secs(1)).await;
+    f.show_logs();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both() {
+    let f = Fleet::start(&["a", "b", "c"], "").await;
+    steady(2).await;
+    let writes = f.route_writes().await;
+    let c = f.instance("c").instance_id.clone();
+    f.e.lab.terminate(&c).await.unwrap();
+    // Ring a → b → c → a: c's successor is a.
+    f.wait_route("c", "a", Duration::from_secs(10)).await;
+    steady(3).await;
+    assert_eq!(f.route_writes().await, writes + 1, "one writer, one write\n{}", f.logs());
+    assert!(!f.agent("b").log().contains("takeover complete"));
+
+    let a = f.instance("a").instance_id.clone();
+    f.e.lab.terminate(&a).await.unwrap();
+    f.wait_route("a", "b", Duration::from_secs(10)).await;
+    f.wait_route("c", "b", Duration::from_secs(10)).await;
+    steady(3).await;
+    assert_eq!(f.route_writes().await, writes + 3, "{}", f.logs());
+    f.show_logs();
+}

@@ -432,8 +432,13 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                 return Ok((ids, epoch));
             }
             if epoch.is_none() {
-                let next = lease::newest(tables.iter().filter_map(|t| t.tags.get(LEASE_TAG)).map(String::as_str))
-                    .map_or(1, |l| l.epoch + 1);
+                let next = lease::newest(
+                    tables
+                        .iter()
+                        .filter_map(|t| t.tags.get(LEASE_TAG))
+                        .map(String::as_str),
+                )
+                .map_or(1, |l| l.epoch + 1);
                 let value = lease::Lease {
                     holder: self.identity.instance_id.clone(),
                     epoch: next,
@@ -442,7 +447,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                 .to_string();
                 let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 let lease_tag = [(LEASE_TAG, value.as_str())];
-                retry(self.deadline, || self.ec2.create_tags(&table_ids, &lease_tag))
+                retry(self.deadline, || {
+                    self.ec2.create_tags(&table_ids, &lease_tag)
+                })
                 .await?;
                 self.writes += 1;
                 info!(lease = %value, "zone claimed: lease written before the route writes");

@@ -289,21 +289,18 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 continue;
             };
             info!(%zone, eni = %eni.id, %ip, "watching peer gateway");
-            self.peers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    zone.clone(),
-                    PeerView {
-                        zone: zone.clone(),
-                        eni: eni.id.clone(),
-                        ip,
-                        icmp: Probe::Unknown,
-                        losing_since: None,
-                        last_rtt: None,
-                        report: None,
-                    },
-                );
+            self.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                zone.clone(),
+                PeerView {
+                    zone: zone.clone(),
+                    eni: eni.id.clone(),
+                    ip,
+                    icmp: Probe::Unknown,
+                    losing_since: None,
+                    last_rtt: None,
+                    report: None,
+                },
+            );
             let icmp = match Icmp::bound(self.own.ip) {
                 Ok(icmp) => Arc::new(icmp),
                 Err(e) => {
@@ -386,7 +383,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             Ok(tables) => tables,
             Err(e) => {
                 // Without the arbiter, doing nothing is the safe choice.
-                self.api_trouble(&e, "reading the route tables (changing nothing until it answers)");
+                self.api_trouble(
+                    &e,
+                    "reading the route tables (changing nothing until it answers)",
+                );
                 return Some(self.backoff());
             }
         };

@@ -278,6 +278,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut held = Vec::new();
     let mut evidence = Vec::new();
     let mut holder = None;
+    let mut api_confirmed = true;
     for table in &zone.tables {
         for dest in &f.destinations {
             let write = |expect| Write {
@@ -296,6 +297,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
                     push_unique(&mut evidence, "route reads blackhole".into());
                 }
                 Standing::Dead(eni, why) => {
+                    api_confirmed &= f.peers.iter().any(|g| g.eni == eni && g.api_gone.is_some());
                     dead.push(write(Expect::Eni(eni.to_owned())));
                     push_unique(&mut evidence, format!("held by a dead gateway: {why}"));
                 }
@@ -316,7 +318,12 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         });
         return;
     }
-    if !dead.is_empty() {
+    if !dead.is_empty() && !api_confirmed && let Some(reason) = damped(&f.policy, zone) {
+        out.waits.push(Wait {
+            zone: zone.zone.clone(),
+            reason,
+        });
+    } else if !dead.is_empty() {
         out.decisions.push(Decision {
             zone: zone.zone.clone(),
             kind: Kind::Reclaim,
@@ -336,13 +343,19 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         return;
     }
     let hold = damped_hold_down(&f.policy, zone.recent_changes);
-    if f.me.healthy_for < hold {
+    // Health counts from when this gateway saw its zone go, too: one that was frozen (SIGSTOP,
+    // a stalled hypervisor) has been "healthy" all along by its own clock.
+    let healthy_for = f
+        .me
+        .healthy_for
+        .min(zone.since_last_change.unwrap_or(Duration::MAX));
+    if healthy_for < hold {
         out.waits.push(Wait {
             zone: zone.zone.clone(),
             reason: format!(
                 "held by {holder}; failback after {} s of continuous health ({} s so far, {} recent change(s))",
                 hold.as_secs(),
-                f.me.healthy_for.as_secs(),
+                healthy_for.as_secs(),
                 zone.recent_changes
             ),
         });
@@ -354,7 +367,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         writes: held,
         evidence: format!(
             "own zone held by {holder}; healthy for {} s (hold-down {} s)",
-            f.me.healthy_for.as_secs(),
+            healthy_for.as_secs(),
             hold.as_secs()
         ),
         from: Some(holder.to_owned()),
@@ -383,10 +396,7 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
                     push_unique(&mut evidence, "route reads blackhole".into());
                 }
                 Standing::Dead(eni, why) => {
-                    let by_api = f
-                        .peers
-                        .iter()
-                        .any(|g| g.eni == eni && g.api_gone.is_some());
+                    let by_api = f.peers.iter().any(|g| g.eni == eni && g.api_gone.is_some());
                     api_confirmed &= by_api;
                     dead.push(write(Expect::Eni(eni.to_owned())));
                     from.get_or_insert(eni.to_owned());
@@ -446,19 +456,9 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
             return;
         }
     }
-    if !api_confirmed && zone.recent_changes > 0 {
-        let hold = damped_hold_down(&f.policy, zone.recent_changes);
-        let since = zone.since_last_change.unwrap_or(Duration::MAX);
-        if since < hold {
-            out.waits.push(wait(format!(
-                "flap damping: {} change(s) recently, the last {} s ago; next takeover without API \
-                 evidence after {} s",
-                zone.recent_changes,
-                since.as_secs(),
-                hold.as_secs()
-            )));
-            return;
-        }
+    if !api_confirmed && let Some(reason) = damped(&f.policy, zone) {
+        out.waits.push(wait(reason));
+        return;
     }
     out.decisions.push(Decision {
         zone: zone.zone.clone(),
@@ -467,6 +467,26 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         evidence: evidence.join("; "),
         from,
     });
+}
+
+/// Why a move the API does not vouch for (lease, self-report or ICMP-only evidence) must wait:
+/// the zone changed hands recently. Two gateways that each believe the other dead (a partition
+/// with ICMP-only confirmation) then move each zone at most once per damped hold-down.
+fn damped(policy: &Policy, zone: &Zone) -> Option<String> {
+    if zone.recent_changes == 0 {
+        return None;
+    }
+    let hold = damped_hold_down(policy, zone.recent_changes);
+    let since = zone.since_last_change.unwrap_or(Duration::MAX);
+    (since < hold).then(|| {
+        format!(
+            "flap damping: {} change(s) recently, the last {} s ago; the next move without API \
+             evidence after {} s",
+            zone.recent_changes,
+            since.as_secs(),
+            hold.as_secs()
+        )
+    })
 }
 
 /// The first zone after `zone` in the ring whose gateway could carry it: this one if healthy,

@@ -128,7 +128,11 @@ fn summary(o: &Outcome) -> Vec<(String, &'static str, String)> {
         .iter()
         .map(|d| {
             assert_eq!(d.writes.len(), 1, "{d:?}");
-            (d.zone.clone(), d.kind.as_str(), d.writes[0].expect.to_string())
+            (
+                d.zone.clone(),
+                d.kind.as_str(),
+                d.writes[0].expect.to_string(),
+            )
         })
         .collect()
 }
@@ -160,36 +164,78 @@ fn two_zones_takeover_needs_probe_and_confirmation() {
     // (what happened to b, a takes b?)
     type Setup = fn(&mut World);
     let cases: &[(&str, Setup, bool)] = &[
-        ("terminated: silent and the API says so", |w| {
-            w.terminated("b");
-        }, true),
-        ("hung, lease still fresh", |w| {
-            w.hung("b");
-        }, false),
-        ("hung, lease unchanged past the ttl", |w| {
-            w.hung("b").lease_stale("b");
-        }, true),
-        ("silent, last /health said draining", |w| {
-            w.hung("b").peer("b").report = Some(SelfReport { healthy: true, draining: true });
-        }, true),
-        ("silent, last /health said unhealthy", |w| {
-            w.hung("b").peer("b").report = Some(SelfReport { healthy: false, draining: false });
-        }, true),
-        ("answers ICMP but the API says gone (probe not down yet)", |w| {
-            w.peer("b").api_gone = Some("ENI detached".into());
-        }, false),
-        ("agent dead, kernel forwards: ICMP up, no /health, lease stale", |w| {
-            w.peer("b").report = None;
-            w.lease_stale("b");
-        }, false),
-        ("probes not settled yet (unknown), lease stale", |w| {
-            w.peer("b").icmp = Probe::Unknown;
-            w.lease_stale("b");
-        }, false),
-        ("route already reads blackhole (ENI detached), probes unknown", |w| {
-            w.peer("b").icmp = Probe::Unknown;
-            w.route("b", Target::Eni(eni("b")), true);
-        }, true),
+        (
+            "terminated: silent and the API says so",
+            |w| {
+                w.terminated("b");
+            },
+            true,
+        ),
+        (
+            "hung, lease still fresh",
+            |w| {
+                w.hung("b");
+            },
+            false,
+        ),
+        (
+            "hung, lease unchanged past the ttl",
+            |w| {
+                w.hung("b").lease_stale("b");
+            },
+            true,
+        ),
+        (
+            "silent, last /health said draining",
+            |w| {
+                w.hung("b").peer("b").report = Some(SelfReport {
+                    healthy: true,
+                    draining: true,
+                });
+            },
+            true,
+        ),
+        (
+            "silent, last /health said unhealthy",
+            |w| {
+                w.hung("b").peer("b").report = Some(SelfReport {
+                    healthy: false,
+                    draining: false,
+                });
+            },
+            true,
+        ),
+        (
+            "answers ICMP but the API says gone (probe not down yet)",
+            |w| {
+                w.peer("b").api_gone = Some("ENI detached".into());
+            },
+            false,
+        ),
+        (
+            "agent dead, kernel forwards: ICMP up, no /health, lease stale",
+            |w| {
+                w.peer("b").report = None;
+                w.lease_stale("b");
+            },
+            false,
+        ),
+        (
+            "probes not settled yet (unknown), lease stale",
+            |w| {
+                w.peer("b").icmp = Probe::Unknown;
+                w.lease_stale("b");
+            },
+            false,
+        ),
+        (
+            "route already reads blackhole (ENI detached), probes unknown",
+            |w| {
+                w.peer("b").icmp = Probe::Unknown;
+                w.route("b", Target::Eni(eni("b")), true);
+            },
+            true,
+        ),
     ];
     for (name, setup, expected) in cases {
         let mut w = World::new("a", &["a", "b"]);
@@ -376,7 +422,16 @@ fn own_zone_failback_waits_for_the_hold_down_and_respects_manual() {
     let o = w.decide();
     assert!(o.decisions.is_empty());
     waits_for(&o, "a", "failback after 120 s");
+    // A gateway that was frozen counts from when it saw its zone go, not from its own start.
+    w.zone("a").recent_changes = 1;
+    w.zone("a").since_last_change = Some(Duration::from_secs(2));
+    let o = w.decide();
+    assert!(o.decisions.is_empty());
+    waits_for(&o, "a", "(2 s so far");
+    w.zone("a").since_last_change = Some(Duration::from_secs(31));
+    assert_eq!(summary(&w.decide()), takes("a", "failback", "via eni-b"));
     w.zone("a").recent_changes = 0;
+    w.zone("a").since_last_change = None;
     w.f.policy.failback = Failback::Manual;
     let o = w.decide();
     assert!(o.decisions.is_empty());
@@ -465,4 +520,25 @@ fn every_destination_of_every_table_is_written() {
     let o = w.decide();
     assert_eq!(o.decisions.len(), 1, "{o:?}");
     assert_eq!(o.decisions[0].writes.len(), 98);
+}
+
+#[test]
+fn icmp_only_partition_moves_each_zone_once_per_hold_down() {
+    // a and b cannot see each other; ICMP-only confirmation. First round: each takes the other.
+    let mut a = World::new("a", &["a", "b"]);
+    a.f.policy.confirm = Confirm::Icmp;
+    a.hung("b");
+    assert_eq!(summary(&a.decide()), takes("b", "takeover", "via eni-b"));
+    // Meanwhile b took a's zone: a now sees its own zone held by "dead" b, changed just now.
+    a.held_by("a", "b").held_by("b", "a");
+    a.zone("a").recent_changes = 1;
+    a.zone("a").since_last_change = Some(Duration::from_secs(1));
+    let o = a.decide();
+    assert!(o.decisions.is_empty(), "{o:?}");
+    waits_for(&o, "a", "flap damping");
+    // After the hold-down it may move once more; the next wait doubles.
+    a.zone("a").since_last_change = Some(Duration::from_secs(31));
+    assert_eq!(summary(&a.decide()), takes("a", "reclaim", "via eni-b"));
+    a.zone("a").recent_changes = 2;
+    waits_for(&a.decide(), "a", "after 60 s");
 }

@@ -4,6 +4,6 @@
 //! rule is tested with tables of scenarios. The agent's run loop observes, asks, and executes.
 
 pub mod claim;
-pub mod reclaim;
 pub mod failover;
 pub mod lease;
+pub mod reclaim;
