@@ -1,4 +1,4 @@
-//! Command line: `gateway-agent run | check-config | version`.
+//! Command line: `gateway-agent run | check-config | failback | version`.
 
 use std::path::PathBuf;
 
@@ -22,8 +22,23 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the config file and print every problem, one per line (exit status 2 on error).
     CheckConfig(ConfigArg),
+    /// Ask the running agent to take its own zone back now (waives the hold-down and
+    /// `failback = "manual"`; the own self-check must still pass).
+    Failback(FailbackArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Args)]
+pub struct FailbackArgs {
+    /// Must be this gateway's zone (a guard against running it on the wrong host).
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// The agent's control socket [default: control.socket of the config, else /run/gateway-agent/control.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
 }
 
 #[derive(Debug, Args)]
@@ -58,5 +73,11 @@ mod tests {
         assert!(Cli::try_parse_from(["gateway-agent", "check-config"]).is_ok());
         assert!(Cli::try_parse_from(["gateway-agent", "version"]).is_ok());
         assert!(Cli::try_parse_from(["gateway-agent", "bogus"]).is_err());
+        let cli = Cli::try_parse_from(["gateway-agent", "failback", "--zone", "us-east-1a"])
+            .expect("failback");
+        let Command::Failback(args) = cli.command else {
+            panic!("expected failback");
+        };
+        assert_eq!(args.zone.as_deref(), Some("us-east-1a"));
     }
 }

@@ -54,6 +54,7 @@
 //! | `failover.damping_max_s`      | [`DEFAULT_DAMPING_MAX_S`]        | cap of the doubling hold-down of a flapping zone |
 //! | `failover.health_port`        | [`DEFAULT_HEALTH_PORT`]          | TCP port of `/health` on the ENI address        |
 //! | `failover.ring`               | `[]` (zone names sorted)         | successor order of the zones                    |
+//! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -148,6 +149,22 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub failover: Failover,
+    #[serde(default)]
+    pub control: Control,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -883,6 +900,16 @@ impl Config {
                     format!("{zone:?} is listed twice; every zone once, in successor order"),
                 );
             }
+        }
+        if !self.control.socket.is_absolute() {
+            fail(
+                "control.socket",
+                format!(
+                    "{:?} is not an absolute path; give e.g. \"{}\", or remove the key for the default",
+                    self.control.socket,
+                    crate::control::DEFAULT_SOCKET
+                ),
+            );
         }
         // A bare word parses as a filter on a target of that name, which would silently log
         // nothing: accept the level names, or a directive list that has an `=` in it.

@@ -198,6 +198,7 @@ mod tests {
             serde_json::from_str(r#"{"healthy":true,"future_field":[1,2],"zone":"z"}"#).unwrap();
         assert!(r.healthy);
         assert_eq!(r.zone, "z");
-        assert!(serde_json::from_str::<Report>("[]").is_err());
+        assert!(serde_json::from_str::<Report>("42").is_err());
+        assert!(serde_json::from_str::<Report>(r#"{"healthy":"yes"}"#).is_err());
     }
 }

@@ -36,6 +36,7 @@ pub mod agent;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod control;
 pub mod decide;
 pub mod health;
 pub mod imds;

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway_agent::cli::{Cli, Command};
+use gateway_agent::cli::{self, Cli, Command};
 use gateway_agent::config::Config;
-use gateway_agent::{agent, imds};
+use gateway_agent::{agent, control, imds};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -44,6 +44,7 @@ async fn main() -> ExitCode {
         }
         Command::CheckConfig(arg) => check_config(&arg.path()),
         Command::Run(arg) => run(&arg.path()).await,
+        Command::Failback(args) => failback(args).await,
     };
     exit.into()
 }
@@ -57,6 +58,27 @@ fn check_config(path: &Path) -> Exit {
         Err(error) => {
             eprintln!("{error}");
             Exit::Config
+        }
+    }
+}
+
+async fn failback(args: cli::FailbackArgs) -> Exit {
+    // The socket path is the only thing read from the config: a config broken since the agent
+    // started must not stop an operator from talking to the running agent.
+    let socket = args.socket.clone().unwrap_or_else(|| {
+        Config::load(&args.config.path())
+            .map(|c| c.control.socket)
+            .unwrap_or_else(|_| control::DEFAULT_SOCKET.into())
+    });
+    let command = control::Command::Failback { zone: args.zone };
+    match control::send(&socket, &command).await {
+        Ok(answer) => {
+            println!("{answer}");
+            Exit::Ok
+        }
+        Err(error) => {
+            eprintln!("gateway-agent failback: {error}");
+            Exit::Other
         }
     }
 }

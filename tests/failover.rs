@@ -22,7 +22,7 @@ impl Fleet {
         let mut agents = Vec::new();
         for z in zones {
             let inst = e.instance(z).await;
-            let agent = e.start_agent(&inst, &format!("agent-{z}"), extra);
+            let agent = e.start_agent(&inst, &format!("agent-{z}"), &with_socket(&e, z, extra));
             agents.push(((*z).to_owned(), inst, agent));
         }
         for (_, _, agent) in &agents {
@@ -85,6 +85,35 @@ impl Fleet {
     }
 }
 
+/// Each agent gets its own control socket in the lab's run directory.
+fn with_socket(e: &Env, name: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[control]\nsocket = \"{}\"\n",
+        socket(e, name).display()
+    )
+}
+
+fn socket(e: &Env, name: &str) -> PathBuf {
+    PathBuf::from(&e.lab.info.run_dir).join(format!("agent-{name}.sock"))
+}
+
+/// `gateway-agent failback` as an operator runs it: (exit code, stdout + stderr).
+fn failback_cli(e: &Env, name: &str) -> (i32, String) {
+    let out = std::process::Command::new(AGENT)
+        .args(["failback", "--socket"])
+        .arg(socket(e, name))
+        .output()
+        .expect("run gateway-agent failback");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 async fn steady(secs: u64) {
     tokio::time::sleep(Duration::from_secs(secs)).await;
 }
@@ -120,7 +149,7 @@ async fn terminated_peer_is_taken_over_and_handed_back_when_replaced() {
     })
     .await
     .unwrap();
-    let agent = f.e.start_agent(&new_b, "agent-b2", "");
+    let agent = f.e.start_agent(&new_b, "agent-b2", &with_socket(&f.e, "b2", ""));
     agent.wait_ready().await;
     f.wait_route("b", "b", Duration::from_secs(5)).await;
     f.agents.push(("b2".into(), new_b, agent));
@@ -219,5 +248,36 @@ async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both(
     f.wait_route("c", "b", Duration::from_secs(10)).await;
     steady(3).await;
     assert_eq!(f.route_writes().await, writes + 3, "{}", f.logs());
+    f.show_logs();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_failback_waits_for_the_operator() {
+    let f = Fleet::start(
+        &["a", "b"],
+        "[failover]\nfailback = \"manual\"\nhold_down_s = 1\ndamping_max_s = 1",
+    )
+    .await;
+    steady(2).await;
+    let b = f.instance("b").instance_id.clone();
+    f.e.lab.hang(&b).await.unwrap();
+    f.wait_route("b", "a", Duration::from_secs(10)).await;
+    f.e.lab.unhang(&b).await.unwrap();
+    // Well past the hold-down: b stays with a.
+    steady(4).await;
+    f.wait_route("b", "a", Duration::from_secs(1)).await;
+    assert!(f.agent("b").log().contains("failback = manual"), "{}", f.logs());
+    // The wrong zone is refused; the right command brings it back at once.
+    let out = std::process::Command::new(AGENT)
+        .args(["failback", "--zone", "us-east-1a", "--socket"])
+        .arg(socket(&f.e, "b"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not this gateway's zone"));
+    let (code, text) = failback_cli(&f.e, "b");
+    assert_eq!(code, 0, "{text}\n{}", f.logs());
+    assert!(text.contains("carried by"), "{text}");
+    f.wait_route("b", "b", Duration::from_secs(1)).await;
     f.show_logs();
 }

@@ -419,7 +419,8 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         loop {
             let tables = self.tables().await?;
             let facts: Vec<TableFact> = tables.iter().map(table_fact).collect();
-            let (intents, skipped) = reclaim::reclaim(eni_id, destinations, &facts);
+            let manual = self.config.failover.failback == crate::config::Failback::Manual;
+            let (intents, skipped) = reclaim::reclaim(eni_id, destinations, &facts, manual);
             if !logged_skips {
                 for s in &skipped {
                     warn!(table = %s.table, destination = %s.destination, reason = %s.reason, "route not managed");

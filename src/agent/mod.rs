@@ -235,6 +235,14 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             None
         }
     };
+    let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
+    let _control = match crate::control::serve(&config.control.socket, control_tx) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            error!(error = %e, "no control socket: `gateway-agent failback` will not reach this agent");
+            None
+        }
+    };
     let mut lease_ticker = interval(config.failover.lease_renew());
     lease_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut soon: Option<Duration> = None;
@@ -244,6 +252,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                 tokio::select! {
                     _ = lease_ticker.tick() => Wake::Cycle,
                     Some(event) = events.recv() => Wake::Event(event),
+                    Some(request) = control.recv() => Wake::Control(request),
                     _ = kernel_ticker.tick() => Wake::Kernel,
                     _ = sleep(soon.unwrap_or(Duration::from_secs(3600))), if soon.is_some() => Wake::Cycle,
                 }
@@ -256,6 +265,13 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                 continue;
             }
             Some(Wake::Event(event)) => debug!(?event, "probe state changed: deciding now"),
+            Some(Wake::Control(request)) => {
+                let Some(answer) = supervisor.drive(watch.command(request.command)).await else {
+                    return;
+                };
+                let _ = request.answer.send(answer);
+                continue;
+            }
             Some(Wake::Cycle) => {}
         }
         match supervisor.drive(watch.cycle()).await {
@@ -268,6 +284,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
 enum Wake {
     Cycle,
     Event(watch::Event),
+    Control(crate::control::Request),
     Kernel,
 }
 

@@ -31,6 +31,7 @@ use crate::cloud::{
     RouteTarget,
 };
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
+use crate::control::Command;
 use crate::decide::failover::{
     self, Decision, Expect, Facts, Gateway, Kind, Me, Policy, Probe, SelfReport,
 };
@@ -122,6 +123,8 @@ pub struct Watch<'a, E, A> {
     last_api_error: Option<Instant>,
     failures: u32,
     tables: Vec<RouteTable>,
+    /// `gateway-agent failback` asked for the own zone back in the cycle under way.
+    failback_requested: bool,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -172,6 +175,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             last_api_error: None,
             failures: 0,
             tables: Vec::new(),
+            failback_requested: false,
         };
         (watch, events_rx, report_rx)
     }
@@ -647,6 +651,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 damping_max: f.damping_max(),
                 lease_ttl: f.lease_ttl(),
             },
+            failback_now: self.failback_requested,
         }
     }
 
@@ -830,6 +835,37 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             r.carries.clone_from(&carries);
             changed
         });
+    }
+
+    /// An operator's command, run between cycles; the answer goes back over the socket.
+    pub async fn command(&mut self, command: Command) -> Result<String, String> {
+        match command {
+            Command::Failback { zone } => {
+                if let Some(z) = zone
+                    && z != self.own.zone
+                {
+                    return Err(format!(
+                        "{z} is not this gateway's zone ({}); run failback on {z}'s gateway",
+                        self.own.zone
+                    ));
+                }
+                self.failback_requested = true;
+                self.cycle().await;
+                self.failback_requested = false;
+                let own = self.own.zone.clone();
+                let carried = self
+                    .by_zone(&self.tables)
+                    .get(&own)
+                    .is_some_and(|ts| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()));
+                if carried {
+                    Ok(format!("{own} is carried by {} (this gateway)", self.own.eni))
+                } else {
+                    Err(self.waits.get(&own).cloned().unwrap_or_else(|| {
+                        format!("{own} is not carried here yet; see the agent's log")
+                    }))
+                }
+            }
+        }
     }
 
     /// For tests and status: what the probes see.

@@ -104,6 +104,9 @@ pub struct Facts {
     pub zones: Vec<Zone>,
     pub destinations: Vec<String>,
     pub policy: Policy,
+    /// An operator asked for this gateway's zone back now (`gateway-agent failback`): the
+    /// hold-down and `failback = manual` are waived, the own health check is not.
+    pub failback_now: bool,
 }
 
 /// What a write expects to find, re-checked right before it is made.
@@ -333,7 +336,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         });
     }
     let Some(holder) = holder else { return };
-    if f.policy.failback == Failback::Manual {
+    if f.policy.failback == Failback::Manual && !f.failback_now {
         out.waits.push(Wait {
             zone: zone.zone.clone(),
             reason: format!(
@@ -349,7 +352,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         .me
         .healthy_for
         .min(zone.since_last_change.unwrap_or(Duration::MAX));
-    if healthy_for < hold {
+    if healthy_for < hold && !f.failback_now {
         out.waits.push(Wait {
             zone: zone.zone.clone(),
             reason: format!(
@@ -365,11 +368,15 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         zone: zone.zone.clone(),
         kind: Kind::Failback,
         writes: held,
-        evidence: format!(
-            "own zone held by {holder}; healthy for {} s (hold-down {} s)",
-            healthy_for.as_secs(),
-            hold.as_secs()
-        ),
+        evidence: if f.failback_now {
+            format!("own zone held by {holder}; an operator asked for it back")
+        } else {
+            format!(
+                "own zone held by {holder}; healthy for {} s (hold-down {} s)",
+                healthy_for.as_secs(),
+                hold.as_secs()
+            )
+        },
         from: Some(holder.to_owned()),
     });
 }

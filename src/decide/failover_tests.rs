@@ -61,6 +61,7 @@ impl World {
                 .collect(),
             destinations: vec!["0.0.0.0/0".into()],
             policy: policy(),
+            failback_now: false,
         };
         Self { f }
     }
@@ -436,6 +437,14 @@ fn own_zone_failback_waits_for_the_hold_down_and_respects_manual() {
     let o = w.decide();
     assert!(o.decisions.is_empty());
     waits_for(&o, "a", "failback = manual");
+    // The operator's command waives manual and the hold-down, not the own health check.
+    w.f.failback_now = true;
+    w.f.me.healthy_for = Duration::ZERO;
+    assert_eq!(summary(&w.decide()), takes("a", "failback", "via eni-b"));
+    w.f.me.healthy = false;
+    assert!(w.decide().decisions.is_empty());
+    w.f.me.healthy = true;
+    w.f.failback_now = false;
     // Manual failback still takes back a blackhole: nobody carries it.
     w.route("a", Target::Eni(eni("b")), true);
     assert_eq!(summary(&w.decide()), takes("a", "reclaim", "blackhole"));

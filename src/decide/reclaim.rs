@@ -63,12 +63,14 @@ pub struct Skipped {
 /// The writes that make every managed destination of `tables` point at `own_eni`.
 ///
 /// A route held by another ENI (a peer that took over while we were gone, or a dead gateway's
-/// ENI) is ours to take back; a blackhole is always replaced; a route to something that is not an
+/// ENI) is ours to take back, unless `manual_failback` and the route is active (its holder
+/// carries it); a blackhole is always replaced; a route to something that is not an
 /// ENI belongs to someone else and is skipped, never overwritten.
 pub fn reclaim(
     own_eni: &str,
     destinations: &[String],
     tables: &[TableFact],
+    manual_failback: bool,
 ) -> (Vec<RouteIntent>, Vec<Skipped>) {
     let mut intents = Vec::new();
     let mut skipped = Vec::new();
@@ -89,6 +91,17 @@ pub fn reclaim(
                     "points at our ENI but reads blackhole".to_string()
                 }
                 Target::Eni(id) if route.blackhole => format!("blackhole via {id}"),
+                Target::Eni(id) if manual_failback => {
+                    skipped.push(Skipped {
+                        table: table.id.clone(),
+                        destination: dest.clone(),
+                        reason: format!(
+                            "held by {id}, which carries it (route active); failback = manual: \
+                             run `gateway-agent failback` to take it back"
+                        ),
+                    });
+                    continue;
+                }
                 Target::Eni(id) => format!("held by {id}"),
                 Target::Other(_) if route.blackhole => "blackhole".to_string(),
                 Target::Other(other) => {
@@ -130,11 +143,12 @@ mod tests {
     #[test]
     fn table() {
         let dests = vec!["0.0.0.0/0".to_string(), "10.50.0.0/16".to_string()];
-        // (name, routes, expected writes, expected skipped count)
-        type Case<'a> = (&'a str, Vec<RouteFact>, Vec<(&'a str, Op)>, usize);
+        // (name, manual failback, routes, expected writes, expected skipped count)
+        type Case<'a> = (&'a str, bool, Vec<RouteFact>, Vec<(&'a str, Op)>, usize);
         let cases: Vec<Case> = vec![
             (
                 "already ours: nothing to do",
+                false,
                 vec![
                     route("0.0.0.0/0", eni("eni-me"), false),
                     route("10.50.0.0/16", eni("eni-me"), false),
@@ -144,6 +158,7 @@ mod tests {
             ),
             (
                 "held by the peer that covered for us",
+                false,
                 vec![
                     route("0.0.0.0/0", eni("eni-peer"), false),
                     route("10.50.0.0/16", eni("eni-me"), false),
@@ -153,12 +168,14 @@ mod tests {
             ),
             (
                 "blackhole via our own detached ENI, and a missing route",
+                false,
                 vec![route("0.0.0.0/0", eni("eni-me"), true)],
                 vec![("0.0.0.0/0", Op::Replace), ("10.50.0.0/16", Op::Create)],
                 0,
             ),
             (
                 "a NAT gateway route is someone else's",
+                false,
                 vec![
                     route("0.0.0.0/0", Target::Other("nat-1".into()), false),
                     route("10.50.0.0/16", eni("eni-old"), true),
@@ -168,6 +185,7 @@ mod tests {
             ),
             (
                 "a blackholed foreign route is dead anyway",
+                false,
                 vec![
                     route("0.0.0.0/0", Target::Other("nat-1".into()), true),
                     route("10.50.0.0/16", eni("eni-me"), false),
@@ -175,13 +193,23 @@ mod tests {
                 vec![("0.0.0.0/0", Op::Replace)],
                 0,
             ),
+            (
+                "manual failback: an active holder keeps it, a blackhole does not",
+                true,
+                vec![
+                    route("0.0.0.0/0", eni("eni-peer"), false),
+                    route("10.50.0.0/16", eni("eni-peer"), true),
+                ],
+                vec![("10.50.0.0/16", Op::Replace)],
+                1,
+            ),
         ];
-        for (name, routes, want, want_skipped) in cases {
+        for (name, manual, routes, want, want_skipped) in cases {
             let tables = vec![TableFact {
                 id: "rtb-1".into(),
                 routes,
             }];
-            let (intents, skipped) = reclaim("eni-me", &dests, &tables);
+            let (intents, skipped) = reclaim("eni-me", &dests, &tables, manual);
             let got: Vec<(&str, Op)> = intents
                 .iter()
                 .map(|i| (i.destination.as_str(), i.op.clone()))
@@ -200,7 +228,7 @@ mod tests {
                 routes: vec![route("0.0.0.0/0", eni("eni-peer"), false)],
             })
             .collect();
-        let (intents, _) = reclaim("eni-me", &dests, &tables);
+        let (intents, _) = reclaim("eni-me", &dests, &tables, false);
         assert_eq!(intents.len(), 3);
         assert_eq!(
             intents[2].to_string(),

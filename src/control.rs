@@ -1,0 +1,219 @@
+//! The local control socket: operators' commands to the running agent.
+//!
+//! A Unix stream socket (mode 0600: root only), one request line per connection, one answer
+//! line back: `ok <text>` or `error <text>`. Local only by construction: nothing about
+//! control is reachable over the network. Today it knows `failback`; the status and manual
+//! control commands grow here.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+/// Where systemd's `RuntimeDirectory=gateway-agent` puts it.
+pub const DEFAULT_SOCKET: &str = "/run/gateway-agent/control.sock";
+/// A command waits at most this long for the run loop (one cycle, its writes included).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("control socket {}: {source}", path.display())]
+    Listen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "control socket {}: {source} (is the agent running? run this as root)",
+        path.display()
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control socket {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the agent refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Take this gateway's own zone back now (hold-down and `failback = manual` waived; the
+    /// own health check still applies). `zone`, when given, must be this gateway's zone.
+    Failback { zone: Option<String> },
+}
+
+impl Command {
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("failback"), zone, None) => Ok(Self::Failback {
+                zone: zone.map(str::to_owned),
+            }),
+            (Some(other), ..) => Err(format!("unknown command {other:?}; known: failback [ZONE]")),
+            (None, ..) => Err("empty command; known: failback [ZONE]".into()),
+        }
+    }
+
+    pub fn line(&self) -> String {
+        match self {
+            Self::Failback { zone: None } => "failback".into(),
+            Self::Failback { zone: Some(z) } => format!("failback {z}"),
+        }
+    }
+}
+
+/// A command for the run loop, and where its answer goes.
+pub struct Request {
+    pub command: Command,
+    pub answer: oneshot::Sender<Result<String, String>>,
+}
+
+/// Listens on `path` (replacing a stale socket) and forwards each command to `tx`.
+pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let listen = |source| Error::Listen {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(listen)?;
+    }
+    // A socket file left by a killed agent would make bind fail.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(listen(e)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path).map_err(listen)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(stream, tx).await {
+                    warn!(error = %e, "control connection failed");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
+    let who = stream
+        .peer_cred()
+        .map(|c| format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)))
+        .unwrap_or_else(|_| "unknown peer".into());
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(4096);
+    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let answer = match Command::parse(&line) {
+        Err(e) => Err(e),
+        Ok(command) => {
+            info!(command = %command.line(), from = %who, "control command");
+            let (answer, rx) = oneshot::channel();
+            if tx.send(Request { command, answer }).await.is_err() {
+                Err("the agent is stopping".into())
+            } else {
+                match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err("the agent dropped the command (stopping?)".into()),
+                    Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
+                }
+            }
+        }
+    };
+    let text = match answer {
+        Ok(t) => format!("ok {t}\n"),
+        Err(t) => format!("error {t}\n"),
+    };
+    write.write_all(text.as_bytes()).await?;
+    write.shutdown().await
+}
+
+/// Sends `command` to the agent listening on `path`; the agent's answer, or why not.
+pub async fn send(path: &Path, command: &Command) -> Result<String, Error> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let (read, mut write) = stream.into_split();
+    write
+        .write_all(format!("{}\n", command.line()).as_bytes())
+        .await
+        .map_err(io)?;
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await.map_err(io)?;
+    let line = line.trim_end();
+    match line.split_once(' ') {
+        Some(("ok", rest)) => Ok(rest.to_owned()),
+        Some(("error", rest)) => Err(Error::Refused(rest.to_owned())),
+        _ => Err(Error::Refused(format!("unexpected answer {line:?}"))),
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            Command::parse("failback\n"),
+            Ok(Command::Failback { zone: None })
+        );
+        assert_eq!(
+            Command::parse("failback us-east-1a"),
+            Ok(Command::Failback {
+                zone: Some("us-east-1a".into())
+            })
+        );
+        assert!(Command::parse("failback a b").is_err());
+        assert!(Command::parse("rm -rf /").is_err());
+        assert!(Command::parse("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_command_reaches_the_loop_and_its_answer_comes_back() {
+        let dir = std::env::temp_dir().join(format!("gateway-agent-control-{}", std::process::id()));
+        let path = dir.join("control.sock");
+        let (tx, mut rx) = mpsc::channel(1);
+        let _server = serve(&path, tx).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        tokio::spawn(async move {
+            while let Some(req) = rx.recv().await {
+                let _ = req.answer.send(match req.command {
+                    Command::Failback { zone: Some(z) } => Err(format!("{z} is not mine")),
+                    Command::Failback { zone: None } => Ok("done".into()),
+                });
+            }
+        });
+        let ok = send(&path, &Command::Failback { zone: None }).await.unwrap();
+        assert_eq!(ok, "done");
+        let err = send(&path, &Command::Failback { zone: Some("z".into()) })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("z is not mine"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
