@@ -54,6 +54,10 @@
 //! | `failover.damping_max_s`      | [`DEFAULT_DAMPING_MAX_S`]        | cap of the doubling hold-down of a flapping zone |
 //! | `failover.health_port`        | [`DEFAULT_HEALTH_PORT`]          | TCP port of `/health` on the ENI address        |
 //! | `failover.ring`               | `[]` (zone names sorted)         | successor order of the zones                    |
+//! | `conditional[].probe`         | required per rule                | IPv4 address probed from the ENI (rise/fall of `failover`) |
+//! | `conditional[].destinations`  | required per rule                | CIDRs routed via this ENI while the probe fails |
+//! | `conditional[].tables`        | `[]` (this zone's tables)        | route tables of the rule                        |
+//! | `conditional[].name`          | the probe address                | label in logs                                   |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
 
 use std::collections::BTreeMap;
@@ -151,6 +155,32 @@ pub struct Config {
     pub failover: Failover,
     #[serde(default)]
     pub control: Control,
+    /// Conditional routes (`[[conditional]]` tables), in file order.
+    #[serde(default)]
+    pub conditional: Vec<Conditional>,
+}
+
+/// "While `probe` does not answer, route `destinations` in `tables` via this gateway's ENI."
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Conditional {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub probe: String,
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+impl Conditional {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.probe.clone())
+    }
+
+    /// The probe address (validation refused anything else).
+    pub fn target(&self) -> Option<Ipv4Addr> {
+        self.probe.trim().parse().ok()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -899,6 +929,44 @@ impl Config {
                     "failover.ring",
                     format!("{zone:?} is listed twice; every zone once, in successor order"),
                 );
+            }
+        }
+        for (i, rule) in self.conditional.iter().enumerate() {
+            let key = |k: &str| format!("conditional[{i}].{k}");
+            if rule.target().is_none() {
+                fail(
+                    &key("probe"),
+                    format!("{:?} is not an IPv4 address; give the address whose silence activates the rule, e.g. an on-premises host reached over Direct Connect", rule.probe),
+                );
+            }
+            if rule.destinations.is_empty() {
+                fail(
+                    &key("destinations"),
+                    "is empty; list the CIDRs to route via this gateway while the probe fails".into(),
+                );
+            }
+            for dest in &rule.destinations {
+                if let Err(why) = parse_cidr(dest) {
+                    fail(&key("destinations"), format!("{dest:?} {why}"));
+                } else if self.routes.destinations.contains(dest) {
+                    fail(
+                        &key("destinations"),
+                        format!("{dest:?} is also in routes.destinations, which are always routed here; remove it from one of them"),
+                    );
+                } else if self.conditional[..i].iter().any(|r| r.destinations.contains(dest)) {
+                    fail(
+                        &key("destinations"),
+                        format!("{dest:?} is in an earlier conditional rule too; one rule per destination"),
+                    );
+                }
+            }
+            for id in &rule.tables {
+                if !is_aws_id(id, "rtb") {
+                    fail(
+                        &key("tables"),
+                        format!("{id:?} is not a route table ID; use rtb-... IDs, or leave the list empty for this zone's tables"),
+                    );
+                }
             }
         }
         if !self.control.socket.is_absolute() {

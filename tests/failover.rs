@@ -281,3 +281,52 @@ async fn manual_failback_waits_for_the_operator() {
     f.wait_route("b", "b", Duration::from_secs(1)).await;
     f.show_logs();
 }
+
+/// The route for `dest` in `zone`'s table: its ENI, or `None` when there is none.
+async fn route_via(e: &Env, zone: &str, dest: &str) -> Option<String> {
+    let out = e
+        .lab
+        .ec2()
+        .describe_route_tables()
+        .route_table_ids(&e.sc.zone(zone).route_table_id)
+        .send()
+        .await
+        .expect("DescribeRouteTables");
+    out.route_tables()
+        .iter()
+        .flat_map(|t| t.routes())
+        .find(|r| r.destination_cidr_block() == Some(dest))
+        .map(|r| r.network_interface_id().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conditional_route_exists_only_while_its_target_is_silent() {
+    const DEST: &str = "10.200.0.0/16";
+    let f = Fleet::start(
+        &["a", "b"],
+        &format!("[[conditional]]\nname = \"dx\"\nprobe = \"{INTERNET_HOST}\"\ndestinations = [\"{DEST}\"]"),
+    )
+    .await;
+    steady(2).await;
+    assert_eq!(route_via(&f.e, "a", DEST).await, None);
+    // a's path to the target breaks (b's does not): a routes DEST via itself.
+    let ip_a = f.e.sc.zone("a").eni_ip.clone();
+    f.e.lab.partition(&ip_a, INTERNET_HOST).await.unwrap();
+    let eni_a = f.e.sc.zone("a").eni_id.clone();
+    let added = wait_for(Duration::from_secs(5), "conditional route added", || async {
+        (route_via(&f.e, "a", DEST).await.as_deref() == Some(eni_a.as_str())).then_some(())
+    })
+    .await;
+    assert!(added.is_ok(), "{}", f.logs());
+    assert_eq!(route_via(&f.e, "b", DEST).await, None, "b's target answers");
+    // The target answers again: the route goes.
+    f.e.lab.heal(&ip_a, INTERNET_HOST).await.unwrap();
+    let removed = wait_for(Duration::from_secs(5), "conditional route removed", || async {
+        route_via(&f.e, "a", DEST).await.is_none().then_some(())
+    })
+    .await;
+    assert!(removed.is_ok(), "{}", f.logs());
+    // The zone's default route never moved.
+    f.wait_route("a", "a", Duration::from_secs(1)).await;
+    f.show_logs();
+}

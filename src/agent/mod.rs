@@ -6,6 +6,7 @@
 //! failover and planned-exit hand-over are not built yet: a stop hands nothing over.
 
 pub mod boot;
+pub mod conditional;
 pub mod lifecycle;
 pub mod watch;
 
@@ -210,11 +211,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         return;
     };
     if !config.failover.enabled {
-        info!("failover.enabled = false: not watching peers");
-        while supervisor.drive(kernel_ticker.tick()).await.is_some() {
-            kernel.repair().await;
-        }
-        return;
+        info!("failover.enabled = false: not watching peers; the own zone and conditional routes are still kept");
     }
     let own = watch::Own {
         instance_id: identity.instance_id.clone(),
@@ -225,6 +222,9 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     let (mut watch, mut events, report) = watch::Watch::new(config, ec2, asg, own, booted.epoch);
     if let Err(e) = watch.start_own_health() {
         error!(error = %e, "cannot run the continuous self-check; this gateway counts as healthy");
+    }
+    if let Err(e) = watch.start_conditional() {
+        error!(error = %e, "cannot probe the conditional routes' targets; their routes are not managed");
     }
     let _health = match crate::health::serve(own_ip, config.failover.health_port, report).await {
         Ok(task) => Some(AbortOnDrop(task)),

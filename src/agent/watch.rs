@@ -26,6 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep};
 use tracing::{debug, error, info, warn};
 
 use crate::agent::boot::{table_fact, unix_ms};
+use crate::agent::conditional::RuleWatch;
 use crate::cloud::{
     AttachmentStatus, Autoscaling, CloudError, Ec2, InstanceState, RouteState, RouteTable,
     RouteTarget,
@@ -62,6 +63,8 @@ const PROBE_LOG_EVERY: Duration = Duration::from_secs(30);
 pub enum Event {
     Peer { zone: String, state: Probe },
     Own { healthy: bool },
+    /// A conditional route's probe target changed state.
+    Target { rule: String, state: Probe },
 }
 
 /// One peer gateway as the probes see it.
@@ -125,6 +128,7 @@ pub struct Watch<'a, E, A> {
     tables: Vec<RouteTable>,
     /// `gateway-agent failback` asked for the own zone back in the cycle under way.
     failback_requested: bool,
+    rules: Vec<RuleWatch>,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -176,6 +180,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             failures: 0,
             tables: Vec::new(),
             failback_requested: false,
+            rules: Vec::new(),
         };
         (watch, events_rx, report_rx)
     }
@@ -262,6 +267,26 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         Ok(())
     }
 
+    /// Starts probing every conditional route's target, from the ENI address.
+    pub fn start_conditional(&mut self) -> Result<(), probe::Error> {
+        if self.config.conditional.is_empty() {
+            return Ok(());
+        }
+        let icmp = Arc::new(Icmp::bound(self.own.ip)?);
+        for rule in &self.config.conditional {
+            let Some(target) = rule.target() else { continue };
+            info!(rule = %rule.label(), %target, destinations = ?rule.destinations, "watching a conditional route's target");
+            self.rules.push(RuleWatch::start(
+                rule.clone(),
+                target,
+                Arc::clone(&icmp),
+                &self.config.failover,
+                self.events_tx.clone(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Finds the group's other gateways (their ENIs) and starts probing new ones.
     async fn discover(&mut self) -> Result<(), CloudError> {
         let group = self.config.group.name.as_str();
@@ -340,9 +365,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// One observe → decide → act round. Returns how soon the next one should come, if sooner
     /// than the regular tick.
     pub async fn cycle(&mut self) -> Option<Duration> {
-        if self
-            .discovered_at
-            .is_none_or(|at| at.elapsed() >= REDISCOVER_EVERY)
+        if self.config.failover.enabled
+            && self
+                .discovered_at
+                .is_none_or(|at| at.elapsed() >= REDISCOVER_EVERY)
             && let Err(e) = self.discover().await
         {
             self.api_trouble(&e, "looking up the group's gateways");
@@ -408,6 +434,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 again = true;
             }
         }
+        if !self.apply_conditional().await {
+            again = true;
+        }
         self.publish();
         if again {
             Some(self.backoff())
@@ -415,6 +444,30 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             self.failures = 0;
             None
         }
+    }
+
+    async fn apply_conditional(&mut self) -> bool {
+        let mut ok = true;
+        let mut rules = std::mem::take(&mut self.rules);
+        let f = &self.config.failover;
+        for rule in &mut rules {
+            let tables: Vec<&RouteTable> = if rule.config.tables.is_empty() {
+                self.tables
+                    .iter()
+                    .filter(|t| self.zone_of(t).as_deref() == Some(self.own.zone.as_str()))
+                    .collect()
+            } else {
+                self.tables
+                    .iter()
+                    .filter(|t| rule.config.tables.contains(&t.id))
+                    .collect()
+            };
+            ok &= rule
+                .apply(self.ec2, &self.own.eni, &tables, (f.hold_down(), f.damping_max()))
+                .await;
+        }
+        self.rules = rules;
+        ok
     }
 
     fn backoff(&mut self) -> Duration {
@@ -448,10 +501,30 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         let configured = &self.config.routes.tables;
         if configured.is_empty() {
             let group = self.config.group.name.as_str();
-            return self.ec2.find_route_tables(&[(GROUP_TAG, group)]).await;
+            let mut tables = self.ec2.find_route_tables(&[(GROUP_TAG, group)]).await?;
+            self.add_rule_tables(&mut tables).await?;
+            return Ok(tables);
         }
         let ids: Vec<&str> = configured.values().flatten().map(String::as_str).collect();
-        self.ec2.describe_route_tables(&ids).await
+        let mut tables = self.ec2.describe_route_tables(&ids).await?;
+        self.add_rule_tables(&mut tables).await?;
+        Ok(tables)
+    }
+
+    /// Tables conditional rules name that the group read did not return.
+    async fn add_rule_tables(&self, tables: &mut Vec<RouteTable>) -> Result<(), CloudError> {
+        let missing: Vec<&str> = self
+            .config
+            .conditional
+            .iter()
+            .flat_map(|r| r.tables.iter())
+            .filter(|id| !tables.iter().any(|t| &t.id == *id))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            tables.extend(self.ec2.describe_route_tables(&missing).await?);
+        }
+        Ok(())
     }
 
     fn zone_of(&self, table: &RouteTable) -> Option<String> {
@@ -603,9 +676,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 icmp: p.icmp,
             })
             .collect();
+        // With failover off, only the own zone is decided on: no peer is watched, so every
+        // peer zone would look orphaned.
         let zones = self
             .by_zone(&self.tables)
             .into_iter()
+            .filter(|(zone, _)| f.enabled || *zone == self.own.zone)
             .map(|(zone, ts)| {
                 let changes = self.changes.get(&zone);
                 failover::Zone {
@@ -644,6 +720,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             peers,
             zones,
             destinations: self.config.routes.destinations.clone(),
+            optional: self
+                .config
+                .conditional
+                .iter()
+                .flat_map(|r| r.destinations.iter().cloned())
+                .collect(),
             policy: Policy {
                 confirm: f.confirm,
                 failback: f.failback,
@@ -924,59 +1006,89 @@ async fn gone<E: Ec2, A: Autoscaling>(
     Ok(None)
 }
 
-async fn icmp_task(
+/// One probe round, as [`probe_loop`] hands it to its owner.
+pub struct Round<'a> {
+    pub result: &'a Result<Duration, String>,
+    /// When the echo was sent.
+    pub sent: Instant,
+    pub state: Probe,
+    /// The new state, when this round changed it.
+    pub change: Option<Probe>,
+    pub bad_streak: u32,
+}
+
+/// Probes `ip` every `period` forever (the caller aborts the task) with rise/fall counting,
+/// and hands each round to `round`.
+pub async fn probe_loop(
     icmp: Arc<Icmp>,
-    peers: Peers,
-    zone: String,
     ip: Ipv4Addr,
     (period, timeout): (Duration, Duration),
     (rise, fall): (u32, u32),
-    tx: mpsc::Sender<Event>,
+    mut round: impl FnMut(Round<'_>) + Send,
 ) {
     let mut rf = RiseFall::new(rise, fall);
     let ident = probe::rand_ident(ip);
     let mut ticker = interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut seq: u16 = 0;
-    let mut last_log: Option<Instant> = None;
     loop {
         ticker.tick().await;
         seq = seq.wrapping_add(1);
         let sent = Instant::now();
         let result = icmp.echo(ip, ident, seq, timeout).await;
         let change = rf.record(result.is_ok());
+        round(Round {
+            result: &result,
+            sent,
+            state: rf.state(),
+            change,
+            bad_streak: rf.bad_streak(),
+        });
+    }
+}
+
+async fn icmp_task(
+    icmp: Arc<Icmp>,
+    peers: Peers,
+    zone: String,
+    ip: Ipv4Addr,
+    timing: (Duration, Duration),
+    thresholds: (u32, u32),
+    tx: mpsc::Sender<Event>,
+) {
+    let mut last_log: Option<Instant> = None;
+    probe_loop(icmp, ip, timing, thresholds, |r| {
         {
             let mut map = peers.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = map.get_mut(&zone) {
-                match &result {
+                match r.result {
                     Ok(rtt) => {
                         p.last_rtt = Some(*rtt);
                         p.losing_since = None;
                     }
                     Err(_) => {
-                        p.losing_since.get_or_insert(sent);
+                        p.losing_since.get_or_insert(r.sent);
                     }
                 }
-                p.icmp = rf.state();
+                p.icmp = r.state;
             }
         }
-        match (&result, change) {
+        match (r.result, r.change) {
             (_, Some(state)) => {
                 match state {
                     Probe::Down => {
-                        warn!(%zone, peer = %ip, lost_in_a_row = rf.bad_streak(), "peer down by ICMP")
+                        warn!(%zone, peer = %ip, lost_in_a_row = r.bad_streak, "peer down by ICMP")
                     }
                     _ => info!(%zone, peer = %ip, state = ?state, "peer ICMP state"),
                 }
-                let _ = tx
-                    .send(Event::Peer {
-                        zone: zone.clone(),
-                        state,
-                    })
-                    .await;
+                // A full queue means a cycle is pending anyway.
+                let _ = tx.try_send(Event::Peer {
+                    zone: zone.clone(),
+                    state,
+                });
             }
             (Err(e), None)
-                if rf.state() == Probe::Down
+                if r.state == Probe::Down
                     && last_log.is_none_or(|at| at.elapsed() >= PROBE_LOG_EVERY) =>
             {
                 warn!(%zone, peer = %ip, error = %e, "peer still silent");
@@ -985,7 +1097,8 @@ async fn icmp_task(
             (Err(e), None) => debug!(%zone, peer = %ip, error = %e, "probe lost"),
             _ => {}
         }
-    }
+    })
+    .await;
 }
 
 async fn health_task(http: health::Client, peers: Peers, zone: String, ip: Ipv4Addr) {

@@ -302,6 +302,22 @@ impl Ec2 for SdkEc2 {
         Ok(())
     }
 
+    async fn delete_route(&self, route_table: &str, destination: &str) -> Result<()> {
+        let req = self.client.delete_route().route_table_id(route_table);
+        let req = if is_v6(destination) {
+            req.destination_ipv6_cidr_block(destination)
+        } else {
+            req.destination_cidr_block(destination)
+        };
+        req.send().await.map_err(|e| {
+            sdk_error(
+                call("DeleteRoute", format!("{route_table} {destination}")),
+                e,
+            )
+        })?;
+        Ok(())
+    }
+
     async fn create_tags(&self, resources: &[&str], tags: &[(&str, &str)]) -> Result<()> {
         let sdk_tags: Vec<Tag> = tags
             .iter()

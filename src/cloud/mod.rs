@@ -361,6 +361,12 @@ pub trait Ec2 {
         destination: &str,
         eni: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Remove the route for `destination` (a conditional route that is no longer wanted).
+    fn delete_route(
+        &self,
+        route_table: &str,
+        destination: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Add or overwrite tags on EC2 resources (one call for all of them).
     fn create_tags(
         &self,

@@ -103,6 +103,9 @@ pub struct Facts {
     /// Every zone, this one included.
     pub zones: Vec<Zone>,
     pub destinations: Vec<String>,
+    /// Destinations managed only where a route exists (conditional routes): a dead gateway's
+    /// route for one is taken over like any other, a missing one is never created here.
+    pub optional: Vec<String>,
     pub policy: Policy,
     /// An operator asked for this gateway's zone back now (`gateway-agent failback`): the
     /// hold-down and `failback = manual` are waived, the own health check is not.
@@ -283,7 +286,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut holder = None;
     let mut api_confirmed = true;
     for table in &zone.tables {
-        for dest in &f.destinations {
+        for (dest, optional) in managed(f) {
             let write = |expect| Write {
                 table: table.id.clone(),
                 destination: dest.clone(),
@@ -291,6 +294,7 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
             };
             match standing(f, zone, table, dest) {
                 Standing::Mine | Standing::Foreign => {}
+                Standing::Missing if optional => {}
                 Standing::Missing => {
                     dead.push(write(Expect::Missing));
                     push_unique(&mut evidence, "route missing".into());
@@ -388,7 +392,7 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut api_confirmed = true;
     let mut unconfirmed = None;
     for table in &zone.tables {
-        for dest in &f.destinations {
+        for (dest, _) in managed(f) {
             let write = |expect| Write {
                 table: table.id.clone(),
                 destination: dest.clone(),
@@ -520,6 +524,13 @@ pub fn successor<'a>(f: &'a Facts, zone: &str) -> Option<&'a str> {
                 f.peers.iter().any(|g| g.zone == *z && g.eligible())
             }
         })
+}
+
+fn managed(f: &Facts) -> impl Iterator<Item = (&String, bool)> {
+    f.destinations
+        .iter()
+        .map(|d| (d, false))
+        .chain(f.optional.iter().map(|d| (d, true)))
 }
 
 fn push_unique(list: &mut Vec<String>, item: String) {

@@ -60,6 +60,7 @@ impl World {
                 })
                 .collect(),
             destinations: vec!["0.0.0.0/0".into()],
+            optional: Vec::new(),
             policy: policy(),
             failback_now: false,
         };
@@ -550,4 +551,28 @@ fn icmp_only_partition_moves_each_zone_once_per_hold_down() {
     assert_eq!(summary(&a.decide()), takes("a", "reclaim", "via eni-b"));
     a.zone("a").recent_changes = 2;
     waits_for(&a.decide(), "a", "after 60 s");
+}
+
+#[test]
+fn optional_destinations_are_taken_over_but_never_created() {
+    let conditional = |target: &str| RouteFact {
+        destination: "10.1.0.0/16".into(),
+        target: Target::Eni(eni(target)),
+        blackhole: false,
+    };
+    let mut w = World::new("a", &["a", "b"]);
+    w.f.optional = vec!["10.1.0.0/16".into()];
+    // Nobody has the conditional route: nothing to do, in either zone.
+    assert_eq!(w.decide(), Outcome::default());
+    // b dies while its conditional route is active: a takes both routes.
+    w.zone("b").tables[0].routes.push(conditional("b"));
+    w.terminated("b");
+    let o = w.decide();
+    assert_eq!(o.decisions.len(), 1);
+    let dests: Vec<&str> = o.decisions[0]
+        .writes
+        .iter()
+        .map(|w| w.destination.as_str())
+        .collect();
+    assert_eq!(dests, ["0.0.0.0/0", "10.1.0.0/16"]);
 }

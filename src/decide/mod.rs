@@ -7,3 +7,4 @@ pub mod claim;
 pub mod failover;
 pub mod lease;
 pub mod reclaim;
+pub mod conditional;
