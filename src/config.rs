@@ -898,7 +898,8 @@ impl Config {
                 ),
             );
         }
-        if f.damping_max_s < f.hold_down_s || f.damping_max_s > 86_400 {
+        if (f.hold_down_s <= 86_400 && f.damping_max_s < f.hold_down_s) || f.damping_max_s > 86_400
+        {
             fail(
                 "failover.damping_max_s",
                 format!(
@@ -936,13 +937,17 @@ impl Config {
             if rule.target().is_none() {
                 fail(
                     &key("probe"),
-                    format!("{:?} is not an IPv4 address; give the address whose silence activates the rule, e.g. an on-premises host reached over Direct Connect", rule.probe),
+                    format!(
+                        "{:?} is not an IPv4 address; give the address whose silence activates the rule, e.g. an on-premises host reached over Direct Connect",
+                        rule.probe
+                    ),
                 );
             }
             if rule.destinations.is_empty() {
                 fail(
                     &key("destinations"),
-                    "is empty; list the CIDRs to route via this gateway while the probe fails".into(),
+                    "is empty; list the CIDRs to route via this gateway while the probe fails"
+                        .into(),
                 );
             }
             for dest in &rule.destinations {
@@ -951,12 +956,19 @@ impl Config {
                 } else if self.routes.destinations.contains(dest) {
                     fail(
                         &key("destinations"),
-                        format!("{dest:?} is also in routes.destinations, which are always routed here; remove it from one of them"),
+                        format!(
+                            "{dest:?} is also in routes.destinations, which are always routed here; remove it from one of them"
+                        ),
                     );
-                } else if self.conditional[..i].iter().any(|r| r.destinations.contains(dest)) {
+                } else if self.conditional[..i]
+                    .iter()
+                    .any(|r| r.destinations.contains(dest))
+                {
                     fail(
                         &key("destinations"),
-                        format!("{dest:?} is in an earlier conditional rule too; one rule per destination"),
+                        format!(
+                            "{dest:?} is in an earlier conditional rule too; one rule per destination"
+                        ),
                     );
                 }
             }
@@ -964,7 +976,9 @@ impl Config {
                 if !is_aws_id(id, "rtb") {
                     fail(
                         &key("tables"),
-                        format!("{id:?} is not a route table ID; use rtb-... IDs, or leave the list empty for this zone's tables"),
+                        format!(
+                            "{id:?} is not a route table ID; use rtb-... IDs, or leave the list empty for this zone's tables"
+                        ),
                     );
                 }
             }
@@ -1297,6 +1311,83 @@ mod tests {
             ),
             ("[imds]\ntimeout_ms = 0", "imds.timeout_ms", "out of range"),
             ("[log]\nlevel = \"loud\"", "log.level", "not a log filter"),
+            (
+                "[failover]\nprobe_interval_ms = 5",
+                "failover.probe_interval_ms",
+                "use 20 to 10000",
+            ),
+            (
+                "[failover]\nprobe_timeout_ms = 5000",
+                "failover.probe_timeout_ms",
+                "5 × failover.probe_interval_ms (1000)",
+            ),
+            (
+                "[failover]\nfall = 1",
+                "failover.fall",
+                "one lost probe must never decide",
+            ),
+            ("[failover]\nrise = 0", "failover.rise", "use 2 to 100"),
+            (
+                "[failover]\nlease_renew_ms = 50",
+                "failover.lease_renew_ms",
+                "use 100 to 60000",
+            ),
+            (
+                "[failover]\nlease_ttl_ms = 1500",
+                "failover.lease_ttl_ms",
+                "2 × failover.lease_renew_ms (2000)",
+            ),
+            (
+                "[failover]\nhold_down_s = 100000",
+                "failover.hold_down_s",
+                "use 0 to 86400",
+            ),
+            (
+                "[failover]\nhold_down_s = 60\ndamping_max_s = 30",
+                "failover.damping_max_s",
+                "failover.hold_down_s (60)",
+            ),
+            (
+                "[failover]\nhealth_port = 0",
+                "failover.health_port",
+                "0 is not a port",
+            ),
+            (
+                "[failover]\nring = [\"us-east-1a\", \"us-east-1a\"]",
+                "failover.ring",
+                "listed twice",
+            ),
+            (
+                "[control]\nsocket = \"control.sock\"",
+                "control.socket",
+                "not an absolute path",
+            ),
+            (
+                "[[conditional]]\nprobe = \"on-prem\"\ndestinations = [\"10.1.0.0/16\"]",
+                "conditional[0].probe",
+                "not an IPv4 address",
+            ),
+            (
+                "[[conditional]]\nprobe = \"192.0.2.1\"\ndestinations = []",
+                "conditional[0].destinations",
+                "is empty",
+            ),
+            (
+                "[[conditional]]\nprobe = \"192.0.2.1\"\ndestinations = [\"0.0.0.0/0\"]",
+                "conditional[0].destinations",
+                "also in routes.destinations",
+            ),
+            (
+                "[[conditional]]\nprobe = \"192.0.2.1\"\ndestinations = [\"10.1.0.0/16\"]\n\
+                 [[conditional]]\nprobe = \"192.0.2.2\"\ndestinations = [\"10.1.0.0/16\"]",
+                "conditional[1].destinations",
+                "earlier conditional rule",
+            ),
+            (
+                "[[conditional]]\nprobe = \"192.0.2.1\"\ndestinations = [\"10.1.0.0/16\"]\ntables = [\"10\"]",
+                "conditional[0].tables",
+                "not a route table ID",
+            ),
         ];
         for (extra, key, fix) in cases {
             let text = format!("{MIN}{extra}\n");
@@ -1344,6 +1435,35 @@ mod tests {
             config.boot.timeout(),
             Duration::from_secs(DEFAULT_BOOT_TIMEOUT_S)
         );
+        let f = &config.failover;
+        assert!(f.enabled && f.ring.is_empty());
+        assert_eq!(f.probe_interval(), Duration::from_millis(200));
+        assert_eq!(f.probe_timeout(), f.probe_interval());
+        assert_eq!((f.fall, f.rise), (DEFAULT_FALL, DEFAULT_RISE));
+        assert_eq!((f.confirm, f.failback), (Confirm::Api, Failback::Auto));
+        assert_eq!(f.lease_ttl(), Duration::from_millis(DEFAULT_LEASE_TTL_MS));
+        assert_eq!(f.hold_down(), Duration::from_secs(30));
+        assert_eq!(
+            config.control.socket,
+            PathBuf::from(crate::control::DEFAULT_SOCKET)
+        );
+        assert!(config.conditional.is_empty());
+    }
+
+    #[test]
+    fn failover_enums_name_their_values() {
+        let err = parse(&format!("{MIN}[failover]\nconfirm = \"ping\"\n")).expect_err("bad enum");
+        let text = err.to_string();
+        assert!(text.contains("failover.confirm"), "{text}");
+        assert!(text.contains("api") && text.contains("icmp"), "{text}");
+        let c = parse(&format!(
+            "{MIN}[failover]\nconfirm = \"icmp\"\nfailback = \"manual\"\n\
+             [[conditional]]\nprobe = \"192.0.2.1\"\ndestinations = [\"10.1.0.0/16\"]\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.failover.confirm, Confirm::Icmp);
+        assert_eq!(c.failover.failback, Failback::Manual);
+        assert_eq!(c.conditional[0].label(), "192.0.2.1");
     }
 
     #[test]

@@ -161,7 +161,10 @@ pub async fn send(path: &Path, command: &Command) -> Result<String, Error> {
         .await
         .map_err(io)?;
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await.map_err(io)?;
+    BufReader::new(read)
+        .read_line(&mut line)
+        .await
+        .map_err(io)?;
     let line = line.trim_end();
     match line.split_once(' ') {
         Some(("ok", rest)) => Ok(rest.to_owned()),
@@ -169,7 +172,6 @@ pub async fn send(path: &Path, command: &Command) -> Result<String, Error> {
         _ => Err(Error::Refused(format!("unexpected answer {line:?}"))),
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -194,7 +196,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_command_reaches_the_loop_and_its_answer_comes_back() {
-        let dir = std::env::temp_dir().join(format!("gateway-agent-control-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("gateway-agent-control-{}", std::process::id()));
         let path = dir.join("control.sock");
         let (tx, mut rx) = mpsc::channel(1);
         let _server = serve(&path, tx).unwrap();
@@ -208,11 +211,18 @@ mod tests {
                 });
             }
         });
-        let ok = send(&path, &Command::Failback { zone: None }).await.unwrap();
-        assert_eq!(ok, "done");
-        let err = send(&path, &Command::Failback { zone: Some("z".into()) })
+        let ok = send(&path, &Command::Failback { zone: None })
             .await
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(ok, "done");
+        let err = send(
+            &path,
+            &Command::Failback {
+                zone: Some("z".into()),
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("z is not mine"), "{err}");
         let _ = std::fs::remove_dir_all(dir);
     }

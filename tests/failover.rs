@@ -149,7 +149,8 @@ async fn terminated_peer_is_taken_over_and_handed_back_when_replaced() {
     })
     .await
     .unwrap();
-    let agent = f.e.start_agent(&new_b, "agent-b2", &with_socket(&f.e, "b2", ""));
+    let agent =
+        f.e.start_agent(&new_b, "agent-b2", &with_socket(&f.e, "b2", ""));
     agent.wait_ready().await;
     f.wait_route("b", "b", Duration::from_secs(5)).await;
     f.agents.push(("b2".into(), new_b, agent));
@@ -214,11 +215,17 @@ async fn a_partition_between_healthy_gateways_moves_nothing() {
     let f = Fleet::start(&["a", "b"], "").await;
     steady(2).await;
     let writes = f.route_writes().await;
-    let (ip_a, ip_b) = (f.e.sc.zone("a").eni_ip.clone(), f.e.sc.zone("b").eni_ip.clone());
+    let (ip_a, ip_b) = (
+        f.e.sc.zone("a").eni_ip.clone(),
+        f.e.sc.zone("b").eni_ip.clone(),
+    );
     f.e.lab.partition(&ip_a, &ip_b).await.unwrap();
     steady(8).await;
     let log_a = f.agent("a").log();
-    assert!(log_a.contains("peer down by ICMP"), "the partition did not bite:\n{log_a}");
+    assert!(
+        log_a.contains("peer down by ICMP"),
+        "the partition did not bite:\n{log_a}"
+    );
     assert!(log_a.contains("a partition, not a death"), "{log_a}");
     assert_eq!(f.route_writes().await, writes, "{}", f.logs());
     f.e.lab.heal(&ip_a, &ip_b).await.unwrap();
@@ -239,7 +246,12 @@ async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both(
     // Ring a → b → c → a: c's successor is a.
     f.wait_route("c", "a", Duration::from_secs(10)).await;
     steady(3).await;
-    assert_eq!(f.route_writes().await, writes + 1, "one writer, one write\n{}", f.logs());
+    assert_eq!(
+        f.route_writes().await,
+        writes + 1,
+        "one writer, one write\n{}",
+        f.logs()
+    );
     assert!(!f.agent("b").log().contains("takeover complete"));
 
     let a = f.instance("a").instance_id.clone();
@@ -266,7 +278,11 @@ async fn manual_failback_waits_for_the_operator() {
     // Well past the hold-down: b stays with a.
     steady(4).await;
     f.wait_route("b", "a", Duration::from_secs(1)).await;
-    assert!(f.agent("b").log().contains("failback = manual"), "{}", f.logs());
+    assert!(
+        f.agent("b").log().contains("failback = manual"),
+        "{}",
+        f.logs()
+    );
     // The wrong zone is refused; the right command brings it back at once.
     let out = std::process::Command::new(AGENT)
         .args(["failback", "--zone", "us-east-1a", "--socket"])
@@ -313,17 +329,23 @@ async fn a_conditional_route_exists_only_while_its_target_is_silent() {
     let ip_a = f.e.sc.zone("a").eni_ip.clone();
     f.e.lab.partition(&ip_a, INTERNET_HOST).await.unwrap();
     let eni_a = f.e.sc.zone("a").eni_id.clone();
-    let added = wait_for(Duration::from_secs(5), "conditional route added", || async {
-        (route_via(&f.e, "a", DEST).await.as_deref() == Some(eni_a.as_str())).then_some(())
-    })
+    let added = wait_for(
+        Duration::from_secs(5),
+        "conditional route added",
+        || async {
+            (route_via(&f.e, "a", DEST).await.as_deref() == Some(eni_a.as_str())).then_some(())
+        },
+    )
     .await;
     assert!(added.is_ok(), "{}", f.logs());
     assert_eq!(route_via(&f.e, "b", DEST).await, None, "b's target answers");
     // The target answers again: the route goes.
     f.e.lab.heal(&ip_a, INTERNET_HOST).await.unwrap();
-    let removed = wait_for(Duration::from_secs(5), "conditional route removed", || async {
-        route_via(&f.e, "a", DEST).await.is_none().then_some(())
-    })
+    let removed = wait_for(
+        Duration::from_secs(5),
+        "conditional route removed",
+        || async { route_via(&f.e, "a", DEST).await.is_none().then_some(()) },
+    )
     .await;
     assert!(removed.is_ok(), "{}", f.logs());
     // The zone's default route never moved.

@@ -70,8 +70,12 @@ impl RuleWatch {
                     v.up_since = (state == Probe::Up).then(Instant::now);
                 }
                 match state {
-                    Probe::Down => warn!(rule = %rule, target = %target, "conditional route target silent: its routes go via this gateway"),
-                    _ => info!(rule = %rule, target = %target, state = ?state, "conditional route target"),
+                    Probe::Down => {
+                        warn!(rule = %rule, target = %target, "conditional route target silent: its routes go via this gateway")
+                    }
+                    _ => {
+                        info!(rule = %rule, target = %target, state = ?state, "conditional route target")
+                    }
                 }
                 let _ = tx.try_send(Event::Target {
                     rule: rule.clone(),
@@ -133,16 +137,19 @@ impl RuleWatch {
                 Action::Add {
                     table, destination, ..
                 } => ec2.replace_route(table, destination, own_eni).await,
-                Action::Remove { table, destination } => {
-                    ec2.delete_route(table, destination).await
-                }
+                Action::Remove { table, destination } => ec2.delete_route(table, destination).await,
             };
             (a, result)
         });
         let mut ok = true;
         for (a, result) in futures::future::join_all(writes).await {
             match (a, result) {
-                (Action::Add { table, destination, .. }, Ok(())) => info!(
+                (
+                    Action::Add {
+                        table, destination, ..
+                    },
+                    Ok(()),
+                ) => info!(
                     rule = %rule.name, %table, %destination, target = %own_eni,
                     reason = "conditional: probe target silent", "route switched"
                 ),

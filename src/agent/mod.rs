@@ -211,7 +211,9 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         return;
     };
     if !config.failover.enabled {
-        info!("failover.enabled = false: not watching peers; the own zone and conditional routes are still kept");
+        info!(
+            "failover.enabled = false: not watching peers; the own zone and conditional routes are still kept"
+        );
     }
     let own = watch::Own {
         instance_id: identity.instance_id.clone(),

@@ -61,10 +61,18 @@ const PROBE_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Why the loop woke up.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Peer { zone: String, state: Probe },
-    Own { healthy: bool },
+    Peer {
+        zone: String,
+        state: Probe,
+    },
+    Own {
+        healthy: bool,
+    },
     /// A conditional route's probe target changed state.
-    Target { rule: String, state: Probe },
+    Target {
+        rule: String,
+        state: Probe,
+    },
 }
 
 /// One peer gateway as the probes see it.
@@ -274,7 +282,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
         let icmp = Arc::new(Icmp::bound(self.own.ip)?);
         for rule in &self.config.conditional {
-            let Some(target) = rule.target() else { continue };
+            let Some(target) = rule.target() else {
+                continue;
+            };
             info!(rule = %rule.label(), %target, destinations = ?rule.destinations, "watching a conditional route's target");
             self.rules.push(RuleWatch::start(
                 rule.clone(),
@@ -463,7 +473,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     .collect()
             };
             ok &= rule
-                .apply(self.ec2, &self.own.eni, &tables, (f.hold_down(), f.damping_max()))
+                .apply(
+                    self.ec2,
+                    &self.own.eni,
+                    &tables,
+                    (f.hold_down(), f.damping_max()),
+                )
                 .await;
         }
         self.rules = rules;
@@ -940,7 +955,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     .get(&own)
                     .is_some_and(|ts| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()));
                 if carried {
-                    Ok(format!("{own} is carried by {} (this gateway)", self.own.eni))
+                    Ok(format!(
+                        "{own} is carried by {} (this gateway)",
+                        self.own.eni
+                    ))
                 } else {
                     Err(self.waits.get(&own).cloned().unwrap_or_else(|| {
                         format!("{own} is not carried here yet; see the agent's log")

@@ -325,7 +325,10 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         });
         return;
     }
-    if !dead.is_empty() && !api_confirmed && let Some(reason) = damped(&f.policy, zone) {
+    if !dead.is_empty()
+        && !api_confirmed
+        && let Some(reason) = damped(&f.policy, zone)
+    {
         out.waits.push(Wait {
             zone: zone.zone.clone(),
             reason,
@@ -352,10 +355,9 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let hold = damped_hold_down(&f.policy, zone.recent_changes);
     // Health counts from when this gateway saw its zone go, too: one that was frozen (SIGSTOP,
     // a stalled hypervisor) has been "healthy" all along by its own clock.
-    let healthy_for = f
-        .me
-        .healthy_for
-        .min(zone.since_last_change.unwrap_or(Duration::MAX));
+    let healthy_for =
+        f.me.healthy_for
+            .min(zone.since_last_change.unwrap_or(Duration::MAX));
     if healthy_for < hold && !f.failback_now {
         out.waits.push(Wait {
             zone: zone.zone.clone(),

@@ -4,7 +4,7 @@
 //! rule is tested with tables of scenarios. The agent's run loop observes, asks, and executes.
 
 pub mod claim;
+pub mod conditional;
 pub mod failover;
 pub mod lease;
 pub mod reclaim;
-pub mod conditional;
