@@ -352,3 +352,37 @@ async fn a_conditional_route_exists_only_while_its_target_is_silent() {
     f.wait_route("a", "a", Duration::from_secs(1)).await;
     f.show_logs();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_rides_out_throttling_and_5xx() {
+    let f = Fleet::start(&["a", "b"], "").await;
+    steady(2).await;
+    // More failures than the SDK's own attempts: the agent's loop must come back for them.
+    f.e.lab
+        .inject(&Fault {
+            action: Some("ReplaceRoute".into()),
+            kind: "throttle".into(),
+            count: Some(6),
+            latency_ms: 0,
+            status: None,
+        })
+        .await
+        .unwrap();
+    f.e.lab
+        .inject(&Fault {
+            action: Some("DescribeRouteTables".into()),
+            kind: "5xx".into(),
+            count: Some(2),
+            latency_ms: 0,
+            status: None,
+        })
+        .await
+        .unwrap();
+    let b = f.instance("b").instance_id.clone();
+    f.e.lab.terminate(&b).await.unwrap();
+    f.wait_route("b", "a", Duration::from_secs(20)).await;
+    let log_a = f.agent("a").log();
+    assert!(log_a.contains("takeover complete"), "{log_a}");
+    assert!(log_a.contains("RequestLimitExceeded"), "{log_a}");
+    f.show_logs();
+}

@@ -137,6 +137,8 @@ pub struct Watch<'a, E, A> {
     /// `gateway-agent failback` asked for the own zone back in the cycle under way.
     failback_requested: bool,
     rules: Vec<RuleWatch>,
+    /// Zone → when the decision under way was first made (until its writes are confirmed).
+    deciding: BTreeMap<String, Instant>,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -189,6 +191,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             tables: Vec::new(),
             failback_requested: false,
             rules: Vec::new(),
+            deciding: BTreeMap::new(),
         };
         (watch, events_rx, report_rx)
     }
@@ -438,6 +441,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         let facts = self.facts(now);
         let outcome = failover::decide(&facts);
         self.log_waits(&outcome.waits);
+        self.deciding
+            .retain(|zone, _| outcome.decisions.iter().any(|d| &d.zone == zone));
         let mut again = false;
         for d in &outcome.decisions {
             if !self.execute(d).await {
@@ -766,7 +771,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// Claims the zone (lease with a larger epoch), re-reads, writes what still matches,
     /// confirms. `false` when something is left for the next cycle.
     async fn execute(&mut self, d: &Decision) -> bool {
-        let decided = Instant::now();
+        // A decision retried after a failed write is timed from its first attempt.
+        let decided = *self
+            .deciding
+            .entry(d.zone.clone())
+            .or_insert_with(Instant::now);
         let zone_tables: Vec<RouteTable> = self
             .tables
             .iter()
@@ -892,6 +901,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         };
         let switched = decided.elapsed();
         if ok && confirmed == writes.len() {
+            self.deciding.remove(&d.zone);
             info!(
                 zone = %d.zone,
                 kind = d.kind.as_str(),
