@@ -25,10 +25,11 @@
 //!    successor before the instance goes.
 //!
 //! ## What exists today
-//! The skeleton: [`config`] (strict TOML), [`imds`] (IMDSv2 client), [`systemd`]
-//! (notifications) and [`agent`], which reads the instance's identity, reports ready and waits
-//! to be stopped. It does not claim ENIs or change routes yet. [`netconf`] holds the kernel
-//! configuration (desired state, diff, apply) the run loop will drive.
+//! Boot ([`agent::boot`]), peer failover and hand-back ([`agent::watch`] over the pure rules of
+//! [`decide::failover`] and the lease of [`decide::lease`]), conditional routes
+//! ([`decide::conditional`]), `/health` for peers ([`health`]), the local control socket
+//! ([`control`], `gateway-agent failback`), and kernel drift repair ([`netconf`]). Planned-exit
+//! hand-over (a stop hands nothing over yet) and the status/metrics surface are not built.
 //!
 //! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes.
 

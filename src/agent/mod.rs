@@ -2,8 +2,10 @@
 //!
 //! Boot claims the zone's persistent ENI, configures the kernel, self-checks, reclaims the
 //! zone's routes, completes the launch lifecycle action and only then sends `READY=1`. The run
-//! loop repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog. Peer
-//! failover and planned-exit hand-over are not built yet: a stop hands nothing over.
+//! loop ([`watch`]) watches peers and route tables, takes over a dead peer's zone, lets go when
+//! its owner comes back, keeps conditional routes ([`conditional`]), answers the control socket,
+//! repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog. Planned-exit
+//! hand-over is not built yet: a stop hands nothing over.
 
 pub mod boot;
 pub mod conditional;
