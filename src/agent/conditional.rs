@@ -1,5 +1,5 @@
 //! Conditional routes in the run loop: one probe task per `[[conditional]]` rule, and the
-//! writes [`decide::conditional`] plans each cycle.
+//! writes [`crate::decide::conditional`] plans each cycle.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};

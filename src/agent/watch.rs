@@ -1,5 +1,5 @@
 //! The run loop's failover half: observe peers, route tables and leases; ask
-//! [`decide::failover`]; execute its decisions; renew this gateway's leases.
+//! [`crate::decide::failover`]; execute its decisions; renew this gateway's leases.
 //!
 //! Observation is split so the slow parts never delay the fast ones:
 //! - one ICMP task and one `/health` task per peer update a shared view and send an event the
