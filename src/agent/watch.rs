@@ -139,6 +139,8 @@ pub struct Watch<'a, E, A> {
     rules: Vec<RuleWatch>,
     /// Zone → when the decision under way was first made (until its writes are confirmed).
     deciding: BTreeMap<String, Instant>,
+    /// A planned exit is under way: hand everything over, take nothing.
+    draining: bool,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -192,6 +194,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             failback_requested: false,
             rules: Vec::new(),
             deciding: BTreeMap::new(),
+            draining: false,
         };
         (watch, events_rx, report_rx)
     }
@@ -680,6 +683,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .peer_views()
             .into_iter()
             .map(|p| Gateway {
+                instance: p
+                    .report
+                    .as_ref()
+                    .map(|(r, _)| r.instance_id.clone())
+                    .filter(|id| !id.is_empty()),
                 report: p.report.as_ref().and_then(|(r, at)| {
                     (now.saturating_duration_since(*at) <= REPORT_FRESH).then_some(SelfReport {
                         healthy: r.healthy,
@@ -735,6 +743,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 } else {
                     Duration::ZERO
                 },
+                draining: self.draining,
             },
             ring: f.ring.clone(),
             peers,
@@ -791,7 +800,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         );
         let epoch = newest.as_ref().map_or(1, |l| l.epoch + 1);
         let value = Lease {
-            holder: self.own.instance_id.clone(),
+            holder: d.target_instance.clone().unwrap_or_else(|| d.target.clone()),
             epoch,
             unix_ms: unix_ms(),
         }
@@ -810,7 +819,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             from = %d.from.as_deref().unwrap_or("-"),
             evidence = %d.evidence,
             lease = %value,
-            "decision: pointing routes at {}", self.own.eni
+            "decision: pointing routes at {}", d.target
         );
         let lease_tag = [(LEASE_TAG, value.as_str())];
         let (tagged, fresh) = tokio::join!(
@@ -843,8 +852,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 info!(zone = %d.zone, table = %w.table, destination = %w.destination, expected = %w.expect, now = %current.map_or("missing".to_owned(), |r| r.target.to_string()), "route changed since the decision: left alone");
             }
         }
-        let own_eni = self.own.eni.clone();
-        let eni = own_eni.as_str();
+        let eni = d.target.as_str();
         let ec2 = self.ec2;
         let results = futures::future::join_all(writes.iter().map(|w| async move {
             let r = match w.expect {
@@ -872,8 +880,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 }
             }
         }
-        self.epochs.insert(d.zone.clone(), epoch);
-        self.let_go.remove(&d.zone);
+        if d.kind == Kind::Handover {
+            self.epochs.remove(&d.zone);
+        } else {
+            self.epochs.insert(d.zone.clone(), epoch);
+            self.let_go.remove(&d.zone);
+        }
         // Confirm from the API, not from our own success codes.
         let confirmed = match self.ec2.describe_route_tables(&ids).await {
             Ok(after) => {
@@ -936,9 +948,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .filter(|(_, ts)| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()))
             .map(|(z, _)| z)
             .collect();
+        let draining = self.draining;
         self.report.send_if_modified(|r| {
-            let changed = r.healthy != own.healthy || r.carries != carries;
+            let changed =
+                r.healthy != own.healthy || r.carries != carries || r.draining != draining;
             r.healthy = own.healthy;
+            r.draining = draining;
             r.carries.clone_from(&carries);
             changed
         });

@@ -48,6 +48,8 @@ pub struct SelfReport {
 pub struct Gateway {
     pub zone: String,
     pub eni: String,
+    /// Its instance, as its `/health` last said (the lease holder after a hand-over to it).
+    pub instance: Option<String>,
     pub icmp: Probe,
     pub report: Option<SelfReport>,
     /// Why the API says it cannot carry traffic (instance not running, ENI detached, lifecycle
@@ -82,6 +84,8 @@ pub struct Me {
     pub healthy: bool,
     /// How long it has passed without interruption.
     pub healthy_for: Duration,
+    /// Leaving (planned exit): hands everything it carries to others and takes nothing.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +152,9 @@ pub enum Kind {
     Failback,
     /// A dead peer's zone.
     TakeOver,
+    /// Routes this gateway carries, to another gateway: it is draining or failing its
+    /// self-check (make-before-break: the target already forwards).
+    Handover,
 }
 
 impl Kind {
@@ -156,11 +163,12 @@ impl Kind {
             Self::Reclaim => "reclaim",
             Self::Failback => "failback",
             Self::TakeOver => "takeover",
+            Self::Handover => "handover",
         }
     }
 }
 
-/// Point `writes` of `zone` at this gateway's ENI, because of `evidence`.
+/// Point `writes` of `zone` at `target`, because of `evidence`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub zone: String,
@@ -169,6 +177,10 @@ pub struct Decision {
     pub evidence: String,
     /// The carrier whose routes are taken, if one (a peer's ENI).
     pub from: Option<String>,
+    /// The ENI the routes will point at: this gateway's, except for a hand-over.
+    pub target: String,
+    /// The instance that will carry the zone, when known (the lease holder of a hand-over).
+    pub target_instance: Option<String>,
 }
 
 /// A zone where acting was conceivable but a rule said no (logged when it changes).
@@ -203,6 +215,12 @@ enum Standing<'a> {
 pub fn decide(f: &Facts) -> Outcome {
     let mut out = Outcome::default();
     for zone in &f.zones {
+        if f.me.draining || !f.me.healthy {
+            hand_over(f, zone, &mut out);
+        }
+        if f.me.draining {
+            continue;
+        }
         if zone.zone == f.me.zone {
             own_zone(f, zone, &mut out);
         } else {
@@ -210,6 +228,59 @@ pub fn decide(f: &Facts) -> Outcome {
         }
     }
     out
+}
+
+/// A leaving or sick gateway gives what it carries to the zone's owner if that one is
+/// eligible, else to the zone's successor; never to nobody (a gateway with no healthier peer
+/// keeps its routes: a failing gateway still beats a black hole).
+fn hand_over(f: &Facts, zone: &Zone, out: &mut Outcome) {
+    let mut writes = Vec::new();
+    for table in &zone.tables {
+        for (dest, _) in managed(f) {
+            if let Standing::Mine = standing(f, zone, table, dest) {
+                writes.push(Write {
+                    table: table.id.clone(),
+                    destination: dest.clone(),
+                    expect: Expect::Eni(f.me.eni.clone()),
+                });
+            }
+        }
+    }
+    if writes.is_empty() {
+        return;
+    }
+    let why = if f.me.draining {
+        "draining (planned exit)"
+    } else {
+        "own self-check failing"
+    };
+    let owner = f
+        .peers
+        .iter()
+        .find(|g| g.zone == zone.zone && g.eligible());
+    let to = owner.or_else(|| {
+        successor_among(f, &zone.zone, false)
+            .and_then(|z| f.peers.iter().find(|g| g.zone == z))
+    });
+    let Some(to) = to else {
+        out.waits.push(Wait {
+            zone: zone.zone.clone(),
+            reason: format!(
+                "{why}, but no healthy gateway to hand {} to: keeping its routes",
+                zone.zone
+            ),
+        });
+        return;
+    };
+    out.decisions.push(Decision {
+        zone: zone.zone.clone(),
+        kind: Kind::Handover,
+        writes,
+        evidence: format!("{why}; handing to {} ({})", to.zone, to.eni),
+        from: Some(f.me.eni.clone()),
+        target: to.eni.clone(),
+        target_instance: to.instance.clone(),
+    });
 }
 
 /// Doubles per recent change: 1 change → hold_down, 2 → 2×, ... capped at `damping_max`.
@@ -340,6 +411,8 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
             writes: dead,
             evidence: evidence.join("; "),
             from: None,
+            target: f.me.eni.clone(),
+            target_instance: None,
         });
     }
     let Some(holder) = holder else { return };
@@ -384,6 +457,8 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
             )
         },
         from: Some(holder.to_owned()),
+        target: f.me.eni.clone(),
+        target_instance: None,
     });
 }
 
@@ -479,6 +554,8 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         writes: dead,
         evidence: evidence.join("; "),
         from,
+        target: f.me.eni.clone(),
+        target_instance: None,
     });
 }
 
@@ -505,6 +582,11 @@ fn damped(policy: &Policy, zone: &Zone) -> Option<String> {
 /// The first zone after `zone` in the ring whose gateway could carry it: this one if healthy,
 /// a peer if eligible. Zones missing from the ring come after it, sorted.
 pub fn successor<'a>(f: &'a Facts, zone: &str) -> Option<&'a str> {
+    successor_among(f, zone, true)
+}
+
+/// Like [`successor`], with this gateway left out unless `include_me`.
+fn successor_among<'a>(f: &'a Facts, zone: &str, include_me: bool) -> Option<&'a str> {
     let mut ring: Vec<&str> = f.ring.iter().map(String::as_str).collect();
     let mut rest: Vec<&str> = f
         .zones
@@ -521,7 +603,7 @@ pub fn successor<'a>(f: &'a Facts, zone: &str) -> Option<&'a str> {
         .map(|i| ring[(start + i) % ring.len()])
         .find(|z| {
             if *z == f.me.zone {
-                f.me.healthy
+                include_me && f.me.healthy && !f.me.draining
             } else {
                 f.peers.iter().any(|g| g.zone == *z && g.eligible())
             }

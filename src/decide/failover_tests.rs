@@ -33,6 +33,7 @@ impl World {
                 eni: eni(me),
                 healthy: true,
                 healthy_for: Duration::from_secs(3600),
+                draining: false,
             },
             ring: Vec::new(),
             peers: zones
@@ -41,6 +42,7 @@ impl World {
                 .map(|z| Gateway {
                     zone: (*z).into(),
                     eni: eni(z),
+                    instance: Some(format!("i-{z}")),
                     icmp: Probe::Up,
                     report: Some(SelfReport {
                         healthy: true,
@@ -575,4 +577,62 @@ fn optional_destinations_are_taken_over_but_never_created() {
         .map(|w| w.destination.as_str())
         .collect();
     assert_eq!(dests, ["0.0.0.0/0", "10.1.0.0/16"]);
+}
+
+#[test]
+fn a_draining_gateway_hands_everything_over_and_takes_nothing() {
+    // a drains: its own zone goes to its successor b, the zone it holds (c) back to c's owner.
+    let mut w = World::new("a", &["a", "b", "c"]);
+    w.held_by("c", "a");
+    w.f.me.draining = true;
+    // A dead peer's zone is not taken while leaving.
+    w.route("b", Target::Eni(eni("b")), true);
+    let o = w.decide();
+    let mut got: Vec<(String, &str, String, Option<String>)> = o
+        .decisions
+        .iter()
+        .map(|d| (d.zone.clone(), d.kind.as_str(), d.target.clone(), d.target_instance.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("a".into(), "handover", "eni-b".into(), Some("i-b".into())),
+            ("c".into(), "handover", "eni-c".into(), Some("i-c".into())),
+        ]
+    );
+    assert!(o.decisions.iter().all(|d| d.writes[0].expect == Expect::Eni("eni-a".into())));
+}
+
+#[test]
+fn a_leaving_gateway_with_no_healthy_peer_keeps_its_routes() {
+    for draining in [true, false] {
+        let mut w = World::new("a", &["a", "b"]);
+        w.f.me.draining = draining;
+        w.f.me.healthy = draining; // draining, or sick
+        w.peer("b").report = Some(SelfReport {
+            healthy: false,
+            draining: false,
+        });
+        let o = w.decide();
+        assert!(o.decisions.is_empty(), "{o:?}");
+        waits_for(&o, "a", "no healthy gateway to hand a");
+    }
+}
+
+#[test]
+fn a_sick_gateway_demotes_itself_to_its_successor() {
+    let mut w = World::new("b", &["a", "b", "c"]);
+    w.f.me.healthy = false;
+    let o = w.decide();
+    assert_eq!(o.decisions.len(), 1, "{o:?}");
+    assert_eq!(o.decisions[0].kind, Kind::Handover);
+    assert_eq!(o.decisions[0].target, "eni-c");
+    assert!(o.decisions[0].evidence.contains("self-check failing"));
+    // The successor skips a draining peer.
+    w.peer("c").report = Some(SelfReport {
+        healthy: true,
+        draining: true,
+    });
+    assert_eq!(w.decide().decisions[0].target, "eni-a");
 }
