@@ -39,6 +39,7 @@ pub mod cloud;
 pub mod config;
 pub mod control;
 pub mod decide;
+pub mod events;
 pub mod health;
 pub mod imds;
 pub mod netconf;
