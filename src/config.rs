@@ -58,6 +58,13 @@
 //! | `conditional[].destinations`  | required per rule                | CIDRs routed via this ENI while the probe fails |
 //! | `conditional[].tables`        | `[]` (this zone's tables)        | route tables of the rule                        |
 //! | `conditional[].name`          | the probe address                | label in logs                                   |
+//! | `drain.handover_on_stop`      | `true`                           | SIGTERM hands the routes over before exiting (not with the restart marker) |
+//! | `drain.restart_marker`        | [`DEFAULT_RESTART_MARKER`]       | while it exists, SIGTERM moves no route (package upgrade) |
+//! | `drain.imds_poll_ms`          | [`DEFAULT_IMDS_POLL_MS`]         | how often IMDS is asked about planned exits     |
+//! | `drain.grace_s`               | [`DEFAULT_GRACE_S`]              | forwarding kept after the routes moved          |
+//! | `drain.timeout_s`             | [`DEFAULT_DRAIN_TIMEOUT_S`]      | longest drain without a deadline of its own     |
+//! | `drain.maintenance_lead_s`    | [`DEFAULT_MAINTENANCE_LEAD_S`]   | drain this long before scheduled maintenance    |
+//! | `drain.set_unhealthy`         | `false`                          | a gateway failing its self-check asks its ASG to replace it |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
 
 use std::collections::BTreeMap;
@@ -125,6 +132,17 @@ pub const DEFAULT_LEASE_TTL_MS: u64 = 2500;
 pub const DEFAULT_HOLD_DOWN_S: u64 = 30;
 /// The hold-down doubles for every recent change of the same zone, up to this.
 pub const DEFAULT_DAMPING_MAX_S: u64 = 600;
+/// Where the packages' upgrade scripts put the restart marker (systemd's RuntimeDirectory).
+pub const DEFAULT_RESTART_MARKER: &str = "/run/gateway-agent/restart";
+/// A spot notice gives 120 s; a poll a second costs nothing (IMDS is local).
+pub const DEFAULT_IMDS_POLL_MS: u64 = 1000;
+/// Packets already on their way to this gateway (route caches, in-flight segments) arrive
+/// within a few seconds of the route change.
+pub const DEFAULT_GRACE_S: u64 = 5;
+/// Under the unit's `TimeoutStopSec=150s`, and under a spot notice's two minutes.
+pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 90;
+/// Ten minutes ahead of a scheduled reboot or retirement.
+pub const DEFAULT_MAINTENANCE_LEAD_S: u64 = 600;
 /// Next to the kernel table number; any free port works.
 pub const DEFAULT_HEALTH_PORT: u16 = 7701;
 
@@ -155,6 +173,8 @@ pub struct Config {
     pub failover: Failover,
     #[serde(default)]
     pub control: Control,
+    #[serde(default)]
+    pub drain: Drain,
     /// Conditional routes (`[[conditional]]` tables), in file order.
     #[serde(default)]
     pub conditional: Vec<Conditional>,
@@ -180,6 +200,44 @@ impl Conditional {
     /// The probe address (validation refused anything else).
     pub fn target(&self) -> Option<Ipv4Addr> {
         self.probe.trim().parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Drain {
+    pub handover_on_stop: bool,
+    pub restart_marker: PathBuf,
+    pub imds_poll_ms: u64,
+    pub grace_s: u64,
+    pub timeout_s: u64,
+    pub maintenance_lead_s: u64,
+    pub set_unhealthy: bool,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            handover_on_stop: true,
+            restart_marker: PathBuf::from(DEFAULT_RESTART_MARKER),
+            imds_poll_ms: DEFAULT_IMDS_POLL_MS,
+            grace_s: DEFAULT_GRACE_S,
+            timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
+            maintenance_lead_s: DEFAULT_MAINTENANCE_LEAD_S,
+            set_unhealthy: false,
+        }
+    }
+}
+
+impl Drain {
+    pub fn imds_poll(&self) -> Duration {
+        Duration::from_millis(self.imds_poll_ms)
+    }
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_s)
+    }
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s)
     }
 }
 
@@ -983,6 +1041,39 @@ impl Config {
                 }
             }
         }
+        let d = &self.drain;
+        if !d.restart_marker.is_absolute() {
+            fail(
+                "drain.restart_marker",
+                format!("{:?} is not an absolute path; remove the key for the default {DEFAULT_RESTART_MARKER} (the packages use it)", d.restart_marker),
+            );
+        }
+        if !(100..=60_000).contains(&d.imds_poll_ms) {
+            fail(
+                "drain.imds_poll_ms",
+                format!("{} is out of range; use 100 to 60000 (a spot notice gives 120 s), or remove the key for the default {DEFAULT_IMDS_POLL_MS}", d.imds_poll_ms),
+            );
+        }
+        if d.grace_s > 60 {
+            fail(
+                "drain.grace_s",
+                format!("{} is out of range; use 0 to 60, or remove the key for the default {DEFAULT_GRACE_S}", d.grace_s),
+            );
+        }
+        // The unit gives a stop 150 s; the drain (plus its grace) must end before systemd kills.
+        let grace = if d.grace_s > 60 { 0 } else { d.grace_s };
+        if !(5..=140).contains(&(d.timeout_s + grace)) {
+            fail(
+                "drain.timeout_s",
+                format!("{} is out of range; keep drain.timeout_s + drain.grace_s between 5 and 140 (the unit's TimeoutStopSec is 150 s), or remove the key for the default {DEFAULT_DRAIN_TIMEOUT_S}", d.timeout_s),
+            );
+        }
+        if d.maintenance_lead_s > 7 * 86_400 {
+            fail(
+                "drain.maintenance_lead_s",
+                format!("{} is out of range; use 0 to 604800 (a week), or remove the key for the default {DEFAULT_MAINTENANCE_LEAD_S}", d.maintenance_lead_s),
+            );
+        }
         if !self.control.socket.is_absolute() {
             fail(
                 "control.socket",
@@ -1356,6 +1447,22 @@ mod tests {
                 "[failover]\nring = [\"us-east-1a\", \"us-east-1a\"]",
                 "failover.ring",
                 "listed twice",
+            ),
+            (
+                "[drain]\nimds_poll_ms = 10",
+                "drain.imds_poll_ms",
+                "use 100 to 60000",
+            ),
+            ("[drain]\ngrace_s = 61", "drain.grace_s", "use 0 to 60"),
+            (
+                "[drain]\ntimeout_s = 200",
+                "drain.timeout_s",
+                "TimeoutStopSec is 150 s",
+            ),
+            (
+                "[drain]\nrestart_marker = \"restart\"",
+                "drain.restart_marker",
+                "not an absolute path",
             ),
             (
                 "[control]\nsocket = \"control.sock\"",

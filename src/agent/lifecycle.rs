@@ -1,5 +1,7 @@
-//! The Auto Scaling launch lifecycle action: found at boot, heartbeated while boot runs,
-//! completed with CONTINUE when the gateway carries its zone, ABANDON when it cannot.
+//! Auto Scaling lifecycle actions. The launch action: found at boot, heartbeated while boot
+//! runs, completed with CONTINUE when the gateway carries its zone, ABANDON when it cannot. The
+//! termination action: found when a drain starts, heartbeated while it runs, completed with
+//! CONTINUE once the routes are handed over (or at the drain's deadline).
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,10 +15,12 @@ use crate::imds::Identity;
 
 /// The ASG state of an instance whose launch hook waits for us.
 const PENDING_WAIT: &str = "Pending:Wait";
+/// ... and whose termination hook does.
+const TERMINATING_WAIT: &str = "Terminating:Wait";
 
-/// An open launch lifecycle action of this instance.
+/// An open lifecycle action of this instance (launch or termination).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaunchAction {
+pub struct Action {
     pub group: String,
     pub hook: String,
     pub instance_id: String,
@@ -30,7 +34,7 @@ pub async fn pending_launch<A: Autoscaling>(
     identity: &Identity,
     asg: &A,
     deadline: Instant,
-) -> cloud::Result<Option<LaunchAction>> {
+) -> cloud::Result<Option<Action>> {
     if identity.target_lifecycle_state.is_none() {
         info!(
             "not in an Auto Scaling group (no autoscaling/target-lifecycle-state in IMDS): no lifecycle action to complete"
@@ -62,9 +66,42 @@ pub async fn pending_launch<A: Autoscaling>(
         }
     };
     info!(group = %instance.group, %hook, "launch lifecycle action waits for this boot");
-    Ok(Some(LaunchAction {
+    Ok(Some(Action {
         group: instance.group,
         hook,
+        instance_id: me.clone(),
+    }))
+}
+
+/// The termination action waiting for this instance, if any (`Terminating:Wait` and a
+/// termination hook in the group).
+pub async fn pending_termination<A: Autoscaling>(
+    identity: &Identity,
+    asg: &A,
+    deadline: Instant,
+) -> cloud::Result<Option<Action>> {
+    if identity.target_lifecycle_state.is_none() {
+        return Ok(None);
+    }
+    let me = &identity.instance_id;
+    let Some(instance) = super::boot::retry(deadline, || asg.asg_instance(me)).await? else {
+        return Ok(None);
+    };
+    if instance.lifecycle_state != TERMINATING_WAIT {
+        info!(group = %instance.group, state = %instance.lifecycle_state, "no termination action waits for this instance");
+        return Ok(None);
+    }
+    let hooks = super::boot::retry(deadline, || asg.lifecycle_hooks(&instance.group)).await?;
+    let Some(hook) = hooks
+        .into_iter()
+        .find(|h| h.transition == LifecycleTransition::Terminating)
+    else {
+        return Ok(None);
+    };
+    info!(group = %instance.group, hook = %hook.name, "termination lifecycle action waits for the drain");
+    Ok(Some(Action {
+        group: instance.group,
+        hook: hook.name,
         instance_id: me.clone(),
     }))
 }
@@ -72,7 +109,7 @@ pub async fn pending_launch<A: Autoscaling>(
 /// Runs `work` while recording a heartbeat every `period`, so a slow boot (a long detach, a
 /// VPN tunnel taking its time) does not run into the hook's heartbeat timeout.
 pub async fn with_heartbeats<A: Autoscaling, F: Future>(
-    action: Option<&LaunchAction>,
+    action: Option<&Action>,
     asg: &A,
     period: Duration,
     work: F,
@@ -100,7 +137,7 @@ pub async fn with_heartbeats<A: Autoscaling, F: Future>(
 /// CompleteLifecycleAction, retried while `deadline` allows.
 pub async fn complete<A: Autoscaling>(
     asg: &A,
-    action: &LaunchAction,
+    action: &Action,
     result: LifecycleResult,
     deadline: Instant,
 ) -> cloud::Result<()> {

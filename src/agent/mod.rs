@@ -9,6 +9,8 @@
 
 pub mod boot;
 pub mod conditional;
+pub mod drain;
+pub mod exit;
 pub mod lifecycle;
 pub mod watch;
 
@@ -63,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // Handlers go in first: from here on a signal means "stop cleanly", even while IMDS is slow.
     let mut supervisor = Supervisor::new()?;
     let imds = imds::Client::new(&config.imds.endpoint, config.imds.timeout())?;
+    take_restart_marker(&config);
 
     systemd::status("waiting for IMDS");
     let Some(identity) = supervisor
@@ -166,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 /// say why on STATUS=, and return the error (the process exits non-zero).
 async fn fail(
     error: BootError,
-    action: Option<&lifecycle::LaunchAction>,
+    action: Option<&lifecycle::Action>,
     asg: &SdkAutoscaling,
 ) -> Result<(), Error> {
     error!(%error, "boot failed");
@@ -247,13 +250,27 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             None
         }
     };
+    let (exit_tx, mut exits) = tokio::sync::mpsc::channel(4);
+    let _imds_watch = match imds::Client::new(&config.imds.endpoint, config.imds.timeout()) {
+        Ok(client) => Some(AbortOnDrop(exit::watch_imds(
+            client,
+            config.drain.imds_poll(),
+            Duration::from_secs(config.drain.maintenance_lead_s),
+            exit_tx,
+        ))),
+        Err(e) => {
+            error!(error = %e, "cannot watch IMDS for planned exits; only a stop signal drains");
+            None
+        }
+    };
     let mut lease_ticker = interval(config.failover.lease_renew());
     lease_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut soon: Option<Duration> = None;
-    loop {
+    let planned = loop {
         let woke = supervisor
             .drive(async {
                 tokio::select! {
+                    Some(exit) = exits.recv() => Wake::Exit(exit),
                     _ = lease_ticker.tick() => Wake::Cycle,
                     Some(event) = events.recv() => Wake::Event(event),
                     Some(request) = control.recv() => Wake::Control(request),
@@ -263,7 +280,8 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             })
             .await;
         match woke {
-            None => return,
+            None => break None,
+            Some(Wake::Exit(exit)) => break Some(exit),
             Some(Wake::Kernel) => {
                 kernel.repair().await;
                 continue;
@@ -271,7 +289,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             Some(Wake::Event(event)) => debug!(?event, "probe state changed: deciding now"),
             Some(Wake::Control(request)) => {
                 let Some(answer) = supervisor.drive(watch.command(request.command)).await else {
-                    return;
+                    break None;
                 };
                 let _ = request.answer.send(answer);
                 continue;
@@ -279,13 +297,31 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             Some(Wake::Cycle) => {}
         }
         match supervisor.drive(watch.cycle()).await {
-            None => return,
+            None => break None,
             Some(next) => soon = next,
         }
-    }
+    };
+    let exit = match planned {
+        Some(exit) => exit,
+        None if config.drain.restart_marker.exists() => {
+            info!(
+                marker = %config.drain.restart_marker.display(),
+                "restart marker present (package upgrade): exiting without moving any route; the new process adopts them"
+            );
+            return;
+        }
+        None if !config.drain.handover_on_stop => {
+            info!("drain.handover_on_stop = false: exiting without handing routes over");
+            return;
+        }
+        None => exit::on_stop(),
+    };
+    let deadline = exit::deadline(&exit, config.drain.timeout());
+    drain::run(supervisor, config, identity, asg, &mut watch, &exit, deadline).await;
 }
 
 enum Wake {
+    Exit(crate::events::Exit),
     Cycle,
     Event(watch::Event),
     Control(crate::control::Request),
@@ -328,9 +364,20 @@ impl KernelRepair<'_> {
     }
 }
 
+/// The marker says "the stop before this start was a restart, not an exit". It has done its
+/// job once this process runs; left behind, it would make the next real stop skip the drain.
+fn take_restart_marker(config: &Config) {
+    let marker = &config.drain.restart_marker;
+    match std::fs::remove_file(marker) {
+        Ok(()) => info!(marker = %marker.display(), "restart marker removed: this start follows an in-place restart"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(marker = %marker.display(), error = %e, "cannot remove the restart marker; the next stop will not hand routes over"),
+    }
+}
+
 fn stop() -> Result<(), Error> {
     systemd::stopping();
-    info!("stopping; route hand-over on stop is not implemented yet: routes stay where they are");
+    info!("stopped");
     Ok(())
 }
 
@@ -408,6 +455,21 @@ impl Supervisor {
             hup: install(SignalKind::hangup(), "SIGHUP")?,
             watchdog,
         })
+    }
+
+    /// Drives `work` to its end while petting the watchdog. Stop signals are noted and
+    /// otherwise ignored: a drain ends at its own deadline, before systemd's stop timeout.
+    async fn finish<F: Future>(&mut self, work: F) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                _ = self.term.recv() => info!("SIGTERM while draining: the drain finishes first"),
+                _ = self.int.recv() => info!("SIGINT while draining: the drain finishes first"),
+                _ = self.hup.recv() => {}
+                _ = tick(&mut self.watchdog) => systemd::watchdog(),
+            }
+        }
     }
 
     /// Drives `work` while petting the watchdog; `None` if a stop signal came first.

@@ -993,6 +993,36 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
     }
 
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        self.publish();
+    }
+
+    /// Zones whose routes (most of them) point at this gateway, as last read.
+    pub fn carried(&self) -> Vec<String> {
+        self.by_zone(&self.tables)
+            .into_iter()
+            .filter(|(_, ts)| {
+                ts.iter().any(|t| {
+                    self.config.routes.destinations.iter().any(|d| {
+                        t.route(d)
+                            .is_some_and(|r| r.target == RouteTarget::Eni(self.own.eni.clone()))
+                    })
+                })
+            })
+            .map(|(z, _)| z)
+            .collect()
+    }
+
+    /// Why routes this gateway wants to hand over cannot go (no healthy peer).
+    pub fn stuck(&self) -> Vec<String> {
+        self.waits
+            .values()
+            .filter(|w| w.contains("no healthy gateway to hand"))
+            .cloned()
+            .collect()
+    }
+
     /// For tests and status: what the probes see.
     pub fn peers(&self) -> Vec<PeerView> {
         self.peer_views()

@@ -1,0 +1,141 @@
+//! Planned exits: noticed in IMDS (or a SIGTERM), turned into a drain that hands every route
+//! to a healthy peer *before* this gateway stops forwarding (make-before-break).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, interval};
+use tracing::{debug, info, warn};
+
+use crate::events::{self, Exit, Kind};
+use crate::imds;
+
+/// IMDS paths of planned exits, under `latest/meta-data/`.
+const LIFECYCLE: &str = "latest/meta-data/autoscaling/target-lifecycle-state";
+const SPOT: &str = "latest/meta-data/spot/instance-action";
+const REBALANCE: &str = "latest/meta-data/events/recommendations/rebalance";
+const MAINTENANCE: &str = "latest/meta-data/events/maintenance/scheduled";
+/// A drain with a hard deadline (spot, maintenance) plans to be done this much before it:
+/// the instance may go a little early, and the grace period and hook need time too.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
+/// IMDS trouble while polling is logged once a minute, not every poll.
+const LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Polls IMDS every `poll` and sends each kind of planned exit once, when it appears.
+pub fn watch_imds(
+    client: imds::Client,
+    poll: Duration,
+    maintenance_lead: Duration,
+    tx: mpsc::Sender<Exit>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = interval(poll);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sent: Vec<Kind> = Vec::new();
+        let mut last_error: Option<Instant> = None;
+        loop {
+            ticker.tick().await;
+            let (lifecycle, spot, rebalance, maintenance) = tokio::join!(
+                client.get(LIFECYCLE),
+                client.get(SPOT),
+                client.get(REBALANCE),
+                client.get(MAINTENANCE)
+            );
+            let lead = i64::try_from(maintenance_lead.as_secs()).unwrap_or(i64::MAX);
+            let mut found = Vec::new();
+            let mut errors = Vec::new();
+            for (result, parse) in [
+                (lifecycle, events::lifecycle as fn(&str) -> Option<Exit>),
+                (spot, events::spot),
+                (rebalance, events::rebalance),
+            ] {
+                match result {
+                    Ok(Some(text)) => found.extend(parse(&text)),
+                    Ok(None) => {}
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            match maintenance {
+                Ok(Some(text)) => match events::maintenance(&text, unix_now(), lead) {
+                    Ok(exit) => found.extend(exit),
+                    Err(e) => errors.push(e),
+                },
+                Ok(None) => {}
+                Err(e) => errors.push(e.to_string()),
+            }
+            if !errors.is_empty() && last_error.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
+                warn!(errors = %errors.join("; "), "IMDS: cannot read the planned-exit notices; retrying every poll");
+                last_error = Some(Instant::now());
+            }
+            for exit in found {
+                if sent.contains(&exit.kind) {
+                    continue;
+                }
+                sent.push(exit.kind);
+                info!(kind = exit.kind.as_str(), reason = %exit.reason, "planned exit announced");
+                if tx.send(exit).await.is_err() {
+                    return;
+                }
+            }
+            debug!("planned-exit notices polled");
+        }
+    })
+}
+
+/// When the drain must be done: the exit's own time less a margin, or `default` from now.
+pub fn deadline(exit: &Exit, default: Duration) -> Instant {
+    let now = Instant::now();
+    let Some(at) = exit.at_unix else {
+        return now + default;
+    };
+    let left = u64::try_from(at - unix_now()).unwrap_or(0);
+    let left = Duration::from_secs(left).saturating_sub(DEADLINE_MARGIN);
+    // Even a notice already past its time gets a few seconds: handing over beats dropping.
+    now + left.clamp(Duration::from_secs(5), default)
+}
+
+/// What a SIGTERM drain is, in the same terms.
+pub fn on_stop() -> Exit {
+    Exit {
+        kind: Kind::Lifecycle,
+        reason: "stop requested (SIGTERM: systemctl stop, shutdown)".into(),
+        at_unix: None,
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deadlines_leave_a_margin_and_never_vanish() {
+        let default = Duration::from_secs(90);
+        let none = Exit {
+            kind: Kind::Rebalance,
+            reason: String::new(),
+            at_unix: None,
+        };
+        let d = deadline(&none, default) - Instant::now();
+        assert!(d > Duration::from_secs(89) && d <= default, "{d:?}");
+        let spot = Exit {
+            kind: Kind::Spot,
+            reason: String::new(),
+            at_unix: Some(unix_now() + 120),
+        };
+        let d = deadline(&spot, default) - Instant::now();
+        assert!(d > Duration::from_secs(98) && d <= Duration::from_secs(100), "{d:?}");
+        let late = Exit {
+            at_unix: Some(unix_now() - 10),
+            ..spot
+        };
+        let d = deadline(&late, default) - Instant::now();
+        assert!(d > Duration::from_secs(4) && d <= Duration::from_secs(5), "{d:?}");
+    }
+}
