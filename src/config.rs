@@ -1045,19 +1045,28 @@ impl Config {
         if !d.restart_marker.is_absolute() {
             fail(
                 "drain.restart_marker",
-                format!("{:?} is not an absolute path; remove the key for the default {DEFAULT_RESTART_MARKER} (the packages use it)", d.restart_marker),
+                format!(
+                    "{:?} is not an absolute path; remove the key for the default {DEFAULT_RESTART_MARKER} (the packages use it)",
+                    d.restart_marker
+                ),
             );
         }
         if !(100..=60_000).contains(&d.imds_poll_ms) {
             fail(
                 "drain.imds_poll_ms",
-                format!("{} is out of range; use 100 to 60000 (a spot notice gives 120 s), or remove the key for the default {DEFAULT_IMDS_POLL_MS}", d.imds_poll_ms),
+                format!(
+                    "{} is out of range; use 100 to 60000 (a spot notice gives 120 s), or remove the key for the default {DEFAULT_IMDS_POLL_MS}",
+                    d.imds_poll_ms
+                ),
             );
         }
         if d.grace_s > 60 {
             fail(
                 "drain.grace_s",
-                format!("{} is out of range; use 0 to 60, or remove the key for the default {DEFAULT_GRACE_S}", d.grace_s),
+                format!(
+                    "{} is out of range; use 0 to 60, or remove the key for the default {DEFAULT_GRACE_S}",
+                    d.grace_s
+                ),
             );
         }
         // The unit gives a stop 150 s; the drain (plus its grace) must end before systemd kills.
@@ -1065,13 +1074,19 @@ impl Config {
         if !(5..=140).contains(&(d.timeout_s + grace)) {
             fail(
                 "drain.timeout_s",
-                format!("{} is out of range; keep drain.timeout_s + drain.grace_s between 5 and 140 (the unit's TimeoutStopSec is 150 s), or remove the key for the default {DEFAULT_DRAIN_TIMEOUT_S}", d.timeout_s),
+                format!(
+                    "{} is out of range; keep drain.timeout_s + drain.grace_s between 5 and 140 (the unit's TimeoutStopSec is 150 s), or remove the key for the default {DEFAULT_DRAIN_TIMEOUT_S}",
+                    d.timeout_s
+                ),
             );
         }
         if d.maintenance_lead_s > 7 * 86_400 {
             fail(
                 "drain.maintenance_lead_s",
-                format!("{} is out of range; use 0 to 604800 (a week), or remove the key for the default {DEFAULT_MAINTENANCE_LEAD_S}", d.maintenance_lead_s),
+                format!(
+                    "{} is out of range; use 0 to 604800 (a week), or remove the key for the default {DEFAULT_MAINTENANCE_LEAD_S}",
+                    d.maintenance_lead_s
+                ),
             );
         }
         if !self.control.socket.is_absolute() {

@@ -205,10 +205,19 @@ mod tests {
         assert_eq!(rfc3339("2026-11-25T10:00:00.123Z"), Some(1_795_600_800));
         assert_eq!(imds_date("25 Nov 2026 10:00:00 GMT"), Some(1_795_600_800));
         assert_eq!(imds_date("29 Feb 2024 00:00:00 GMT"), Some(1_709_164_800));
-        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T10:00:00+01:00"] {
+        for bad in [
+            "",
+            "2026-11-25",
+            "2026-13-01T00:00:00Z",
+            "2026-11-25T10:00:00+01:00",
+        ] {
             assert_eq!(rfc3339(bad), None, "{bad:?}");
         }
-        for bad in ["25 Foo 2026 10:00:00 GMT", "25 Nov 2026 10:00:00", "x Nov 2026 10:00:00 GMT"] {
+        for bad in [
+            "25 Foo 2026 10:00:00 GMT",
+            "25 Nov 2026 10:00:00",
+            "x Nov 2026 10:00:00 GMT",
+        ] {
             assert_eq!(imds_date(bad), None, "{bad:?}");
         }
     }
@@ -225,7 +234,9 @@ mod tests {
         assert!(s.reason.contains("unreadable"));
         assert_eq!(spot("  "), None);
         assert_eq!(
-            rebalance(r#"{"noticeTime": "2026-11-25T10:00:00Z"}"#).unwrap().kind,
+            rebalance(r#"{"noticeTime": "2026-11-25T10:00:00Z"}"#)
+                .unwrap()
+                .kind,
             Kind::Rebalance
         );
     }

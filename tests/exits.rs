@@ -18,11 +18,7 @@ struct Pair {
 async fn pair(with_b: bool, extra: &str) -> Pair {
     let e = env(ScenarioOptions::default()).await;
     let dir = e.lab.info.run_dir.clone();
-    let cfg = |name: &str| {
-        format!(
-            "{extra}\n[control]\nsocket = \"{dir}/{name}.sock\"\n"
-        )
-    };
+    let cfg = |name: &str| format!("{extra}\n[control]\nsocket = \"{dir}/{name}.sock\"\n");
     let inst_a = e.instance("a").await;
     let inst_b = e.instance("b").await;
     let agent_a = e.start_agent(&inst_a, "agent-a", &cfg("agent-a"));
@@ -90,7 +86,11 @@ fn sigterm(agent: &Agent) {
 fn drain_ms(log: &str) -> Option<u64> {
     let line = log.lines().find(|l| l.contains("drain complete"))?;
     let at = line.find("drain_ms=")? + "drain_ms=".len();
-    line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,7 +130,11 @@ async fn sigterm_with_the_restart_marker_moves_nothing() {
     let writes = p.route_writes().await;
     sigterm(&p.a.1);
     assert_eq!(p.a.1.wait_exit().await, Some(0), "{}", p.logs());
-    assert!(p.a.1.log().contains("restart marker present"), "{}", p.logs());
+    assert!(
+        p.a.1.log().contains("restart marker present"),
+        "{}",
+        p.logs()
+    );
     // The upgraded agent starts, adopts, removes the marker: not one route write in all that.
     let again = p.e.start_agent(
         &p.a.0,
@@ -143,7 +147,13 @@ async fn sigterm_with_the_restart_marker_moves_nothing() {
     );
     again.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(p.route_writes().await, writes, "{}\n{}", p.logs(), again.log());
+    assert_eq!(
+        p.route_writes().await,
+        writes,
+        "{}\n{}",
+        p.logs(),
+        again.log()
+    );
     assert!(!marker.exists(), "the new agent must remove the marker");
     assert!(p.route_is("a", "a").await);
 }
@@ -158,10 +168,7 @@ async fn a_spot_notice_drains_well_inside_its_two_minutes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let notice = format!(
-        r#"{{"action": "terminate", "time": "{}"}}"#,
-        rfc3339(secs)
-    );
+    let notice = format!(r#"{{"action": "terminate", "time": "{}"}}"#, rfc3339(secs));
     let started = std::time::Instant::now();
     p.e.lab
         .imds_set(&p.a.0.instance_id, "spot/instance-action", Some(&notice))
@@ -326,4 +333,113 @@ async fn a_drain_with_nobody_to_take_over_keeps_the_routes_and_lets_the_hook_go(
             && h["result"] == "CONTINUE"
     });
     assert!(completed, "{history}\n{}", p.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_demoted_gateway_can_ask_its_group_for_a_replacement() {
+    let p = pair(
+        true,
+        &format!(
+            "[self_check]\nicmp_targets = [\"{INTERNET_HOST}\"]\ntimeout_ms = 200\n[drain]\nset_unhealthy = true"
+        ),
+    )
+    .await;
+    let primary = p.a.0.private_ip.clone().expect("a's primary address");
+    p.e.lab.partition(&primary, INTERNET_HOST).await.unwrap();
+    p.wait_route("a", "b", Duration::from_secs(10)).await;
+    let old = p.a.0.instance_id.clone();
+    let replaced = wait_for(WAIT, "a's group replaces it", || async {
+        let state = p.e.asg_state(&old).await;
+        (state != "InService").then_some(state)
+    })
+    .await;
+    assert!(replaced.is_ok(), "{}", p.logs());
+    assert!(
+        p.a.1.log().contains("SetInstanceHealth Unhealthy"),
+        "{}",
+        p.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_gateways_replaced_at_once_each_ends_with_its_own_zone() {
+    let e = env(ScenarioOptions::default()).await;
+    let dir = e.lab.info.run_dir.clone();
+    let first = [e.instance("a").await, e.instance("b").await];
+    let mut agents: Vec<Agent> = first
+        .iter()
+        .zip(["a", "b"])
+        .map(|(i, z)| {
+            e.start_agent(
+                i,
+                &format!("agent-{z}"),
+                &format!("[control]\nsocket = \"{dir}/{z}.sock\""),
+            )
+        })
+        .collect();
+    for a in &agents {
+        a.wait_ready().await;
+    }
+    // An AZ-wide event: both die together, both groups launch replacements together.
+    for i in &first {
+        e.lab.terminate(&i.instance_id).await.unwrap();
+    }
+    for a in &mut agents {
+        let _ = a.wait_exit().await;
+    }
+    let mut second = Vec::new();
+    for (z, old) in ["a", "b"].iter().zip(&first) {
+        let new = wait_for(WAIT, "a replacement", || async {
+            e.lab
+                .instance_in(z)
+                .await
+                .ok()
+                .filter(|i| i.instance_id != old.instance_id)
+        })
+        .await
+        .unwrap();
+        second.push(new);
+    }
+    let agents: Vec<Agent> = second
+        .iter()
+        .zip(["a", "b"])
+        .map(|(i, z)| {
+            e.start_agent(
+                i,
+                &format!("agent-{z}2"),
+                &format!("[control]\nsocket = \"{dir}/{z}2.sock\""),
+            )
+        })
+        .collect();
+    for a in &agents {
+        a.wait_ready().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = route_writes(&e).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = || {
+        agents
+            .iter()
+            .map(|a| a.log())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(route_writes(&e).await, settled, "still writing\n{}", logs());
+    for z in ["a", "b"] {
+        let (eni, state) = e.route(z, "0.0.0.0/0").await;
+        assert_eq!(
+            (eni.as_str(), state.as_str()),
+            (e.sc.zone(z).eni_id.as_str(), "active"),
+            "{z}\n{}",
+            logs()
+        );
+    }
+}
+
+async fn route_writes(e: &Env) -> usize {
+    e.api_calls()
+        .await
+        .iter()
+        .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
+        .count()
 }

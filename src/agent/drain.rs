@@ -75,7 +75,12 @@ pub(super) async fn run<E: Ec2 + Sync, A: Autoscaling + Sync>(
     };
     let heartbeat = config.lifecycle.heartbeat_interval();
     let moved = supervisor
-        .finish(lifecycle::with_heartbeats(action.as_ref(), asg, heartbeat, work))
+        .finish(lifecycle::with_heartbeats(
+            action.as_ref(),
+            asg,
+            heartbeat,
+            work,
+        ))
         .await;
     let drained = started.elapsed();
     if moved {

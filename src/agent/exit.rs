@@ -130,12 +130,18 @@ mod tests {
             at_unix: Some(unix_now() + 120),
         };
         let d = deadline(&spot, default) - Instant::now();
-        assert!(d > Duration::from_secs(98) && d <= Duration::from_secs(100), "{d:?}");
+        assert!(
+            d > Duration::from_secs(98) && d <= Duration::from_secs(100),
+            "{d:?}"
+        );
         let late = Exit {
             at_unix: Some(unix_now() - 10),
             ..spot
         };
         let d = deadline(&late, default) - Instant::now();
-        assert!(d > Duration::from_secs(4) && d <= Duration::from_secs(5), "{d:?}");
+        assert!(
+            d > Duration::from_secs(4) && d <= Duration::from_secs(5),
+            "{d:?}"
+        );
     }
 }

@@ -317,7 +317,10 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         None => exit::on_stop(),
     };
     let deadline = exit::deadline(&exit, config.drain.timeout());
-    drain::run(supervisor, config, identity, asg, &mut watch, &exit, deadline).await;
+    drain::run(
+        supervisor, config, identity, asg, &mut watch, &exit, deadline,
+    )
+    .await;
 }
 
 enum Wake {
@@ -369,9 +372,13 @@ impl KernelRepair<'_> {
 fn take_restart_marker(config: &Config) {
     let marker = &config.drain.restart_marker;
     match std::fs::remove_file(marker) {
-        Ok(()) => info!(marker = %marker.display(), "restart marker removed: this start follows an in-place restart"),
+        Ok(()) => {
+            info!(marker = %marker.display(), "restart marker removed: this start follows an in-place restart")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(marker = %marker.display(), error = %e, "cannot remove the restart marker; the next stop will not hand routes over"),
+        Err(e) => {
+            warn!(marker = %marker.display(), error = %e, "cannot remove the restart marker; the next stop will not hand routes over")
+        }
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Watch<'a, E, A> {
     deciding: BTreeMap<String, Instant>,
     /// A planned exit is under way: hand everything over, take nothing.
     draining: bool,
+    /// SetInstanceHealth Unhealthy was sent (`drain.set_unhealthy`).
+    reported_unhealthy: bool,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -195,6 +197,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             rules: Vec::new(),
             deciding: BTreeMap::new(),
             draining: false,
+            reported_unhealthy: false,
         };
         (watch, events_rx, report_rx)
     }
@@ -800,7 +803,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         );
         let epoch = newest.as_ref().map_or(1, |l| l.epoch + 1);
         let value = Lease {
-            holder: d.target_instance.clone().unwrap_or_else(|| d.target.clone()),
+            holder: d
+                .target_instance
+                .clone()
+                .unwrap_or_else(|| d.target.clone()),
             epoch,
             unix_ms: unix_ms(),
         }
@@ -929,6 +935,13 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     self.own.zone, d.zone, d.evidence
                 ));
             }
+            if d.kind == Kind::Handover && !self.draining {
+                crate::systemd::status(&format!(
+                    "demoted: {} handed to {} ({})",
+                    d.zone, d.target, d.evidence
+                ));
+                self.ask_for_replacement().await;
+            }
             true
         } else {
             warn!(zone = %d.zone, confirmed, wanted = writes.len(), "not every route confirmed; trying again");
@@ -989,6 +1002,27 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                         format!("{own} is not carried here yet; see the agent's log")
                     }))
                 }
+            }
+        }
+    }
+
+    /// After a demotion, with `drain.set_unhealthy`: tell the ASG this instance is unhealthy,
+    /// so it is replaced rather than left sick (once; the ASG takes it from there).
+    async fn ask_for_replacement(&mut self) {
+        if !self.config.drain.set_unhealthy || self.reported_unhealthy {
+            return;
+        }
+        match self
+            .asg
+            .set_instance_health(&self.own.instance_id, false)
+            .await
+        {
+            Ok(()) => {
+                warn!(instance = %self.own.instance_id, "SetInstanceHealth Unhealthy: the Auto Scaling group will replace this gateway");
+                self.reported_unhealthy = true;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot report this instance unhealthy; retrying after the next hand-over")
             }
         }
     }

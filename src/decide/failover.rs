@@ -254,13 +254,9 @@ fn hand_over(f: &Facts, zone: &Zone, out: &mut Outcome) {
     } else {
         "own self-check failing"
     };
-    let owner = f
-        .peers
-        .iter()
-        .find(|g| g.zone == zone.zone && g.eligible());
+    let owner = f.peers.iter().find(|g| g.zone == zone.zone && g.eligible());
     let to = owner.or_else(|| {
-        successor_among(f, &zone.zone, false)
-            .and_then(|z| f.peers.iter().find(|g| g.zone == z))
+        successor_among(f, &zone.zone, false).and_then(|z| f.peers.iter().find(|g| g.zone == z))
     });
     let Some(to) = to else {
         out.waits.push(Wait {

@@ -591,7 +591,14 @@ fn a_draining_gateway_hands_everything_over_and_takes_nothing() {
     let mut got: Vec<(String, &str, String, Option<String>)> = o
         .decisions
         .iter()
-        .map(|d| (d.zone.clone(), d.kind.as_str(), d.target.clone(), d.target_instance.clone()))
+        .map(|d| {
+            (
+                d.zone.clone(),
+                d.kind.as_str(),
+                d.target.clone(),
+                d.target_instance.clone(),
+            )
+        })
         .collect();
     got.sort();
     assert_eq!(
@@ -601,7 +608,11 @@ fn a_draining_gateway_hands_everything_over_and_takes_nothing() {
             ("c".into(), "handover", "eni-c".into(), Some("i-c".into())),
         ]
     );
-    assert!(o.decisions.iter().all(|d| d.writes[0].expect == Expect::Eni("eni-a".into())));
+    assert!(
+        o.decisions
+            .iter()
+            .all(|d| d.writes[0].expect == Expect::Eni("eni-a".into()))
+    );
 }
 
 #[test]
