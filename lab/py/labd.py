@@ -63,12 +63,16 @@ class Lab:
         self.lock = threading.RLock()
         self.faults = {}  # action or "*" -> {"kind", "count", "latency_ms", "status"}
         self.api_calls = []  # (action, ms)
+        # Every route write that succeeded, with the wall-clock time its answer left (the mirror
+        # already applied): when a client's path changed, to the millisecond, without polling.
+        self.route_changes = []
         self.moto = DomainDispatcherApplication(create_backend_app)
         self.topo = topology.Topology(lab_id, self.ec2, self.asg, self.lock, run_dir, log)
         self.streams = None
         self.scenario = None
         self.port = None
         self.stopping = threading.Event()
+        self.building = False  # a scenario build is running: its API calls skip the mirror
 
     def ec2(self):
         return ec2_backends[ACCOUNT][REGION]
@@ -103,14 +107,26 @@ class Lab:
             chunks = b"".join(self.moto(environ, capture))
             if environ.get("PATH_INFO", "").startswith("/moto-api/reset"):
                 self._after_reset()
-            elif action.startswith(MUTATING_PREFIXES) and captured["status"].startswith("200"):
+            elif (action.startswith(MUTATING_PREFIXES) and captured["status"].startswith("200")
+                  and not self.building):
                 try:
                     self.topo.reconcile(started)
                 except Exception:  # noqa: BLE001 - the API answer stands; the ticker retries
                     log("reconcile failed after " + action + ":\n" + traceback.format_exc())
+            done_at = time.time()
         if action:
             self.api_calls.append((action, (time.monotonic() - started) * 1000.0))
             del self.api_calls[:-20000]
+        if action in ("ReplaceRoute", "CreateRoute") and captured["status"].startswith("200"):
+            def first(*keys):
+                return next((params[k][0] for k in keys if params.get(k)), None)
+
+            self.route_changes.append({
+                "at": done_at, "action": action, "table": first("RouteTableId"),
+                "destination": first("DestinationCidrBlock", "DestinationIpv6CidrBlock"),
+                "target": first("NetworkInterfaceId", "GatewayId", "InstanceId"),
+            })
+            del self.route_changes[:-20000]
         start_response(captured["status"], captured["headers"])
         return [chunks]
 
@@ -191,7 +207,16 @@ class Lab:
         if path == "scenario" and method == "POST":
             import scenario
 
-            self.scenario = scenario.build(self, **body)
+            # Each of the build's calls would otherwise wait for its own mirror pass, which
+            # doubles the time of a scenario with many route tables; nothing in the VPC can act
+            # on the mirror before the build answers, so one pass at its end is enough.
+            self.building = True
+            try:
+                self.scenario = scenario.build(self, **body)
+            finally:
+                self.building = False
+                with self.lock:
+                    self.topo.reconcile()
             return 200, self.scenario
         if path == "scenario" and method == "GET":
             return 200, self.scenario
@@ -237,7 +262,8 @@ class Lab:
                              "history": list(mends.LIFECYCLE.history)}
         if path == "stats" and method == "GET":
             return 200, {"mirror_lag_ms": list(self.topo.mirror_lag_ms),
-                         "api_calls": [{"action": a, "ms": ms} for a, ms in self.api_calls]}
+                         "api_calls": [{"action": a, "ms": ms} for a, ms in self.api_calls],
+                         "route_changes": list(self.route_changes)}
         if path == "reset" and method == "POST":
             with self.lock:
                 for backend in (ec2_backends, autoscaling_backends):

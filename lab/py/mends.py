@@ -18,6 +18,8 @@ running server by the lab's tests (lab/tests/moto_mends.rs):
 
 7. private IPs handed out avoid AWS's reserved addresses (the first four and the last of a subnet)
    and never repeat, so an instance never lands on the subnet router's address.
+8. `StopInstances` and `StartInstances` refuse a terminated (or shutting-down) instance with
+   `IncorrectInstanceState` instead of bringing it back (nat_monitor.sh stops a dead peer).
 
 Fault injection (throttling, 5xx, latency) lives in labd's WSGI middleware, not here.
 """
@@ -394,6 +396,32 @@ def _call_action(self):
         return self._lab_error("ValidationError", str(e))
 
 
+# --- 8. a terminated instance stays terminated ------------------------------------------------
+
+_orig_stop_instances = instance_models.InstanceBackend.stop_instances
+_orig_start_instances = instance_models.InstanceBackend.start_instances
+
+
+def _refuse_terminated(backend, instance_ids, verb):
+    # Checked for every instance before any changes: AWS fails the whole call.
+    for instance in backend.get_multi_instances_by_id(instance_ids):
+        if instance.state in ("terminated", "shutting-down"):
+            raise EC2ClientError(
+                "IncorrectInstanceState",
+                f"This instance '{instance.id}' is not in a state from which it can be {verb}.",
+            )
+
+
+def _stop_instances(self, instance_ids, *args, **kwargs):
+    _refuse_terminated(self, instance_ids, "stopped")
+    return _orig_stop_instances(self, instance_ids, *args, **kwargs)
+
+
+def _start_instances(self, instance_ids, *args, **kwargs):
+    _refuse_terminated(self, instance_ids, "started")
+    return _orig_start_instances(self, instance_ids, *args, **kwargs)
+
+
 def _lab_error(self, code, text):
     err = EC2ClientError(code, text)
     status, headers, body = self.serialized(ActionResult(err))
@@ -404,6 +432,8 @@ def apply():
     rt_models.Route.state = property(_route_state)
     eni_models.random_private_ip = _random_private_ip
     instance_models.Instance.terminate = _terminate
+    instance_models.InstanceBackend.stop_instances = _stop_instances
+    instance_models.InstanceBackend.start_instances = _start_instances
     rt_models.RouteBackend.create_route = _create_route
     eni_models.NetworkInterfaceBackend.attach_network_interface = _attach_network_interface
     asg_models.FakeAutoScalingGroup.active_instances = _active_instances

@@ -5,9 +5,15 @@ Per zone i (a, b, c...):
                                  routed by the public table: 0.0.0.0/0 -> internet gateway
   private subnet 10.0.(100+i).0/24  one client (.10); its own route table, tagged
                                  gateway-agent:group / gateway-agent:zone, 0.0.0.0/0 -> the ENI
+                                 (and every CIDR of `destinations` -> the ENI)
+  `extra_tables` more private route tables, tagged and routed like that one but associated with
+                                 no subnet: what a zone with many tables (one per team, per tier)
+                                 gives the agent to move
   an Auto Scaling group <group>-<az> (min=max=desired=capacity) launching into the public subnet,
   with launch and termination lifecycle hooks (heartbeat timeout, default result configurable).
 """
+
+import ipaddress
 
 import boto3
 import mends
@@ -15,18 +21,46 @@ from botocore.config import Config
 
 GROUP_TAG = "gateway-agent:group"
 ZONE_TAG = "gateway-agent:zone"
+VPC_CIDR = "10.0.0.0/16"
+# AWS's default quota is 200 route tables per VPC: a zone with more is no user's case.
+MAX_EXTRA_TABLES = 199
 
 
 def _tags(kind, **tags):
     return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
 
 
+def _destinations(destinations):
+    """The managed CIDRs: 0.0.0.0/0 first, then `destinations`, checked like AWS would."""
+    out = ["0.0.0.0/0"]
+    vpc = ipaddress.ip_network(VPC_CIDR)
+    for d in destinations:
+        try:
+            net = ipaddress.ip_network(d)
+        except ValueError as e:
+            raise ValueError(f"destinations: {d!r} is not an IPv4 CIDR ({e}), e.g. \"10.200.0.0/16\"")
+        if net.version != 4:
+            raise ValueError(f"destinations: {d!r}: the lab's VPC router is IPv4 only")
+        if str(net) in out:
+            raise ValueError(f"destinations: {net} is listed twice (0.0.0.0/0 is always managed)")
+        if net.overlaps(vpc):
+            # The VPC router looks up the VPC CIDR in its main table before any route table.
+            raise ValueError(f"destinations: {net} overlaps the VPC's {VPC_CIDR}; use one outside it")
+        out.append(str(net))
+    return out
+
+
 def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_timeout=300,
-          default_result="ABANDON", instance_type="t3.micro"):
+          default_result="ABANDON", instance_type="t3.micro", extra_tables=0, destinations=()):
     if lab.scenario:
         raise ValueError("a scenario already exists: POST /lab/reset first")
     if not 1 <= len(zones) <= 6:
         raise ValueError("zones: 1 to 6 zone letters, e.g. [\"a\", \"b\"]")
+    if not isinstance(extra_tables, int) or not 0 <= extra_tables <= MAX_EXTRA_TABLES:
+        raise ValueError(f"extra_tables: {extra_tables!r}: a count from 0 to {MAX_EXTRA_TABLES}")
+    if isinstance(destinations, str):
+        raise ValueError("destinations: a list of CIDRs, e.g. [\"10.200.0.0/16\"]")
+    managed = _destinations(destinations)
     kw = dict(endpoint_url=f"http://127.0.0.1:{lab.port}", region_name=lab.ec2().region_name,
               aws_access_key_id="lab", aws_secret_access_key="lab",
               config=Config(retries={"max_attempts": 1}))
@@ -34,7 +68,7 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
     asg = boto3.client("autoscaling", **kw)
     region = kw["region_name"]
 
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16", TagSpecifications=_tags("vpc", Name=f"{group}-vpc"))["Vpc"]["VpcId"]
+    vpc = ec2.create_vpc(CidrBlock=VPC_CIDR, TagSpecifications=_tags("vpc", Name=f"{group}-vpc"))["Vpc"]["VpcId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     public_rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=_tags("route-table", Name=f"{group}-public"))
@@ -55,9 +89,8 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
         private = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=az,
                                     TagSpecifications=_tags("subnet", Name=f"{group}-private-{letter}"))["Subnet"]
         ec2.associate_route_table(RouteTableId=public_rt, SubnetId=public["SubnetId"])
-        rt = ec2.create_route_table(
-            VpcId=vpc, TagSpecifications=_tags("route-table", Name=f"{group}-private-{letter}",
-                                               **{GROUP_TAG: group, ZONE_TAG: az}))["RouteTable"]["RouteTableId"]
+        private_tags = _tags("route-table", Name=f"{group}-private-{letter}", **{GROUP_TAG: group, ZONE_TAG: az})
+        rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=private_tags)["RouteTable"]["RouteTableId"]
         ec2.associate_route_table(RouteTableId=rt, SubnetId=private["SubnetId"])
         eni_ip = f"10.0.{i}.50"
         mends.USED_IPS.add(eni_ip)
@@ -65,8 +98,13 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
             SubnetId=public["SubnetId"], PrivateIpAddress=eni_ip, Description=f"{group} gateway {az}",
             TagSpecifications=_tags("network-interface", Name=f"{group}-gateway-{letter}",
                                     **{GROUP_TAG: group, ZONE_TAG: az}))["NetworkInterface"]
-        ec2.create_route(RouteTableId=rt, DestinationCidrBlock="0.0.0.0/0",
-                         NetworkInterfaceId=eni["NetworkInterfaceId"])
+        tables = [rt]
+        for _ in range(extra_tables):
+            tables.append(ec2.create_route_table(VpcId=vpc, TagSpecifications=private_tags)["RouteTable"]["RouteTableId"])
+        for table in tables:
+            for cidr in managed:
+                ec2.create_route(RouteTableId=table, DestinationCidrBlock=cidr,
+                                 NetworkInterfaceId=eni["NetworkInterfaceId"])
         name = f"{group}-{az}"
         asg.create_auto_scaling_group(
             AutoScalingGroupName=name, MinSize=0, MaxSize=1, DesiredCapacity=0,
@@ -84,7 +122,7 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
             client = lab.topo.add_client(private["SubnetId"], private["CidrBlock"])
         out["zones"].append({
             "name": letter, "az": az, "public_subnet_id": public["SubnetId"],
-            "private_subnet_id": private["SubnetId"], "route_table_id": rt,
+            "private_subnet_id": private["SubnetId"], "route_table_id": rt, "route_table_ids": tables,
             "eni_id": eni["NetworkInterfaceId"], "eni_ip": eni_ip, "eni_mac": eni["MacAddress"],
             "asg_name": name, "client_ns": client["ns"], "client_ip": client["ip"],
         })

@@ -35,7 +35,14 @@ async fn calls(lab: &Lab) -> Result<Vec<String>, String> {
         .unwrap_or_default())
 }
 
-fn spawn(agent: &str, ns: &str, config: &str, notify: &str, log: &str) -> Result<Child, String> {
+/// Start the agent inside `ns` with its output in `log` and READY=1 sent to the socket `notify`.
+pub(crate) fn spawn(
+    agent: &str,
+    ns: &str,
+    config: &str,
+    notify: &str,
+    log: &str,
+) -> Result<Child, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{log}: {e}"))?;
     let err = out.try_clone().map_err(|e| format!("{log}: {e}"))?;
     Command::new("ip")

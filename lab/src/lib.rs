@@ -90,8 +90,9 @@ pub struct Namespaces {
     pub park: String,
 }
 
-/// Options of the standard VPC (see lab/py/scenario.py).
-#[derive(Debug, Clone, Serialize)]
+/// Options of the standard VPC (see lab/py/scenario.py; the field names are its keywords).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ScenarioOptions {
     pub zones: Vec<String>,
     pub group: String,
@@ -99,6 +100,12 @@ pub struct ScenarioOptions {
     pub hooks: bool,
     pub heartbeat_timeout: u32,
     pub default_result: String,
+    /// More private route tables per zone, tagged and routed like the zone's main one but
+    /// associated with no subnet (0 to 199).
+    pub extra_tables: u32,
+    /// Managed CIDRs besides 0.0.0.0/0 that every private table of a zone routes to its ENI,
+    /// e.g. "10.200.0.0/16" (IPv4, outside the VPC's 10.0.0.0/16).
+    pub destinations: Vec<String>,
 }
 
 impl Default for ScenarioOptions {
@@ -110,6 +117,8 @@ impl Default for ScenarioOptions {
             hooks: true,
             heartbeat_timeout: 300,
             default_result: "ABANDON".into(),
+            extra_tables: 0,
+            destinations: Vec::new(),
         }
     }
 }
@@ -130,7 +139,11 @@ pub struct Zone {
     pub az: String,
     pub public_subnet_id: String,
     pub private_subnet_id: String,
+    /// The private subnet's own route table.
     pub route_table_id: String,
+    /// Every private route table of the zone: `route_table_id` first, then the extra ones.
+    #[serde(default)]
+    pub route_table_ids: Vec<String>,
     pub eni_id: String,
     pub eni_ip: String,
     pub eni_mac: String,
@@ -182,6 +195,20 @@ pub struct StreamReport {
     pub lost: u64,
     pub longest_gap_ms: f64,
     pub running: bool,
+}
+
+/// A route write the lab's API answered with success, timed when its answer left (the kernel
+/// mirror already applied): the moment a client's path changed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RouteChange {
+    /// Wall-clock seconds since the Unix epoch.
+    pub at: f64,
+    /// `ReplaceRoute` or `CreateRoute`.
+    pub action: String,
+    pub table: Option<String>,
+    pub destination: Option<String>,
+    /// The ENI, gateway or instance the route now points at.
+    pub target: Option<String>,
 }
 
 /// An API fault to inject: per action (or every action), a number of times or until cleared.
@@ -524,6 +551,15 @@ impl Lab {
     /// Raw figures: mirror lag samples (ms), API call durations.
     pub async fn stats(&self) -> Result<Value> {
         self.call("GET", "stats", None).await
+    }
+    /// Every successful ReplaceRoute/CreateRoute so far (the last 20000), oldest first.
+    pub async fn route_changes(&self) -> Result<Vec<RouteChange>> {
+        let stats = self.stats().await?;
+        serde_json::from_value(stats["route_changes"].clone()).map_err(|e| LabError::Control {
+            method: "GET",
+            path: "stats".into(),
+            message: format!("unexpected route_changes: {e}"),
+        })
     }
     /// Reset moto and the data plane to an empty lab.
     pub async fn reset(&mut self) -> Result<()> {

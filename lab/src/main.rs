@@ -1,6 +1,7 @@
 //! `gwlab`: the lab's verbs from the shell (as root).
 //!
-//!   gwlab up [--zones a,b]      start a lab in the background and build the standard VPC
+//!   gwlab up [--zones a,b] [--extra-tables N] [--destinations CIDR,...]
+//!                               start a lab in the background and build the standard VPC
 //!   gwlab status                instances, route tables (moto and kernel), lifecycle actions
 //!   gwlab terminate|stop|start|hang|unhang <zone|instance-id>
 //!   gwlab cut|restore <zone|instance-id> [--links uplink,eni]
@@ -11,6 +12,8 @@
 //!   gwlab down [--all]          tear down the lab (--all: also any lab left by a killed labd)
 //!   gwlab bench                 the lab's own figures (moto latency, route-mirror lag)
 //!   gwlab bench-boot --agent P  the agent's boot time and API calls
+//!   gwlab bench-failover --agent P  the outage a client sees when its gateway dies, against
+//!                               the classic nat_monitor.sh
 //!   gwlab demo                  the two-zone demo
 
 use std::process::ExitCode;
@@ -22,6 +25,7 @@ use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale}
 mod bench;
 mod bootbench;
 mod demo;
+mod failbench;
 
 const CURRENT: &str = "/run/gateway-lab/current";
 
@@ -44,6 +48,12 @@ enum Cmd {
         /// No lifecycle hooks on the ASGs.
         #[arg(long)]
         no_hooks: bool,
+        /// More private route tables per zone, tagged and routed like the zone's own.
+        #[arg(long, default_value_t = 0)]
+        extra_tables: u32,
+        /// Managed CIDRs besides 0.0.0.0/0 routed to each zone's ENI, e.g. 10.200.0.0/16.
+        #[arg(long, value_delimiter = ',')]
+        destinations: Vec<String>,
     },
     /// Tear the lab down.
     Down {
@@ -140,6 +150,27 @@ enum Cmd {
         #[arg(long)]
         logs: bool,
     },
+    /// The outage a client sees when its zone's gateway is terminated: gateway-agent on both
+    /// gateways, then the classic nat_monitor.sh (lab/scripts/) as the baseline.
+    BenchFailover {
+        /// The gateway-agent binary to run in the instances.
+        #[arg(long)]
+        agent: String,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Route tables per zone (the zone's own plus tables-1 more).
+        #[arg(long, default_value_t = 50)]
+        tables: u32,
+        /// Managed destinations: 0.0.0.0/0, then 10.200.0.0/16, 10.201.0.0/16...
+        #[arg(long, default_value_t = 2)]
+        destinations: usize,
+        /// Runs of the nat_monitor.sh baseline (0: none).
+        #[arg(long, default_value_t = 3)]
+        baseline_runs: usize,
+        /// Print the agents' (or the script's) logs of runs that went wrong.
+        #[arg(long)]
+        logs: bool,
+    },
     /// The two-zone demo: lab up, agents started, a gateway killed, what the client saw.
     Demo {
         /// The gateway-agent binary to run in the instances.
@@ -175,6 +206,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             zones,
             capacity,
             no_hooks,
+            extra_tables,
+            destinations,
         } => {
             if let Ok(lab) = current()
                 && gateway_lab::process_alive(lab.info.pid)
@@ -191,6 +224,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 zones,
                 capacity,
                 hooks: !no_hooks,
+                extra_tables,
+                destinations,
                 ..ScenarioOptions::default()
             };
             let sc = lab.scenario(&opts).await.map_err(s)?;
@@ -399,6 +434,24 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Bench { calls } => bench::run(calls).await?,
         Cmd::BenchBoot { agent, runs, logs } => bootbench::run(&agent, runs, logs).await?,
+        Cmd::BenchFailover {
+            agent,
+            runs,
+            tables,
+            destinations,
+            baseline_runs,
+            logs,
+        } => {
+            failbench::run(failbench::Options {
+                agent,
+                runs,
+                tables,
+                destinations,
+                baseline_runs,
+                logs,
+            })
+            .await?;
+        }
         Cmd::Demo { agent } => demo::run(agent).await?,
     }
     Ok(())

@@ -4,6 +4,7 @@
 mod dataplane;
 mod imds;
 mod mends;
+mod scenario;
 mod teardown;
 
 use std::time::Duration;

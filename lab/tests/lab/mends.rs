@@ -97,6 +97,45 @@ async fn terminating_an_instance_releases_its_persistent_eni() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_instance_can_be_neither_stopped_nor_started() {
+    let (lab, sc) = lab_with(no_hooks()).await;
+    let inst = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
+    let ec2 = lab.ec2_with_attempts(1);
+    ec2.terminate_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .unwrap();
+
+    let stop = ec2
+        .stop_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .expect_err("StopInstances of a terminated instance");
+    assert_eq!(code(&stop), "IncorrectInstanceState");
+    let start = ec2
+        .start_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .expect_err("StartInstances of a terminated instance");
+    assert_eq!(code(&start), "IncorrectInstanceState");
+
+    let out = ec2
+        .describe_instances()
+        .instance_ids(&inst.instance_id)
+        .send()
+        .await
+        .unwrap();
+    let state = out.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string());
+    assert_eq!(state.as_deref(), Some("terminated"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn create_route_never_overwrites_an_existing_destination() {
     let (lab, sc) = lab_with(no_hooks()).await;
     let (a, b) = (sc.zone("a"), sc.zone("b"));
