@@ -1,4 +1,5 @@
-//! Command line: `gateway-agent run | check-config | failback | version`.
+//! Command line: `gateway-agent run | check-config | status | failback | failover | drain |
+//! undrain | pause | resume | version`.
 
 use std::path::PathBuf;
 
@@ -22,11 +23,54 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the config file and print every problem, one per line (exit status 2 on error).
     CheckConfig(ConfigArg),
+    /// Show who carries which zone, since when and why, the peers, routes and last decisions.
+    Status(StatusArgs),
     /// Ask the running agent to take its own zone back now (waives the hold-down and
     /// `failback = "manual"`; the own self-check must still pass).
     Failback(FailbackArgs),
+    /// Take a peer's zone now (the own self-check must pass unless --force).
+    Failover(FailoverArgs),
+    /// Maintenance: hand everything this gateway carries to healthy peers and stay out.
+    Drain(Ctl),
+    /// End a `drain`: take part again (own zone back after the hold-down, or `failback`).
+    Undrain(Ctl),
+    /// Keep deciding and logging, but write no route (leases are still renewed).
+    Pause(Ctl),
+    /// End a `pause`.
+    Resume(Ctl),
     /// Print the version.
     Version,
+}
+
+/// How to reach the running agent.
+#[derive(Debug, Args)]
+pub struct Ctl {
+    /// The agent's control socket [default: control.socket of the config, else /run/gateway-agent/control.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print the agent's JSON snapshot instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub ctl: Ctl,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The zone to take (an availability zone name, e.g. us-east-1b).
+    #[arg(long, value_name = "ZONE")]
+    pub zone: String,
+    /// Take it even though this gateway's own self-check fails.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub ctl: Ctl,
 }
 
 #[derive(Debug, Args)]
@@ -79,5 +123,13 @@ mod tests {
             panic!("expected failback");
         };
         assert_eq!(args.zone.as_deref(), Some("us-east-1a"));
+        for cmd in ["status", "drain", "undrain", "pause", "resume"] {
+            assert!(Cli::try_parse_from(["gateway-agent", cmd]).is_ok(), "{cmd}");
+        }
+        assert!(Cli::try_parse_from(["gateway-agent", "status", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["gateway-agent", "failover"]).is_err());
+        assert!(
+            Cli::try_parse_from(["gateway-agent", "failover", "--zone", "z", "--force"]).is_ok()
+        );
     }
 }

@@ -65,6 +65,9 @@
 //! | `drain.timeout_s`             | [`DEFAULT_DRAIN_TIMEOUT_S`]      | longest drain without a deadline of its own     |
 //! | `drain.maintenance_lead_s`    | [`DEFAULT_MAINTENANCE_LEAD_S`]   | drain this long before scheduled maintenance    |
 //! | `drain.set_unhealthy`         | `false`                          | a gateway failing its self-check asks its ASG to replace it |
+//! | `events.command`              | `[]` (none)                      | hook argv, run as `<argv...> <event> <zone> <from> <to> <reason>` |
+//! | `events.timeout_s`            | [`DEFAULT_HOOK_TIMEOUT_S`]       | the hook is killed past this                    |
+//! | `metrics.listen`              | [`DEFAULT_METRICS_LISTEN`]       | `/metrics` address; `""` turns it off           |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
 
 use std::collections::BTreeMap;
@@ -143,6 +146,10 @@ pub const DEFAULT_GRACE_S: u64 = 5;
 pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 90;
 /// Ten minutes ahead of a scheduled reboot or retirement.
 pub const DEFAULT_MAINTENANCE_LEAD_S: u64 = 600;
+/// A notify script that takes longer is stuck; it is killed and the failure logged.
+pub const DEFAULT_HOOK_TIMEOUT_S: u64 = 10;
+/// Localhost only: metrics are for the node's Prometheus agent, not the network.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9701";
 /// Next to the kernel table number; any free port works.
 pub const DEFAULT_HEALTH_PORT: u16 = 7701;
 
@@ -175,6 +182,10 @@ pub struct Config {
     pub control: Control,
     #[serde(default)]
     pub drain: Drain,
+    #[serde(default)]
+    pub events: Events,
+    #[serde(default)]
+    pub metrics: Metrics,
     /// Conditional routes (`[[conditional]]` tables), in file order.
     #[serde(default)]
     pub conditional: Vec<Conditional>,
@@ -200,6 +211,43 @@ impl Conditional {
     /// The probe address (validation refused anything else).
     pub fn target(&self) -> Option<Ipv4Addr> {
         self.probe.trim().parse().ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Events {
+    pub command: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            command: Vec::new(),
+            timeout_s: DEFAULT_HOOK_TIMEOUT_S,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+        }
+    }
+}
+
+impl Metrics {
+    /// `None` when turned off (validation refused anything unparsable).
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
     }
 }
 
@@ -1089,6 +1137,34 @@ impl Config {
                 ),
             );
         }
+        if let Some(program) = self.events.command.first()
+            && !Path::new(program).is_absolute()
+        {
+            fail(
+                "events.command",
+                format!(
+                    "{program:?} is not an absolute path; give the program's full path, e.g. [\"/usr/local/bin/notify\", \"--page\"]"
+                ),
+            );
+        }
+        if !(1..=300).contains(&self.events.timeout_s) {
+            fail(
+                "events.timeout_s",
+                format!(
+                    "{} is out of range; use 1 to 300, or remove the key for the default {DEFAULT_HOOK_TIMEOUT_S}",
+                    self.events.timeout_s
+                ),
+            );
+        }
+        if !self.metrics.listen.trim().is_empty() && self.metrics.addr().is_none() {
+            fail(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address:port; give e.g. \"{DEFAULT_METRICS_LISTEN}\", or \"\" to turn /metrics off",
+                    self.metrics.listen
+                ),
+            );
+        }
         if !self.control.socket.is_absolute() {
             fail(
                 "control.socket",
@@ -1462,6 +1538,21 @@ mod tests {
                 "[failover]\nring = [\"us-east-1a\", \"us-east-1a\"]",
                 "failover.ring",
                 "listed twice",
+            ),
+            (
+                "[events]\ncommand = [\"notify.sh\"]",
+                "events.command",
+                "not an absolute path",
+            ),
+            (
+                "[events]\ntimeout_s = 0",
+                "events.timeout_s",
+                "use 1 to 300",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost\"",
+                "metrics.listen",
+                "not an address:port",
             ),
             (
                 "[drain]\nimds_poll_ms = 10",

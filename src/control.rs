@@ -2,8 +2,7 @@
 //!
 //! A Unix stream socket (mode 0600: root only), one request line per connection, one answer
 //! line back: `ok <text>` or `error <text>`. Local only by construction: nothing about
-//! control is reachable over the network. Today it knows `failback`; the status and manual
-//! control commands grow here.
+//! control is reachable over the network. Every command is logged with the peer's uid and pid.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -47,18 +46,53 @@ pub enum Error {
 pub enum Command {
     /// Take this gateway's own zone back now (hold-down and `failback = manual` waived; the
     /// own health check still applies). `zone`, when given, must be this gateway's zone.
-    Failback { zone: Option<String> },
+    Failback {
+        zone: Option<String>,
+    },
+    /// Take zone `zone` now. The own self-check must pass unless `force`; routes pointing at a
+    /// third party are never taken.
+    Failover {
+        zone: String,
+        force: bool,
+    },
+    /// Hand everything over and stay out (maintenance), until `undrain`.
+    Drain,
+    Undrain,
+    /// Keep observing and deciding, but write no route (leases are still renewed).
+    Pause,
+    Resume,
+    /// Everything the agent knows, as one line of JSON.
+    Status,
 }
+
+const KNOWN: &str =
+    "status, failback [ZONE], failover ZONE [--force], drain, undrain, pause, resume";
 
 impl Command {
     pub fn parse(line: &str) -> Result<Self, String> {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next(), words.next()) {
-            (Some("failback"), zone, None) => Ok(Self::Failback {
-                zone: zone.map(str::to_owned),
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["failback"] => Ok(Self::Failback { zone: None }),
+            ["failback", zone] => Ok(Self::Failback {
+                zone: Some((*zone).to_owned()),
             }),
-            (Some(other), ..) => Err(format!("unknown command {other:?}; known: failback [ZONE]")),
-            (None, ..) => Err("empty command; known: failback [ZONE]".into()),
+            ["failover", zone] => Ok(Self::Failover {
+                zone: (*zone).to_owned(),
+                force: false,
+            }),
+            ["failover", zone, "--force"] => Ok(Self::Failover {
+                zone: (*zone).to_owned(),
+                force: true,
+            }),
+            ["drain"] => Ok(Self::Drain),
+            ["undrain"] => Ok(Self::Undrain),
+            ["pause"] => Ok(Self::Pause),
+            ["resume"] => Ok(Self::Resume),
+            ["status"] => Ok(Self::Status),
+            [] => Err(format!("empty command; known: {KNOWN}")),
+            [other, ..] => Err(format!(
+                "unknown command or arguments {other:?}; known: {KNOWN}"
+            )),
         }
     }
 
@@ -66,6 +100,13 @@ impl Command {
         match self {
             Self::Failback { zone: None } => "failback".into(),
             Self::Failback { zone: Some(z) } => format!("failback {z}"),
+            Self::Failover { zone, force: false } => format!("failover {zone}"),
+            Self::Failover { zone, force: true } => format!("failover {zone} --force"),
+            Self::Drain => "drain".into(),
+            Self::Undrain => "undrain".into(),
+            Self::Pause => "pause".into(),
+            Self::Resume => "resume".into(),
+            Self::Status => "status".into(),
         }
     }
 }
@@ -190,6 +231,19 @@ mod tests {
             })
         );
         assert!(Command::parse("failback a b").is_err());
+        for line in [
+            "status",
+            "drain",
+            "undrain",
+            "pause",
+            "resume",
+            "failover z --force",
+            "failover z",
+        ] {
+            assert_eq!(Command::parse(line).unwrap().line(), line);
+        }
+        assert!(Command::parse("failover").is_err());
+        assert!(Command::parse("failover z --now").is_err());
         assert!(Command::parse("rm -rf /").is_err());
         assert!(Command::parse("").is_err());
     }
@@ -208,6 +262,7 @@ mod tests {
                 let _ = req.answer.send(match req.command {
                     Command::Failback { zone: Some(z) } => Err(format!("{z} is not mine")),
                     Command::Failback { zone: None } => Ok("done".into()),
+                    _ => Err("unexpected".into()),
                 });
             }
         });

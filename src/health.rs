@@ -3,7 +3,7 @@
 //! Served on the ENI address only (peers reach it over the same path as the zone's traffic;
 //! nothing listens on the primary interface). The answer is small JSON with no secrets: who
 //! this is, whether its own self-check passes, whether it is leaving, which zones it carries.
-//! A tiny HTTP/1.1 responder on a tokio listener: one GET, one answer, close. Peers parse the
+//! Served by the tiny responder of [`crate::http`]: one GET, one answer, close. Peers parse the
 //! answer leniently (unknown fields ignored), so agents of different versions understand each
 //! other during a rolling upgrade.
 
@@ -11,15 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{debug, warn};
-
-/// A request must arrive whole within this; a peer is a LAN hop away.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests are one line and a few headers; anything longer is not a peer.
-const MAX_REQUEST: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,70 +48,15 @@ pub async fn serve(
     report: watch::Receiver<Report>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let sock = SocketAddr::from((addr, port));
-    let listener = TcpListener::bind(sock)
-        .await
-        .map_err(|source| Error::Bind { addr: sock, source })?;
-    Ok(tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, peer)) => {
-                    let report = report.borrow().clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = answer(stream, &report).await {
-                            debug!(%peer, error = %e, "/health request dropped");
-                        }
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "/health: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+    crate::http::serve(sock, move |path| match path {
+        "/health" => {
+            let body = serde_json::to_string(&*report.borrow()).unwrap_or_else(|_| "{}".into());
+            crate::http::Response::json(body)
         }
-    }))
-}
-
-async fn answer(mut stream: TcpStream, report: &Report) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let head = tokio::time::timeout(READ_TIMEOUT, async {
-        let mut chunk = [0u8; 512];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
+        _ => crate::http::Response::not_found(),
     })
-    .await;
-    if head.is_err() {
-        return Ok(());
-    }
-    head.unwrap_or(Ok(()))?;
-    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split_whitespace();
-    let (status, body) = match (words.next(), words.next()) {
-        (Some("GET"), Some("/health")) => (
-            "200 OK",
-            serde_json::to_string(report).unwrap_or_else(|_| "{}".into()),
-        ),
-        (Some("GET"), Some(_)) => ("404 Not Found", r#"{"error":"not found"}"#.into()),
-        _ => (
-            "405 Method Not Allowed",
-            r#"{"error":"GET /health only"}"#.into(),
-        ),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    .await
+    .map_err(|source| Error::Bind { addr: sock, source })
 }
 
 /// Asks peers' `/health`, from the ENI address like every peer probe.

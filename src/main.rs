@@ -45,6 +45,18 @@ async fn main() -> ExitCode {
         Command::CheckConfig(arg) => check_config(&arg.path()),
         Command::Run(arg) => run(&arg.path()).await,
         Command::Failback(args) => failback(args).await,
+        Command::Status(args) => status(args).await,
+        Command::Failover(args) => {
+            let command = control::Command::Failover {
+                zone: args.zone,
+                force: args.force,
+            };
+            ctl(&args.ctl, &command).await
+        }
+        Command::Drain(c) => ctl(&c, &control::Command::Drain).await,
+        Command::Undrain(c) => ctl(&c, &control::Command::Undrain).await,
+        Command::Pause(c) => ctl(&c, &control::Command::Pause).await,
+        Command::Resume(c) => ctl(&c, &control::Command::Resume).await,
     };
     exit.into()
 }
@@ -62,24 +74,65 @@ fn check_config(path: &Path) -> Exit {
     }
 }
 
-async fn failback(args: cli::FailbackArgs) -> Exit {
-    // The socket path is the only thing read from the config: a config broken since the agent
-    // started must not stop an operator from talking to the running agent.
-    let socket = args.socket.clone().unwrap_or_else(|| {
-        Config::load(&args.config.path())
+/// The socket path is the only thing read from the config: a config broken since the agent
+/// started must not stop an operator from talking to the running agent.
+fn socket_of(socket: Option<&Path>, config: &cli::ConfigArg) -> std::path::PathBuf {
+    socket.map(Path::to_path_buf).unwrap_or_else(|| {
+        Config::load(&config.path())
             .map(|c| c.control.socket)
             .unwrap_or_else(|_| control::DEFAULT_SOCKET.into())
-    });
-    let command = control::Command::Failback { zone: args.zone };
-    match control::send(&socket, &command).await {
+    })
+}
+
+/// Sends one command; prints the answer; exit 0 when the agent did it.
+async fn send(socket: &Path, command: &control::Command) -> Result<String, Exit> {
+    control::send(socket, command).await.map_err(|error| {
+        eprintln!("gateway-agent {}: {error}", command.line());
+        Exit::Other
+    })
+}
+
+async fn ctl(c: &cli::Ctl, command: &control::Command) -> Exit {
+    match send(&socket_of(c.socket.as_deref(), &c.config), command).await {
         Ok(answer) => {
             println!("{answer}");
             Exit::Ok
         }
-        Err(error) => {
-            eprintln!("gateway-agent failback: {error}");
-            Exit::Other
+        Err(exit) => exit,
+    }
+}
+
+async fn failback(args: cli::FailbackArgs) -> Exit {
+    let socket = socket_of(args.socket.as_deref(), &args.config);
+    match send(&socket, &control::Command::Failback { zone: args.zone }).await {
+        Ok(answer) => {
+            println!("{answer}");
+            Exit::Ok
         }
+        Err(exit) => exit,
+    }
+}
+
+async fn status(args: cli::StatusArgs) -> Exit {
+    let socket = socket_of(args.ctl.socket.as_deref(), &args.ctl.config);
+    match send(&socket, &control::Command::Status).await {
+        Ok(json) if args.json => {
+            println!("{json}");
+            Exit::Ok
+        }
+        Ok(json) => match serde_json::from_str(&json) {
+            Ok(v) => {
+                print!("{}", gateway_agent::status::render(&v));
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!(
+                    "gateway-agent status: the agent's answer is not JSON ({e}): {json:.200}"
+                );
+                Exit::Other
+            }
+        },
+        Err(exit) => exit,
     }
 }
 

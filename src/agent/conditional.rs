@@ -13,10 +13,11 @@ use tracing::{info, warn};
 use super::boot::table_fact;
 use super::watch::{Event, probe_loop};
 use crate::cloud::{Ec2, RouteTable};
-use crate::config::{Conditional, Failover};
+use crate::config::{Conditional, Events, Failover};
 use crate::decide::conditional::{self, Action, Rule};
 use crate::decide::failover::Probe;
 use crate::probe::Icmp;
+use crate::{hook, metrics};
 
 #[derive(Debug, Clone, Copy)]
 struct TargetView {
@@ -93,6 +94,19 @@ impl RuleWatch {
         }
     }
 
+    /// For `gateway-agent status`.
+    pub fn status(&self) -> serde_json::Value {
+        let view = *self.view.lock().unwrap_or_else(|e| e.into_inner());
+        serde_json::json!({
+            "name": self.config.label(),
+            "probe": self.config.probe,
+            "destinations": self.config.destinations,
+            "target": match view.state { Probe::Up => "up", Probe::Down => "down", Probe::Unknown => "unknown" },
+            "active": self.active,
+            "recent_activations": self.activations.len(),
+        })
+    }
+
     /// Plans and writes this rule's routes in `tables`; `false` when a write failed.
     pub async fn apply<E: Ec2 + Sync>(
         &mut self,
@@ -100,6 +114,7 @@ impl RuleWatch {
         own_eni: &str,
         tables: &[&RouteTable],
         (hold_down, max): (Duration, Duration),
+        events: &Events,
     ) -> bool {
         let view = *self.view.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -142,26 +157,49 @@ impl RuleWatch {
             (a, result)
         });
         let mut ok = true;
+        let probe = self.config.probe.as_str();
         for (a, result) in futures::future::join_all(writes).await {
-            match (a, result) {
-                (
-                    Action::Add {
-                        table, destination, ..
-                    },
-                    Ok(()),
-                ) => info!(
-                    rule = %rule.name, %table, %destination, target = %own_eni,
-                    reason = "conditional: probe target silent", "route switched"
-                ),
-                (Action::Remove { table, destination }, Ok(())) => info!(
-                    rule = %rule.name, %table, %destination,
-                    reason = "conditional: probe target answers again", "route removed"
-                ),
-                (_, Err(e)) => {
-                    warn!(rule = %rule.name, error = %e, "conditional route write failed; the next cycle decides again");
-                    ok = false;
-                }
+            let (table, destination, added) = match a {
+                Action::Add {
+                    table, destination, ..
+                } => (table, destination, true),
+                Action::Remove { table, destination } => (table, destination, false),
+            };
+            if let Err(e) = result {
+                warn!(rule = %rule.name, error = %e, "conditional route write failed; the next cycle decides again");
+                ok = false;
+                continue;
             }
+            metrics::inc(
+                "gateway_agent_route_changes_total",
+                &[("kind", "conditional")],
+            );
+            let reason = if added {
+                format!(
+                    "{}: {destination} in {table} via this gateway while {probe} is silent",
+                    rule.name
+                )
+            } else {
+                format!(
+                    "{}: {destination} removed from {table}: {probe} answers again",
+                    rule.name
+                )
+            };
+            info!(rule = %rule.name, %table, %destination, target = %own_eni, %reason, "{}", if added { "route switched" } else { "route removed" });
+            hook::emit(
+                events,
+                &hook::Event {
+                    event: if added {
+                        "conditional-add"
+                    } else {
+                        "conditional-remove"
+                    },
+                    zone: table,
+                    from: if added { "-" } else { own_eni },
+                    to: if added { own_eni } else { "-" },
+                    reason: &reason,
+                },
+            );
         }
         ok
     }

@@ -13,7 +13,7 @@ use crate::cloud::{Autoscaling, Ec2, LifecycleResult};
 use crate::config::Config;
 use crate::events::Exit;
 use crate::imds::Identity;
-use crate::systemd;
+use crate::{hook, metrics, systemd};
 
 /// Between drain cycles: a hand-over is a read and a few writes, so a quick pace costs little
 /// and shortens the time routes and lease disagree.
@@ -40,6 +40,19 @@ pub(super) async fn run<E: Ec2 + Sync, A: Autoscaling + Sync>(
         "draining: handing every route to a healthy peer before leaving"
     );
     systemd::status(&format!("draining ({kind}): handing routes to peers"));
+    let event = |name: &str, reason: &str| {
+        hook::emit(
+            &config.events,
+            &hook::Event {
+                event: name,
+                zone: &identity.availability_zone,
+                from: "-",
+                to: "-",
+                reason,
+            },
+        );
+    };
+    event("drain-start", &exit.reason);
     let action = match supervisor
         .finish(lifecycle::pending_termination(identity, asg, deadline))
         .await
@@ -64,6 +77,8 @@ pub(super) async fn run<E: Ec2 + Sync, A: Autoscaling + Sync>(
             let stuck = watch.stuck();
             if !stuck.is_empty() && stuck_said.as_ref() != Some(&stuck) {
                 error!(zones = %carried.join(","), why = %stuck.join("; "), "drain blocked: no healthy peer to take the routes; they stay here until one appears or the deadline passes");
+                metrics::set("gateway_agent_drain_blocked", &[], 1.0);
+                event("drain-blocked", &stuck.join("; "));
                 systemd::status(&format!(
                     "draining ({kind}) BLOCKED: {}; routes stay here until the deadline",
                     stuck.join("; ")
@@ -83,6 +98,15 @@ pub(super) async fn run<E: Ec2 + Sync, A: Autoscaling + Sync>(
         ))
         .await;
     let drained = started.elapsed();
+    metrics::set("gateway_agent_drain_blocked", &[], 0.0);
+    event(
+        "drain-complete",
+        &if moved {
+            format!("every route handed over in {} ms", drained.as_millis())
+        } else {
+            "deadline reached with routes still here".to_owned()
+        },
+    );
     if moved {
         info!(
             kind,

@@ -64,6 +64,9 @@ pub fn watch_imds(
                 Ok(None) => {}
                 Err(e) => errors.push(e.to_string()),
             }
+            if !errors.is_empty() {
+                crate::metrics::inc("gateway_agent_imds_errors_total", &[]);
+            }
             if !errors.is_empty() && last_error.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
                 warn!(errors = %errors.join("; "), "IMDS: cannot read the planned-exit notices; retrying every poll");
                 last_error = Some(Instant::now());
@@ -127,13 +130,19 @@ mod tests {
         let spot = Exit {
             kind: Kind::Spot,
             reason: String::new(),
-            at_unix: Some(unix_now() + 120),
+            at_unix: Some(unix_now() + 60),
         };
         let d = deadline(&spot, default) - Instant::now();
         assert!(
-            d > Duration::from_secs(98) && d <= Duration::from_secs(100),
+            d > Duration::from_secs(38) && d <= Duration::from_secs(40),
             "{d:?}"
         );
+        // Never later than the configured drain timeout.
+        let far = Exit {
+            at_unix: Some(unix_now() + 3600),
+            ..spot.clone()
+        };
+        assert!(deadline(&far, default) - Instant::now() <= default);
         let late = Exit {
             at_unix: Some(unix_now() - 10),
             ..spot

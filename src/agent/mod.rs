@@ -204,10 +204,18 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     let mut kernel_ticker = interval_at(Instant::now() + period, period);
     kernel_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut kernel = KernelRepair {
+        config,
         netconf,
         booted,
         last_error_log: None,
     };
+    crate::metrics::set(
+        "gateway_agent_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    crate::metrics::set("gateway_agent_up", &[], 1.0);
+    crate::metrics::set("gateway_agent_self_check_healthy", &[], 1.0);
     let Some(own_ip) = booted.eni.private_ips.first().copied() else {
         warn!(eni = %booted.eni.id, "the ENI has no private address: peers cannot be watched");
         while supervisor.drive(kernel_ticker.tick()).await.is_some() {
@@ -241,6 +249,24 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             error!(error = %e, "cannot serve /health; peers will not count on this gateway");
             None
         }
+    };
+    let _metrics = match config.metrics.addr() {
+        None => None,
+        Some(addr) => match crate::http::serve(addr, |path| match path {
+            "/metrics" => crate::http::Response::text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(),
+            ),
+            _ => crate::http::Response::not_found(),
+        })
+        .await
+        {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                error!(%addr, error = %e, "cannot serve /metrics");
+                None
+            }
+        },
     };
     let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
     let _control = match crate::control::serve(&config.control.socket, control_tx) {
@@ -340,6 +366,7 @@ impl Drop for AbortOnDrop {
 }
 
 struct KernelRepair<'a> {
+    config: &'a Config,
     netconf: &'a NetConf,
     booted: &'a boot::Booted,
     last_error_log: Option<Instant>,
@@ -351,6 +378,17 @@ impl KernelRepair<'_> {
             Ok(changes) => {
                 for change in &changes {
                     warn!(%change, reason = "drift: removed or changed behind the agent's back", "kernel repaired");
+                    crate::metrics::inc("gateway_agent_kernel_repairs_total", &[]);
+                    crate::hook::emit(
+                        &self.config.events,
+                        &crate::hook::Event {
+                            event: "kernel-repair",
+                            zone: "-",
+                            from: "-",
+                            to: "-",
+                            reason: &change.to_string(),
+                        },
+                    );
                 }
                 self.last_error_log = None;
             }

@@ -39,6 +39,7 @@ use crate::decide::failover::{
 use crate::decide::lease::{self, LEASE_TAG, Lease};
 use crate::health::{self, Report};
 use crate::probe::{self, Icmp, RiseFall};
+use crate::{hook, metrics};
 
 /// How often a peer's `/health` is asked. Its answer only matters with ICMP (eligibility of a
 /// successor, a dying peer's last word), so a slower pace than ICMP is enough.
@@ -143,7 +144,28 @@ pub struct Watch<'a, E, A> {
     draining: bool,
     /// SetInstanceHealth Unhealthy was sent (`drain.set_unhealthy`).
     reported_unhealthy: bool,
+    /// `gateway-agent pause`: decide, log, write nothing.
+    paused: bool,
+    /// Decisions skipped while paused, logged once each.
+    paused_logged: std::collections::BTreeSet<String>,
+    /// The last decisions and how they ended, newest last (for `gateway-agent status`).
+    history: std::collections::VecDeque<DecisionRecord>,
 }
+
+/// One decision as `gateway-agent status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DecisionRecord {
+    pub at_unix_ms: u64,
+    pub zone: String,
+    pub kind: String,
+    pub target: String,
+    pub evidence: String,
+    pub result: String,
+    pub routes: usize,
+}
+
+/// How many decisions `status` keeps.
+const HISTORY: usize = 20;
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     pub fn new(
@@ -198,6 +220,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             deciding: BTreeMap::new(),
             draining: false,
             reported_unhealthy: false,
+            paused: false,
+            paused_logged: std::collections::BTreeSet::new(),
+            history: std::collections::VecDeque::new(),
         };
         (watch, events_rx, report_rx)
     }
@@ -262,6 +287,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 }
                 if let Some(now_state) = changed {
                     let healthy = now_state == Probe::Up;
+                    metrics::set(
+                        "gateway_agent_self_check_healthy",
+                        &[],
+                        if healthy { 1.0 } else { 0.0 },
+                    );
                     {
                         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                         s.healthy = healthy;
@@ -451,11 +481,21 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .retain(|zone, _| outcome.decisions.iter().any(|d| &d.zone == zone));
         let mut again = false;
         for d in &outcome.decisions {
+            if self.paused {
+                if self
+                    .paused_logged
+                    .insert(format!("{}:{}", d.zone, d.kind.as_str()))
+                {
+                    warn!(zone = %d.zone, kind = d.kind.as_str(), evidence = %d.evidence, target = %d.target, "automation paused: would point routes at {}", d.target);
+                    self.record(d, "paused: not executed", 0);
+                }
+                continue;
+            }
             if !self.execute(d).await {
                 again = true;
             }
         }
-        if !self.apply_conditional().await {
+        if !self.paused && !self.apply_conditional().await {
             again = true;
         }
         self.publish();
@@ -489,6 +529,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     &self.own.eni,
                     &tables,
                     (f.hold_down(), f.damping_max()),
+                    &self.config.events,
                 )
                 .await;
         }
@@ -620,8 +661,20 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                         held_for_ms = held.as_millis() as u64,
                         "zone changed carrier"
                     );
+                    metrics::inc("gateway_agent_flaps_total", &[("zone", zone.as_str())]);
                     if *old == self.own.eni && zone != self.own.zone {
                         info!(%zone, to = %carrier, "zone handed back: this gateway no longer carries it");
+                        metrics::inc("gateway_agent_handbacks_total", &[("zone", zone.as_str())]);
+                        hook::emit(
+                            &self.config.events,
+                            &hook::Event {
+                                event: "handback",
+                                zone: &zone,
+                                from: old,
+                                to: &carrier,
+                                reason: "the zone's routes left this gateway (its owner reclaimed it, or another gateway took it)",
+                            },
+                        );
                     }
                     let list = self.changes.entry(zone.clone()).or_default();
                     list.push(now);
@@ -860,14 +913,29 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
         let eni = d.target.as_str();
         let ec2 = self.ec2;
-        let results = futures::future::join_all(writes.iter().map(|w| async move {
-            let r = match w.expect {
-                Expect::Missing => ec2.create_route(&w.table, &w.destination, eni).await,
-                _ => ec2.replace_route(&w.table, &w.destination, eni).await,
-            };
-            (w, r)
-        }))
-        .await;
+        // Tables that carry traffic now (associated with a subnet) go first, the rest right
+        // after: the API may serve a burst of writes one by one, and the client's table
+        // should not wait behind fifty spare ones.
+        let carrying = |w: &&failover::Write| {
+            fresh
+                .iter()
+                .find(|t| t.id == w.table)
+                .is_some_and(|t| t.associated)
+        };
+        let (first, rest): (Vec<&failover::Write>, Vec<&failover::Write>) =
+            writes.iter().copied().partition(carrying);
+        let mut results = Vec::with_capacity(writes.len());
+        for wave in [first, rest] {
+            let done = futures::future::join_all(wave.into_iter().map(|w| async move {
+                let r = match w.expect {
+                    Expect::Missing => ec2.create_route(&w.table, &w.destination, eni).await,
+                    _ => ec2.replace_route(&w.table, &w.destination, eni).await,
+                };
+                (w, r)
+            }))
+            .await;
+            results.extend(done);
+        }
         let mut ok = true;
         for (w, r) in results {
             match r {
@@ -918,8 +986,41 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             }
         };
         let switched = decided.elapsed();
+        metrics::add(
+            "gateway_agent_route_changes_total",
+            &[("kind", d.kind.as_str())],
+            confirmed as f64,
+        );
         if ok && confirmed == writes.len() {
             self.deciding.remove(&d.zone);
+            self.record(d, "complete", confirmed);
+            let event = if d.kind == Kind::Handover && !self.draining {
+                "demotion"
+            } else {
+                d.kind.as_str()
+            };
+            hook::emit(
+                &self.config.events,
+                &hook::Event {
+                    event,
+                    zone: &d.zone,
+                    from: d.from.as_deref().unwrap_or("-"),
+                    to: &d.target,
+                    reason: &d.evidence,
+                },
+            );
+            metrics::inc(
+                "gateway_agent_decisions_total",
+                &[("kind", d.kind.as_str()), ("zone", d.zone.as_str())],
+            );
+            metrics::observe(
+                "gateway_agent_decision_to_switched_seconds",
+                &[],
+                switched.as_secs_f64(),
+            );
+            if let Some(t) = detection {
+                metrics::observe("gateway_agent_detection_seconds", &[], t.as_secs_f64());
+            }
             info!(
                 zone = %d.zone,
                 kind = d.kind.as_str(),
@@ -945,6 +1046,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             true
         } else {
             warn!(zone = %d.zone, confirmed, wanted = writes.len(), "not every route confirmed; trying again");
+            self.record(d, "partial: trying again", confirmed);
             false
         }
     }
@@ -962,6 +1064,19 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .map(|(z, _)| z)
             .collect();
         let draining = self.draining;
+        metrics::set("gateway_agent_zones_carried", &[], carries.len() as f64);
+        metrics::set(
+            "gateway_agent_draining",
+            &[],
+            if draining { 1.0 } else { 0.0 },
+        );
+        let held = self
+            .tables
+            .iter()
+            .flat_map(|t| t.routes.iter())
+            .filter(|r| r.target == RouteTarget::Eni(self.own.eni.clone()))
+            .count();
+        metrics::set("gateway_agent_routes_held", &[], held as f64);
         self.report.send_if_modified(|r| {
             let changed =
                 r.healthy != own.healthy || r.carries != carries || r.draining != draining;
@@ -1003,7 +1118,222 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     }))
                 }
             }
+            Command::Failover { zone, force } => self.manual_failover(&zone, force).await,
+            Command::Drain => {
+                self.set_draining(true);
+                warn!(
+                    "drained by an operator: handing everything over and staying out until `gateway-agent undrain`"
+                );
+                self.cycle().await;
+                let left = self.carried();
+                if left.is_empty() {
+                    Ok("drained: this gateway carries no zone; `gateway-agent undrain` to take part again".into())
+                } else {
+                    Ok(format!(
+                        "draining; still carrying {} ({})",
+                        left.join(", "),
+                        self.stuck().join("; ")
+                    ))
+                }
+            }
+            Command::Undrain => {
+                self.set_draining(false);
+                info!(
+                    "undrained by an operator: taking part again (own zone back after the hold-down, or `gateway-agent failback`)"
+                );
+                Ok("undrained".into())
+            }
+            Command::Pause => {
+                self.paused = true;
+                self.paused_logged.clear();
+                metrics::set("gateway_agent_paused", &[], 1.0);
+                warn!("automation paused by an operator: deciding and logging, writing no route");
+                Ok(
+                    "paused: decisions are logged, no route is written; leases are still renewed"
+                        .into(),
+                )
+            }
+            Command::Resume => {
+                self.paused = false;
+                metrics::set("gateway_agent_paused", &[], 0.0);
+                info!("automation resumed by an operator");
+                Ok("resumed".into())
+            }
+            Command::Status => Ok(self.status().to_string()),
         }
+    }
+
+    fn record(&mut self, d: &Decision, result: &str, routes: usize) {
+        if self.history.len() >= HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(DecisionRecord {
+            at_unix_ms: unix_ms(),
+            zone: d.zone.clone(),
+            kind: d.kind.as_str().to_owned(),
+            target: d.target.clone(),
+            evidence: d.evidence.clone(),
+            result: result.to_owned(),
+            routes,
+        });
+    }
+
+    /// `gateway-agent failover ZONE`: the zone's routes that point at another gateway (or read
+    /// blackhole) come here now; a third party's route is never taken.
+    async fn manual_failover(&mut self, zone: &str, force: bool) -> Result<String, String> {
+        if zone == self.own.zone {
+            return Err(format!(
+                "{zone} is this gateway's own zone: use `gateway-agent failback`"
+            ));
+        }
+        if self.draining {
+            return Err("this gateway is draining: undrain it first".into());
+        }
+        let healthy = self
+            .own_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .healthy;
+        if !healthy && !force {
+            return Err("the own self-check fails: this gateway may not carry the traffic; add --force to take it anyway".into());
+        }
+        let tables: Vec<RouteTable> = match self.read_tables().await {
+            Ok(t) => t,
+            Err(e) => return Err(format!("cannot read the route tables: {e}")),
+        };
+        self.tables = tables;
+        let mut writes = Vec::new();
+        let mut from = None;
+        for t in self
+            .tables
+            .iter()
+            .filter(|t| self.zone_of(t).as_deref() == Some(zone))
+        {
+            for dest in &self.config.routes.destinations {
+                let Some(r) = t.route(dest) else { continue };
+                let expect = match (&r.target, r.state) {
+                    (_, RouteState::Blackhole) => Expect::Blackhole,
+                    (RouteTarget::Eni(id), _) if *id == self.own.eni => continue,
+                    (RouteTarget::Eni(id), _) => {
+                        from.get_or_insert(id.clone());
+                        Expect::Eni(id.clone())
+                    }
+                    _ => continue,
+                };
+                writes.push(failover::Write {
+                    table: t.id.clone(),
+                    destination: dest.clone(),
+                    expect,
+                });
+            }
+        }
+        if writes.is_empty() {
+            return Err(format!(
+                "nothing to take in {zone}: no managed route there points at another gateway (unknown zone, or already here)"
+            ));
+        }
+        let d = Decision {
+            zone: zone.to_owned(),
+            kind: Kind::TakeOver,
+            writes,
+            evidence: format!(
+                "manual failover requested by an operator{}",
+                if force { " (--force)" } else { "" }
+            ),
+            from,
+            target: self.own.eni.clone(),
+            target_instance: None,
+        };
+        if self.execute(&d).await {
+            Ok(format!(
+                "{zone} now carried by {} (its owner takes it back after its hold-down unless drained or failback = manual)",
+                self.own.eni
+            ))
+        } else {
+            Err(format!(
+                "{zone}: not every route switched; see the agent's log"
+            ))
+        }
+    }
+
+    /// Everything `gateway-agent status` shows, as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let own = self
+            .own_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let zones: Vec<serde_json::Value> = self
+            .by_zone(&self.tables)
+            .into_iter()
+            .map(|(zone, ts)| {
+                let carrier = self.carrier(&ts).unwrap_or_default();
+                let carrier_zone = if carrier == self.own.eni {
+                    Some(self.own.zone.clone())
+                } else {
+                    self.peer_views()
+                        .into_iter()
+                        .find(|p| p.eni == carrier)
+                        .map(|p| p.zone)
+                };
+                let lease = lease::newest(
+                    ts.iter()
+                        .filter_map(|t| t.tags.get(LEASE_TAG))
+                        .map(String::as_str),
+                );
+                serde_json::json!({
+                    "zone": zone,
+                    "carrier": carrier,
+                    "carrier_zone": carrier_zone,
+                    "carrier_since_s": self.carriers.get(&zone).map(|(_, at)| now.saturating_duration_since(*at).as_secs()),
+                    "lease": lease.map(|l| l.to_string()),
+                    "recent_changes": self.changes.get(&zone).map_or(0, Vec::len),
+                    "waiting": self.waits.get(&zone),
+                    "tables": ts.iter().map(|t| serde_json::json!({
+                        "id": t.id,
+                        "routes": self.config.routes.destinations.iter().filter_map(|d| t.route(d)).map(|r| serde_json::json!({
+                            "destination": r.destination,
+                            "target": r.target.to_string(),
+                            "state": if r.state == RouteState::Blackhole { "blackhole" } else { "active" },
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let peers: Vec<serde_json::Value> = self
+            .peer_views()
+            .into_iter()
+            .map(|p| {
+                serde_json::json!({
+                    "zone": p.zone,
+                    "eni": p.eni,
+                    "ip": p.ip.to_string(),
+                    "icmp": match p.icmp { Probe::Up => "up", Probe::Down => "down", Probe::Unknown => "unknown" },
+                    "last_rtt_ms": p.last_rtt.map(|d| d.as_secs_f64() * 1e3),
+                    "health": p.report.as_ref().map(|(r, at)| serde_json::json!({
+                        "healthy": r.healthy,
+                        "draining": r.draining,
+                        "carries": r.carries,
+                        "age_ms": now.saturating_duration_since(*at).as_millis() as u64,
+                    })),
+                    "api_says": self.gone.get(&p.zone).and_then(|(why, _)| why.clone()),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "instance_id": self.own.instance_id,
+            "zone": self.own.zone,
+            "eni": self.own.eni,
+            "self_check": { "healthy": own.healthy, "detail": own.detail, "for_s": now.saturating_duration_since(own.since).as_secs() },
+            "draining": self.draining,
+            "paused": self.paused,
+            "carries": self.carried(),
+            "zones": zones,
+            "peers": peers,
+            "decisions": self.history,
+            "conditional": self.rules.iter().map(|r| r.status()).collect::<Vec<_>>(),
+        })
     }
 
     /// After a demotion, with `drain.set_unhealthy`: tell the ASG this instance is unhealthy,
@@ -1165,6 +1495,24 @@ async fn icmp_task(
 ) {
     let mut last_log: Option<Instant> = None;
     probe_loop(icmp, ip, timing, thresholds, |r| {
+        match r.result {
+            Ok(rtt) => metrics::observe(
+                "gateway_agent_probe_rtt_seconds",
+                &[("zone", zone.as_str())],
+                rtt.as_secs_f64(),
+            ),
+            Err(_) => metrics::inc(
+                "gateway_agent_probe_failures_total",
+                &[("zone", zone.as_str())],
+            ),
+        }
+        if let Some(state) = r.change {
+            metrics::set(
+                "gateway_agent_peer_up",
+                &[("zone", zone.as_str())],
+                if state == Probe::Up { 1.0 } else { 0.0 },
+            );
+        }
         {
             let mut map = peers.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(p) = map.get_mut(&zone) {
@@ -1217,6 +1565,15 @@ async fn health_task(http: health::Client, peers: Peers, zone: String, ip: Ipv4A
         match http.fetch(ip).await {
             Ok(report) => {
                 let now = (report.healthy, report.draining);
+                metrics::set(
+                    "gateway_agent_peer_healthy",
+                    &[("zone", zone.as_str())],
+                    if report.healthy && !report.draining {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                );
                 if last != Some(now) {
                     info!(%zone, healthy = report.healthy, draining = report.draining, carries = ?report.carries, "peer /health");
                     last = Some(now);

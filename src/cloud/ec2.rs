@@ -460,6 +460,11 @@ fn route_table(c: &Call, t: &SdkRouteTable) -> Result<RouteTable> {
         vpc_id: t.vpc_id().ok_or_else(|| missing("VPC ID"))?.to_string(),
         tags: tag_map(t.tags()),
         routes: t.routes().iter().filter_map(route).collect(),
+        // A subnet (or gateway) association, or the VPC's main table: traffic flows through it.
+        associated: t
+            .associations()
+            .iter()
+            .any(|a| a.main() == Some(true) || a.subnet_id().is_some() || a.gateway_id().is_some()),
     })
 }
 

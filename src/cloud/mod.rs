@@ -210,6 +210,9 @@ pub struct RouteTable {
     pub vpc_id: String,
     pub tags: BTreeMap<String, String>,
     pub routes: Vec<Route>,
+    /// Associated with a subnet or gateway, or the main table: it carries traffic now. A
+    /// takeover writes these first.
+    pub associated: bool,
 }
 
 impl RouteTable {

@@ -1,0 +1,123 @@
+//! A tiny HTTP/1.1 responder for the agent's two read-only endpoints (`/health` on the ENI
+//! address, `/metrics` on localhost): one GET, one answer, close. Small on purpose: no
+//! keep-alive, no request bodies, a bounded read with a timeout, so a misbehaving client costs
+//! one short-lived task and nothing else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+/// A request must arrive whole within this; clients are a LAN hop or a loopback away.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests are one line and a few headers; anything longer is not a client of ours.
+const MAX_REQUEST: usize = 4096;
+
+pub struct Response {
+    pub status: &'static str,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn json(body: String) -> Self {
+        Self {
+            status: "200 OK",
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    pub fn text(content_type: &'static str, body: String) -> Self {
+        Self {
+            status: "200 OK",
+            content_type,
+            body,
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self {
+            status: "404 Not Found",
+            content_type: "application/json",
+            body: r#"{"error":"not found"}"#.into(),
+        }
+    }
+}
+
+/// Listens on `addr` and answers every `GET <path>` with `handler(path)` until the task is
+/// dropped.
+pub async fn serve<H>(addr: SocketAddr, handler: H) -> std::io::Result<tokio::task::JoinHandle<()>>
+where
+    H: Fn(&str) -> Response + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind(addr).await?;
+    let handler = Arc::new(handler);
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let handler = Arc::clone(&handler);
+                    tokio::spawn(async move {
+                        if let Err(e) = answer(stream, &*handler).await {
+                            debug!(%peer, error = %e, "HTTP request dropped");
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }))
+}
+
+async fn answer<H: Fn(&str) -> Response>(
+    mut stream: TcpStream,
+    handler: &H,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let head = tokio::time::timeout(READ_TIMEOUT, async {
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() >= MAX_REQUEST {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    match head {
+        Err(_) => return Ok(()),
+        Ok(result) => result?,
+    }
+    let line = buf.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let response = match (words.next(), words.next()) {
+        (Some("GET"), Some(path)) => handler(path.split('?').next().unwrap_or(path)),
+        _ => Response {
+            status: "405 Method Not Allowed",
+            content_type: "application/json",
+            body: r#"{"error":"GET only"}"#.into(),
+        },
+    };
+    let text = format!(
+        "HTTP/1.1 {}\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        response.status,
+        response.content_type,
+        response.body.len(),
+        response.body
+    );
+    stream.write_all(text.as_bytes()).await?;
+    stream.shutdown().await
+}
