@@ -148,7 +148,7 @@ async fn run(path: &Path) -> Exit {
     };
     init_logging(config.log.level.trim());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
-    match agent::run(config).await {
+    match agent::run(config, path.to_path_buf()).await {
         Ok(()) => Exit::Ok,
         Err(error) => {
             tracing::error!("{error}");

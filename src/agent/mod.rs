@@ -59,7 +59,7 @@ pub enum Error {
 }
 
 /// Runs until SIGTERM or SIGINT. Returns an error only for what a restart cannot fix by waiting.
-pub async fn run(config: Config) -> Result<(), Error> {
+pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> {
     let started = Instant::now();
     let deadline = started + config.boot.timeout();
     // Handlers go in first: from here on a signal means "stop cleanly", even while IMDS is slow.
@@ -155,7 +155,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     run_loop(
         &mut supervisor,
-        &config,
+        (&config, &path),
         &identity,
         (&ec2, &asg),
         &netconf,
@@ -194,7 +194,7 @@ async fn fail(
 /// signal.
 async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     supervisor: &mut Supervisor,
-    config: &Config,
+    (config, path): (&Config, &std::path::Path),
     identity: &Identity,
     (ec2, asg): (&E, &A),
     netconf: &NetConf,
@@ -234,7 +234,9 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         eni: booted.eni.id.clone(),
         ip: own_ip,
     };
-    let (mut watch, mut events, report) = watch::Watch::new(config, ec2, asg, own, booted.epoch);
+    let mut current = std::sync::Arc::new(config.clone());
+    let (mut watch, mut events, report) =
+        watch::Watch::new(std::sync::Arc::clone(&current), ec2, asg, own, booted.epoch);
     if let Err(e) = watch.start_own_health() {
         error!(error = %e, "cannot run the continuous self-check; this gateway counts as healthy");
     }
@@ -305,6 +307,13 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                 }
             })
             .await;
+        if supervisor.reload_requested {
+            supervisor.reload_requested = false;
+            if let Some(new) = reload(path, &current) {
+                current = std::sync::Arc::new(new);
+                watch.reconfigure(std::sync::Arc::clone(&current));
+            }
+        }
         match woke {
             None => break None,
             Some(Wake::Exit(exit)) => break Some(exit),
@@ -405,6 +414,87 @@ impl KernelRepair<'_> {
     }
 }
 
+/// SIGHUP: the file is read and validated again. A valid one replaces the running config
+/// (decision policy, drain, events apply at once; what only a restart can change is named);
+/// an invalid one is rejected with every error and the old config keeps running.
+fn reload(path: &std::path::Path, old: &Config) -> Option<Config> {
+    match Config::load(path) {
+        Err(e) => {
+            let text = e.to_string();
+            error!(errors = %text.replace('\n', " | "), "config reload rejected: the running config stays");
+            systemd::status(&format!(
+                "config reload REJECTED (the old config keeps running): {}",
+                text.lines().next().unwrap_or("")
+            ));
+            crate::metrics::inc(
+                "gateway_agent_config_reloads_total",
+                &[("result", "rejected")],
+            );
+            None
+        }
+        Ok(new) => {
+            let restart_only = restart_only_changes(old, &new);
+            if !restart_only.is_empty() {
+                warn!(keys = %restart_only.join(", "), "config reloaded; these changes take effect at the next restart");
+            }
+            info!(config = %path.display(), "config reloaded");
+            systemd::status(&format!("config reloaded from {}", path.display()));
+            crate::metrics::inc(
+                "gateway_agent_config_reloads_total",
+                &[("result", "applied")],
+            );
+            crate::hook::emit(
+                &new.events,
+                &crate::hook::Event {
+                    event: "config-reload",
+                    zone: "-",
+                    from: "-",
+                    to: "-",
+                    reason: &if restart_only.is_empty() {
+                        "applied".to_owned()
+                    } else {
+                        format!("applied; at the next restart: {}", restart_only.join(", "))
+                    },
+                },
+            );
+            Some(new)
+        }
+    }
+}
+
+/// Sections and keys a running agent cannot switch to (they shaped the kernel, the sockets or
+/// running probes at start).
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            out.push(key);
+        }
+    };
+    check(old.group != new.group, "group");
+    check(old.eni != new.eni, "eni");
+    check(old.routes != new.routes, "routes");
+    check(old.kernel != new.kernel, "kernel");
+    check(old.self_check != new.self_check, "self_check");
+    check(old.aws != new.aws || old.imds != new.imds, "aws/imds");
+    check(old.log != new.log, "log");
+    check(old.control != new.control, "control");
+    check(old.metrics != new.metrics, "metrics");
+    check(old.conditional != new.conditional, "conditional");
+    let (a, b) = (&old.failover, &new.failover);
+    check(
+        a.enabled != b.enabled
+            || a.probe_interval_ms != b.probe_interval_ms
+            || a.probe_timeout_ms != b.probe_timeout_ms
+            || a.rise != b.rise
+            || a.fall != b.fall
+            || a.lease_renew_ms != b.lease_renew_ms
+            || a.health_port != b.health_port,
+        "failover probes/ports/lease_renew_ms",
+    );
+    out
+}
+
 /// The marker says "the stop before this start was a restart, not an exit". It has done its
 /// job once this process runs; left behind, it would make the next real stop skip the drain.
 fn take_restart_marker(config: &Config) {
@@ -483,6 +573,8 @@ struct Supervisor {
     int: Signal,
     hup: Signal,
     watchdog: Option<Interval>,
+    /// SIGHUP arrived; the run loop reloads the config when it next wakes.
+    reload_requested: bool,
 }
 
 impl Supervisor {
@@ -499,6 +591,7 @@ impl Supervisor {
             int: install(SignalKind::interrupt(), "SIGINT")?,
             hup: install(SignalKind::hangup(), "SIGHUP")?,
             watchdog,
+            reload_requested: false,
         })
     }
 
@@ -525,9 +618,11 @@ impl Supervisor {
                 output = &mut work => return Some(output),
                 _ = self.term.recv() => "SIGTERM",
                 _ = self.int.recv() => "SIGINT",
-                // The unit's ExecReload sends SIGHUP, whose default action would kill us.
+                // The unit's ExecReload sends SIGHUP, whose default action would kill us. The run
+                // loop reloads at its next wake (within a lease period).
                 _ = self.hup.recv() => {
-                    warn!("SIGHUP: reload is not implemented yet; ignoring");
+                    info!("SIGHUP: reloading the config");
+                    self.reload_requested = true;
                     continue;
                 }
                 _ = tick(&mut self.watchdog) => {

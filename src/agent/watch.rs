@@ -107,7 +107,7 @@ pub struct Own {
 }
 
 pub struct Watch<'a, E, A> {
-    config: &'a Config,
+    config: Arc<Config>,
     ec2: &'a E,
     asg: &'a A,
     own: Own,
@@ -169,7 +169,7 @@ const HISTORY: usize = 20;
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     pub fn new(
-        config: &'a Config,
+        config: Arc<Config>,
         ec2: &'a E,
         asg: &'a A,
         own: Own,
@@ -856,10 +856,15 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         );
         let epoch = newest.as_ref().map_or(1, |l| l.epoch + 1);
         let value = Lease {
-            holder: d
-                .target_instance
-                .clone()
-                .unwrap_or_else(|| d.target.clone()),
+            // This gateway's claims carry its instance; a hand-over names the receiver (its
+            // instance from /health, else its ENI) so the receiver adopts the epoch.
+            holder: if d.target == self.own.eni {
+                self.own.instance_id.clone()
+            } else {
+                d.target_instance
+                    .clone()
+                    .unwrap_or_else(|| d.target.clone())
+            },
             epoch,
             unix_ms: unix_ms(),
         }
@@ -1385,6 +1390,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .filter(|w| w.contains("no healthy gateway to hand"))
             .cloned()
             .collect()
+    }
+
+    /// A reloaded config (SIGHUP): decision policy, drain and event settings apply from the
+    /// next cycle; probes, sockets and the kernel keep what they started with.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.config = config;
     }
 
     /// For tests and status: what the probes see.
