@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent in the foreground (what systemd starts).
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Check the config file and print every problem, one per line (exit status 2 on error).
     CheckConfig(ConfigArg),
     /// Show who carries which zone, since when and why, the peers, routes and last decisions.
@@ -86,6 +86,16 @@ pub struct FailbackArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Observe and decide as usual, log every route, ENI and kernel change it would make, and
+    /// make none (the same as `dry_run = true` in the config).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
 pub struct ConfigArg {
     /// Config file [default: $GATEWAY_AGENT_CONFIG, else /etc/gateway-agent/config.toml]
     #[arg(long, value_name = "PATH")]
@@ -113,7 +123,13 @@ mod tests {
         let Command::Run(arg) = cli.command else {
             panic!("expected run");
         };
-        assert_eq!(arg.path(), PathBuf::from("/tmp/a.toml"));
+        assert_eq!(arg.config.path(), PathBuf::from("/tmp/a.toml"));
+        assert!(!arg.dry_run);
+        let cli = Cli::try_parse_from(["gateway-agent", "run", "--dry-run"]).expect("dry run");
+        assert!(matches!(
+            cli.command,
+            Command::Run(RunArgs { dry_run: true, .. })
+        ));
         assert!(Cli::try_parse_from(["gateway-agent", "check-config"]).is_ok());
         assert!(Cli::try_parse_from(["gateway-agent", "version"]).is_ok());
         assert!(Cli::try_parse_from(["gateway-agent", "bogus"]).is_err());

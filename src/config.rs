@@ -20,6 +20,7 @@
 //! |-------------------------------|----------------------------------|-------------------------------------------------|
 //! | `version`                     | required, must be [`VERSION`]    | format of this file                             |
 //! | `group.name`                  | required                         | the gateway group of this instance              |
+//! | `dry_run`                     | `false` (`run --dry-run` sets it) | observe and decide, log the changes, make none (no API write, no kernel change) |
 //! | `eni.ids`                     | `{}` (find by tags)              | zone → persistent ENI ID, e.g. `{ "us-east-1a" = "eni-0123" }` |
 //! | `eni.device_index`            | [`DEFAULT_DEVICE_INDEX`]         | device index the ENI is attached at             |
 //! | `routes.destinations`         | [`DEFAULT_DESTINATIONS`]         | managed destinations (IPv4/IPv6 CIDRs)          |
@@ -157,6 +158,9 @@ pub const DEFAULT_HEALTH_PORT: u16 = 7701;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
+    /// Observe and decide as usual; log every change instead of making it.
+    #[serde(default)]
+    pub dry_run: bool,
     pub group: Group,
     #[serde(default)]
     pub eni: Eni,

@@ -43,7 +43,7 @@ async fn main() -> ExitCode {
             Exit::Ok
         }
         Command::CheckConfig(arg) => check_config(&arg.path()),
-        Command::Run(arg) => run(&arg.path()).await,
+        Command::Run(arg) => run(&arg.config.path(), arg.dry_run).await,
         Command::Failback(args) => failback(args).await,
         Command::Status(args) => status(args).await,
         Command::Failover(args) => {
@@ -136,16 +136,17 @@ async fn status(args: cli::StatusArgs) -> Exit {
     }
 }
 
-async fn run(path: &Path) -> Exit {
+async fn run(path: &Path, dry_run: bool) -> Exit {
     // The config names the log level, so it is read before logging exists; its errors go to
     // stderr, which systemd also puts in the journal.
-    let config = match Config::load(path) {
+    let mut config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
             return Exit::Config;
         }
     };
+    config.dry_run |= dry_run;
     init_logging(config.log.level.trim());
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), "starting");
     match agent::run(config, path.to_path_buf()).await {

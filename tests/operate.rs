@@ -322,3 +322,93 @@ async fn route_writes(e: &Env) -> usize {
         .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
         .count()
 }
+
+/// Every API action that changes something (the lab counts the calls).
+const MUTATING: &[&str] = &[
+    "AttachNetworkInterface",
+    "DetachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "ReplaceRoute",
+    "CreateRoute",
+    "DeleteRoute",
+    "CreateTags",
+    "CompleteLifecycleAction",
+    "RecordLifecycleActionHeartbeat",
+    "SetInstanceHealth",
+];
+
+async fn mutating_calls(e: &Env) -> usize {
+    e.api_calls()
+        .await
+        .iter()
+        .filter(|c| MUTATING.contains(&c.as_str()))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_decides_and_logs_but_changes_nothing() {
+    let e = env(ScenarioOptions::default()).await;
+    let dir = e.lab.info.run_dir.clone();
+    // b was a real gateway and died; a's fresh instance runs the agent in dry-run: its ENI is
+    // free and both zones' routes are black holes, so a real agent would attach, configure,
+    // reclaim a's zone and take b's. Nobody else runs an agent: every write would be a's.
+    let ib = e.instance("b").await;
+    let mut agent_b = e.start_agent(
+        &ib,
+        "agent-b",
+        &format!("[control]\nsocket = \"{dir}/b.sock\""),
+    );
+    agent_b.wait_ready().await;
+    e.lab.terminate(&ib.instance_id).await.unwrap();
+    let _ = agent_b.wait_exit().await;
+    let ia = e.instance("a").await;
+    let ns_a = ia.ns.clone().unwrap();
+    let kernel_before = whole_kernel(&ns_a);
+    let writes_before = mutating_calls(&e).await;
+    let agent_a = e.start_agent_with(
+        &ia,
+        "agent-a",
+        &format!("[control]\nsocket = \"{dir}/a.sock\""),
+        &["--dry-run"],
+    );
+    agent_a.wait_ready().await;
+    let said = wait_for(Duration::from_secs(10), "a's dry-run takeover", || async {
+        agent_a
+            .log()
+            .contains("dry-run: would takeover route")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = agent_a.log();
+    assert!(said.is_ok(), "{log}");
+    assert!(log.contains("dry-run: would attach"), "{log}");
+    assert!(log.contains("dry-run: would reclaim"), "{log}");
+    assert!(
+        log.contains("dry-run: would heartbeat and complete the launch lifecycle action"),
+        "{log}"
+    );
+    assert_eq!(mutating_calls(&e).await, writes_before, "{log}");
+    assert_eq!(whole_kernel(&ns_a), kernel_before, "{log}");
+    let (eni, state) = e.route("a", "0.0.0.0/0").await;
+    assert_eq!(
+        (eni.as_str(), state.as_str()),
+        (e.sc.zone("a").eni_id.as_str(), "blackhole")
+    );
+}
+
+/// Links, addresses, every routing table, rules and forwarding: anything the agent could touch.
+fn whole_kernel(ns: &str) -> String {
+    [
+        ip(ns, &["-j", "link", "show"]),
+        // IPv4 only: a fresh namespace's IPv6 link-local setup finishes on its own meanwhile.
+        ip(ns, &["-j", "-4", "addr", "show"]),
+        ip(ns, &["-j", "-4", "route", "show", "table", "all"]),
+        ip(ns, &["-j", "-4", "rule", "show"]),
+        gateway_lab::in_netns(ns, || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default()
+        })
+        .unwrap_or_default(),
+    ]
+    .join("\n")
+}

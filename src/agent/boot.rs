@@ -80,7 +80,8 @@ pub type Result<T, E = BootError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Booted {
     pub eni: Eni,
-    pub desired: Desired,
+    /// `None` in a dry run that did not find the ENI attached here (nothing to configure).
+    pub desired: Option<Desired>,
     pub route_tables: Vec<String>,
     /// The lease epoch this boot claimed the zone with; `None` when nothing had to be written.
     pub epoch: Option<u64>,
@@ -109,10 +110,15 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         info!(eni = %eni.id, zone = %zone, mac = %eni.mac, "persistent ENI found");
 
         systemd::status(&format!("claiming {}", eni.id));
-        let eni = self.claim(&eni.id).await?;
+        let (eni, owned) = self.claim(&eni.id).await?;
 
-        systemd::status(&format!("configuring the kernel for {}", eni.id));
-        let desired = self.kernel(&eni).await?;
+        let desired = if owned {
+            systemd::status(&format!("configuring the kernel for {}", eni.id));
+            Some(self.kernel(&eni).await?)
+        } else {
+            info!(eni = %eni.id, "dry-run: the ENI is not attached here, so there is no kernel state to compute");
+            None
+        };
 
         systemd::status("self-check");
         self.self_check().await?;
@@ -179,7 +185,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
 
     /// Observe, decide one step, execute, observe again, until the ENI is ours and the kernel
     /// shows it.
-    async fn claim(&mut self, eni_id: &str) -> Result<Eni> {
+    /// The ENI, and whether it is attached here (always, except in a dry run that would have
+    /// had to attach it).
+    async fn claim(&mut self, eni_id: &str) -> Result<(Eni, bool)> {
         let attach_timeout = self.config.boot.attach_timeout();
         let deadline = self.deadline.min(Instant::now() + attach_timeout);
         let me = SelfFacts {
@@ -232,6 +240,10 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             }
             match step {
                 ClaimStep::Owned => break eni,
+                ClaimStep::Attach | ClaimStep::Detach { .. } if self.config.dry_run => {
+                    warn!(eni = %eni_id, step = %step, "dry-run: would {step}; not claiming");
+                    return Ok((eni, false));
+                }
                 ClaimStep::Attach => {
                     let device = self.config.eni.device_index;
                     match retry(deadline, || {
@@ -281,7 +293,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         ));
         let link = self.netconf.wait_link_by_mac(mac, remaining).await?;
         info!(eni = %eni.id, interface = %link.name, index = link.index, "ENI is in the kernel");
-        if eni.source_dest_check {
+        if eni.source_dest_check && self.config.dry_run {
+            warn!(eni = %eni.id, "dry-run: would disable the source/dest check");
+        } else if eni.source_dest_check {
             retry(self.deadline, || {
                 self.ec2.set_source_dest_check(&eni.id, false)
             })
@@ -289,7 +303,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             self.writes += 1;
             info!(eni = %eni.id, "source/dest check disabled (the gateway forwards others' packets)");
         }
-        Ok(eni)
+        Ok((eni, true))
     }
 
     async fn kernel(&mut self, eni: &Eni) -> Result<Desired> {
@@ -335,6 +349,13 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             ipv4_forwarding: self.config.kernel.ipv4_forwarding,
             ipv6_forwarding: self.config.kernel.ipv6_forwarding,
         };
+        if self.config.dry_run {
+            let changes = self.netconf.plan(&desired).await?;
+            for change in &changes {
+                warn!(%change, reason = "boot", "dry-run: kernel would change");
+            }
+            return Ok(desired);
+        }
         let changes = self.netconf.reconcile(&desired).await?;
         for change in &changes {
             info!(%change, reason = "boot", "kernel changed");
@@ -431,6 +452,12 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             if intents.is_empty() {
                 info!(tables = %ids.join(", "), "every managed route of the zone points at {eni_id}");
                 return Ok((ids, epoch));
+            }
+            if self.config.dry_run {
+                for intent in &intents {
+                    warn!(%intent, target = %eni_id, "dry-run: would reclaim");
+                }
+                return Ok((ids, None));
             }
             if epoch.is_none() {
                 let next = lease::newest(

@@ -65,7 +65,9 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     // Handlers go in first: from here on a signal means "stop cleanly", even while IMDS is slow.
     let mut supervisor = Supervisor::new()?;
     let imds = imds::Client::new(&config.imds.endpoint, config.imds.timeout())?;
-    take_restart_marker(&config);
+    if !config.dry_run {
+        take_restart_marker(&config);
+    }
 
     systemd::status("waiting for IMDS");
     let Some(identity) = supervisor
@@ -103,6 +105,13 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
         Some(Err(e)) => return fail(BootError::from(e), None, &asg).await,
     };
 
+    let action = match action {
+        Some(a) if config.dry_run => {
+            warn!(group = %a.group, hook = %a.hook, "dry-run: would heartbeat and complete the launch lifecycle action (CONTINUE); it stays open and the hook's default result applies at its timeout");
+            None
+        }
+        other => other,
+    };
     let boot = boot::Boot {
         config: &config,
         identity: &identity,
@@ -216,7 +225,19 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     );
     crate::metrics::set("gateway_agent_up", &[], 1.0);
     crate::metrics::set("gateway_agent_self_check_healthy", &[], 1.0);
-    let Some(own_ip) = booted.eni.private_ips.first().copied() else {
+    // A dry run that did not attach the ENI watches from the primary address instead.
+    let attached_here = booted.desired.is_some();
+    let primary = identity
+        .interfaces
+        .iter()
+        .find(|i| i.device_number == 0)
+        .and_then(|i| i.local_ipv4s.first().copied());
+    let own_ip = if attached_here {
+        booted.eni.private_ips.first().copied()
+    } else {
+        primary
+    };
+    let Some(own_ip) = own_ip else {
         warn!(eni = %booted.eni.id, "the ENI has no private address: peers cannot be watched");
         while supervisor.drive(kernel_ticker.tick()).await.is_some() {
             kernel.repair().await;
@@ -336,6 +357,10 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             Some(next) => soon = next,
         }
     };
+    if config.dry_run {
+        info!(planned = ?planned.as_ref().map(|e| e.reason.clone()), "dry-run: would drain (hand every carried route to a healthy peer) before leaving; leaving without it");
+        return;
+    }
     let exit = match planned {
         Some(exit) => exit,
         None if config.drain.restart_marker.exists() => {
@@ -383,7 +408,21 @@ struct KernelRepair<'a> {
 
 impl KernelRepair<'_> {
     async fn repair(&mut self) {
-        match self.netconf.reconcile(&self.booted.desired).await {
+        let Some(desired) = &self.booted.desired else {
+            return;
+        };
+        if self.config.dry_run {
+            match self.netconf.plan(desired).await {
+                Ok(changes) => {
+                    for change in &changes {
+                        warn!(%change, "dry-run: kernel would be repaired");
+                    }
+                }
+                Err(e) => warn!(error = %e, "dry-run: cannot read the kernel state"),
+            }
+            return;
+        }
+        match self.netconf.reconcile(desired).await {
             Ok(changes) => {
                 for change in &changes {
                     warn!(%change, reason = "drift: removed or changed behind the agent's back", "kernel repaired");
@@ -432,8 +471,10 @@ fn reload(path: &std::path::Path, old: &Config) -> Option<Config> {
             );
             None
         }
-        Ok(new) => {
+        Ok(mut new) => {
             let restart_only = restart_only_changes(old, &new);
+            // `run --dry-run` is not in the file; and leaving dry-run takes a restart.
+            new.dry_run = old.dry_run;
             if !restart_only.is_empty() {
                 warn!(keys = %restart_only.join(", "), "config reloaded; these changes take effect at the next restart");
             }
@@ -472,6 +513,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         }
     };
     check(old.group != new.group, "group");
+    check(old.dry_run != new.dry_run, "dry_run");
     check(old.eni != new.eni, "eni");
     check(old.routes != new.routes, "routes");
     check(old.kernel != new.kernel, "kernel");

@@ -423,7 +423,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             self.api_trouble(&e, "looking up the group's gateways");
             return Some(self.backoff());
         }
-        let renewals = self.renewals();
+        let renewals = if self.config.dry_run {
+            Vec::new()
+        } else {
+            self.renewals()
+        };
         let down: Vec<(String, String)> = self
             .peer_views()
             .into_iter()
@@ -481,6 +485,18 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .retain(|zone, _| outcome.decisions.iter().any(|d| &d.zone == zone));
         let mut again = false;
         for d in &outcome.decisions {
+            if self.config.dry_run {
+                if self
+                    .paused_logged
+                    .insert(format!("dry:{}:{}", d.zone, d.kind.as_str()))
+                {
+                    for w in &d.writes {
+                        warn!(zone = %d.zone, kind = d.kind.as_str(), table = %w.table, destination = %w.destination, was = %w.expect, target = %d.target, evidence = %d.evidence, "dry-run: would {} route", d.kind.as_str());
+                    }
+                    self.record(d, "dry-run: not executed", 0);
+                }
+                continue;
+            }
             if self.paused {
                 if self
                     .paused_logged
@@ -495,7 +511,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 again = true;
             }
         }
-        if !self.paused && !self.apply_conditional().await {
+        if !self.paused && !self.config.dry_run && !self.apply_conditional().await {
             again = true;
         }
         self.publish();
@@ -1094,6 +1110,17 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
 
     /// An operator's command, run between cycles; the answer goes back over the socket.
     pub async fn command(&mut self, command: Command) -> Result<String, String> {
+        if self.config.dry_run
+            && matches!(
+                command,
+                Command::Failover { .. } | Command::Failback { .. } | Command::Drain
+            )
+        {
+            return Err(format!(
+                "dry-run: this agent changes nothing; `{}` refused",
+                command.line()
+            ));
+        }
         match command {
             Command::Failback { zone } => {
                 if let Some(z) = zone
@@ -1344,7 +1371,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// After a demotion, with `drain.set_unhealthy`: tell the ASG this instance is unhealthy,
     /// so it is replaced rather than left sick (once; the ASG takes it from there).
     async fn ask_for_replacement(&mut self) {
-        if !self.config.drain.set_unhealthy || self.reported_unhealthy {
+        if !self.config.drain.set_unhealthy || self.reported_unhealthy || self.config.dry_run {
             return;
         }
         match self

@@ -351,6 +351,12 @@ impl NetConf {
         }
     }
 
+    /// observe → diff, applying nothing: what [`Self::reconcile`] would change (dry-run).
+    pub async fn plan(&self, desired: &Desired) -> Result<Vec<Change>> {
+        let observed = self.observe(desired).await?;
+        Ok(diff(desired, &observed))
+    }
+
     /// observe → diff → apply; returns what it changed (empty when the kernel already matched).
     pub async fn reconcile(&self, desired: &Desired) -> Result<Vec<Change>> {
         let observed = self.observe(desired).await?;

@@ -145,6 +145,17 @@ impl Env {
     /// Starts the agent binary inside `inst`'s namespace with `extra` appended to a minimal
     /// config.
     pub fn start_agent(&self, inst: &Instance, name: &str, extra: &str) -> Agent {
+        self.start_agent_with(inst, name, extra, &[])
+    }
+
+    /// Like [`Self::start_agent`], with extra arguments to `run` (e.g. `--dry-run`).
+    pub fn start_agent_with(
+        &self,
+        inst: &Instance,
+        name: &str,
+        extra: &str,
+        run_args: &[&str],
+    ) -> Agent {
         let dir = &self.lab.info.run_dir;
         let config = format!("{dir}/{name}.toml");
         std::fs::write(
@@ -164,6 +175,7 @@ impl Env {
             .expect("a running instance has a namespace");
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, AGENT, "run", "--config", &config])
+            .args(run_args)
             .envs(Lab::instance_env())
             .env("NOTIFY_SOCKET", &notify.path)
             .env("RUST_LOG", "info")
