@@ -110,6 +110,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "Decision to every route of it confirmed by the API.",
     ),
     (
+        "gateway_agent_api_call_duration_seconds",
+        Type::Histogram,
+        "EC2/Auto Scaling calls, retries included; labels: action, result (ok, error).",
+    ),
+    (
         "gateway_agent_api_errors_total",
         Type::Counter,
         "Failed EC2/Auto Scaling calls (after the SDK's retries); labels: action, code.",

@@ -218,6 +218,15 @@ async fn status_metrics_and_hook_tell_the_story_of_a_takeover() {
         sample(&after, "gateway_agent_detection_seconds_count[]"),
         Some(1.0)
     );
+    assert!(
+        sample(
+            &after,
+            "gateway_agent_api_call_duration_seconds_count[('action', 'ReplaceRoute'), ('result', 'ok')]"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{after:?}"
+    );
 
     // The hook ran with the documented argv: event zone from to reason.
     let eni_b = &t.e.sc.zone("b").eni_id;

@@ -20,8 +20,11 @@ pub struct SdkAutoscaling {
 
 impl SdkAutoscaling {
     pub fn new(config: &SdkConfig) -> Self {
+        let conf = aws_sdk_autoscaling::config::Builder::from(config)
+            .interceptor(super::timing::Timing)
+            .build();
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(conf),
         }
     }
 

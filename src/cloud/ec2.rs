@@ -27,8 +27,11 @@ pub struct SdkEc2 {
 
 impl SdkEc2 {
     pub fn new(config: &SdkConfig) -> Self {
+        let conf = aws_sdk_ec2::config::Builder::from(config)
+            .interceptor(super::timing::Timing)
+            .build();
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(conf),
         }
     }
 

@@ -33,6 +33,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 pub mod autoscaling;
 pub mod ec2;
+mod timing;
 
 pub use autoscaling::SdkAutoscaling;
 pub use ec2::SdkEc2;
@@ -577,6 +578,16 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = match &err {
+        SdkError::ServiceError(service) => service.err().code().unwrap_or("unknown").to_owned(),
+        SdkError::TimeoutError(_) => "timeout".to_owned(),
+        SdkError::DispatchFailure(_) => "unreachable".to_owned(),
+        _ => "other".to_owned(),
+    };
+    crate::metrics::inc(
+        "gateway_agent_api_errors_total",
+        &[("action", call.operation), ("code", code.as_str())],
+    );
     match &err {
         SdkError::ServiceError(service) => CloudError::Api {
             call,
