@@ -22,6 +22,8 @@ pub enum Kind {
     Spot,
     Rebalance,
     Maintenance,
+    /// SIGTERM: `systemctl stop`, a shutdown.
+    Stop,
 }
 
 impl Kind {
@@ -31,6 +33,7 @@ impl Kind {
             Self::Spot => "spot-interruption",
             Self::Rebalance => "rebalance-recommendation",
             Self::Maintenance => "scheduled-maintenance",
+            Self::Stop => "stop",
         }
     }
 }
@@ -149,6 +152,27 @@ pub fn rfc3339(text: &str) -> Option<i64> {
     unix(y, mo, d, h, mi, s)
 }
 
+/// Unix seconds → `2026-11-25T10:00:00Z` (the inverse of [`rfc3339`]).
+pub fn rfc3339_text(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// `21 Jan 2026 09:00:43 GMT` → unix seconds.
 pub fn imds_date(text: &str) -> Option<i64> {
     let mut words = text.split_whitespace();
@@ -205,6 +229,10 @@ mod tests {
         assert_eq!(rfc3339("2026-11-25T10:00:00.123Z"), Some(1_795_600_800));
         assert_eq!(imds_date("25 Nov 2026 10:00:00 GMT"), Some(1_795_600_800));
         assert_eq!(imds_date("29 Feb 2024 00:00:00 GMT"), Some(1_709_164_800));
+        for secs in [0, 1_709_164_800, 1_795_600_800, 951_782_400, 4_102_444_799] {
+            assert_eq!(rfc3339(&rfc3339_text(secs)), Some(secs));
+        }
+        assert_eq!(rfc3339_text(1_795_600_800), "2026-11-25T10:00:00Z");
         for bad in [
             "",
             "2026-11-25",

@@ -181,7 +181,9 @@ pub fn render(v: &Value) -> String {
         let _ = writeln!(
             out,
             "{} {} {} -> {}: {} ({} routes); evidence: {}",
-            unix_ms_text(d["at_unix_ms"].as_u64().unwrap_or(0)),
+            crate::events::rfc3339_text(
+                i64::try_from(d["at_unix_ms"].as_u64().unwrap_or(0) / 1000).unwrap_or(0)
+            ),
             s(&d["kind"]),
             s(&d["zone"]),
             s(&d["target"]),
@@ -191,28 +193,6 @@ pub fn render(v: &Value) -> String {
         );
     }
     out
-}
-
-/// `2026-11-25T00:40:01Z`, from unix milliseconds (the civil calendar, no time-zone data).
-fn unix_ms_text(ms: u64) -> String {
-    let secs = i64::try_from(ms / 1000).unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 #[cfg(test)]

@@ -168,7 +168,10 @@ async fn a_spot_notice_drains_well_inside_its_two_minutes() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let notice = format!(r#"{{"action": "terminate", "time": "{}"}}"#, rfc3339(secs));
+    let notice = format!(
+        r#"{{"action": "terminate", "time": "{}"}}"#,
+        gateway_agent::events::rfc3339_text(secs)
+    );
     let started = std::time::Instant::now();
     p.e.lab
         .imds_set(&p.a.0.instance_id, "spot/instance-action", Some(&notice))
@@ -188,28 +191,6 @@ async fn a_spot_notice_drains_well_inside_its_two_minutes() {
         report.lost
     );
     p.show_logs();
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (the inverse of the agent's parser, via the civil
-/// calendar).
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -364,18 +345,11 @@ async fn a_demoted_gateway_can_ask_its_group_for_a_replacement() {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_gateways_replaced_at_once_each_ends_with_its_own_zone() {
     let e = env(ScenarioOptions::default()).await;
-    let dir = e.lab.info.run_dir.clone();
     let first = [e.instance("a").await, e.instance("b").await];
     let mut agents: Vec<Agent> = first
         .iter()
         .zip(["a", "b"])
-        .map(|(i, z)| {
-            e.start_agent(
-                i,
-                &format!("agent-{z}"),
-                &format!("[control]\nsocket = \"{dir}/{z}.sock\""),
-            )
-        })
+        .map(|(i, z)| e.start_agent_sock(i, &format!("agent-{z}"), ""))
         .collect();
     for a in &agents {
         a.wait_ready().await;
@@ -403,19 +377,13 @@ async fn both_gateways_replaced_at_once_each_ends_with_its_own_zone() {
     let agents: Vec<Agent> = second
         .iter()
         .zip(["a", "b"])
-        .map(|(i, z)| {
-            e.start_agent(
-                i,
-                &format!("agent-{z}2"),
-                &format!("[control]\nsocket = \"{dir}/{z}2.sock\""),
-            )
-        })
+        .map(|(i, z)| e.start_agent_sock(i, &format!("agent-{z}2"), ""))
         .collect();
     for a in &agents {
         a.wait_ready().await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let settled = route_writes(&e).await;
+    let settled = e.route_writes().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let logs = || {
         agents
@@ -424,7 +392,7 @@ async fn both_gateways_replaced_at_once_each_ends_with_its_own_zone() {
             .collect::<Vec<_>>()
             .join("\n----\n")
     };
-    assert_eq!(route_writes(&e).await, settled, "still writing\n{}", logs());
+    assert_eq!(e.route_writes().await, settled, "still writing\n{}", logs());
     for z in ["a", "b"] {
         let (eni, state) = e.route(z, "0.0.0.0/0").await;
         assert_eq!(
@@ -434,12 +402,4 @@ async fn both_gateways_replaced_at_once_each_ends_with_its_own_zone() {
             logs()
         );
     }
-}
-
-async fn route_writes(e: &Env) -> usize {
-    e.api_calls()
-        .await
-        .iter()
-        .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
-        .count()
 }

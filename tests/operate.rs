@@ -253,10 +253,10 @@ async fn pause_holds_every_write_and_resume_lets_it_happen() {
     let (code, out, err) = t.cli(&["pause"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("paused"), "{out}");
-    let before = route_writes(&t.e).await;
+    let before = t.e.route_writes().await;
     t.e.lab.terminate(&t.b.0.instance_id).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(route_writes(&t.e).await, before, "{}", t.logs());
+    assert_eq!(t.e.route_writes().await, before, "{}", t.logs());
     assert!(
         t.a.1
             .log()
@@ -322,14 +322,6 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_says_why() {
     })
     .await;
     assert!(applied.is_ok(), "{}", t.logs());
-}
-
-async fn route_writes(e: &Env) -> usize {
-    e.api_calls()
-        .await
-        .iter()
-        .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
-        .count()
 }
 
 /// Every API action that changes something (the lab counts the calls).

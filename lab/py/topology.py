@@ -350,7 +350,13 @@ class Topology:
                 spec = f"via {r['gateway']} dev {r['dev']} onlink"
             have.add((int(table), dst, spec))
         cmds = []
+        # A route whose target changes is swapped by `replace` alone, atomically, as AWS's
+        # ReplaceRoute is: deleting it first would leave the table without it for a moment and
+        # drop a packet now and then.
+        replaced = {(table, dst) for table, dst, _ in routes - have}
         for table, dst, spec in have - routes:
+            if (table, dst) in replaced:
+                continue
             cmds.append(f"route del {dst} table {table}" if spec != "blackhole" else f"route del blackhole {dst} table {table}")
         for table, dst, spec in routes - have:
             if spec == "blackhole":

@@ -119,12 +119,12 @@ fn aws_cli() -> PathBuf {
     Path::new(&gateway_lab::python()).with_file_name("aws")
 }
 
-fn lab_err(e: gateway_lab::LabError) -> String {
+pub(crate) fn lab_err(e: gateway_lab::LabError) -> String {
     e.to_string()
 }
 
 /// A fresh VPC (the lab reset unless it is new) and both zones' running instances.
-async fn fresh(
+pub(crate) async fn fresh(
     lab: &mut Lab,
     first: bool,
     opts: &ScenarioOptions,
@@ -146,7 +146,7 @@ async fn fresh(
     Ok((sc, [a, b], build_ms))
 }
 
-fn ns_of(inst: &gateway_lab::Instance) -> Result<String, String> {
+pub(crate) fn ns_of(inst: &gateway_lab::Instance) -> Result<String, String> {
     inst.ns
         .clone()
         .ok_or_else(|| format!("instance {} has no namespace", inst.instance_id))
@@ -637,7 +637,7 @@ struct Takeover {
 }
 
 /// Remove ANSI escape sequences (tracing colours its field names when it thinks it may).
-fn strip_ansi(s: &str) -> String {
+pub(crate) fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -659,7 +659,7 @@ fn strip_ansi(s: &str) -> String {
 }
 
 /// The value of `key=value` in a log line, unquoted; `key` must start a word.
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let pat = format!("{key}=");
     let mut from = 0;
     while let Some(i) = line[from..].find(&pat) {
@@ -682,7 +682,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// A duration in ms; a negative one is the agent saying it does not know.
-fn number(v: &str) -> Option<f64> {
+pub(crate) fn number(v: &str) -> Option<f64> {
     v.trim_end_matches("ms")
         .parse()
         .ok()

@@ -14,6 +14,8 @@
 //!   gwlab bench-boot --agent P  the agent's boot time and API calls
 //!   gwlab bench-failover --agent P  the outage a client sees when its gateway dies, against
 //!                               the classic nat_monitor.sh
+//!   gwlab bench-drain --agent P what a client loses when its gateway leaves on purpose (SIGTERM,
+//!                               spot, instance refresh, rebalance, upgrade restart)
 //!   gwlab demo                  the two-zone demo
 
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale}
 mod bench;
 mod bootbench;
 mod demo;
+mod drainbench;
 mod failbench;
 
 const CURRENT: &str = "/run/gateway-lab/current";
@@ -168,6 +171,22 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         baseline_runs: usize,
         /// Print the agents' (or the script's) logs of runs that went wrong.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// What a client loses when its zone's gateway leaves on purpose (SIGTERM, spot notice,
+    /// instance refresh, rebalance recommendation, upgrade restart), gateway-agent on both.
+    BenchDrain {
+        /// The gateway-agent binary to run in the instances.
+        #[arg(long)]
+        agent: String,
+        /// Runs per event type.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Only these events: sigterm, spot, asg-termination, rebalance, restart-marker.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// Print the agents' logs of runs that went wrong.
         #[arg(long)]
         logs: bool,
     },
@@ -448,6 +467,20 @@ async fn run(cli: Cli) -> Result<(), String> {
                 tables,
                 destinations,
                 baseline_runs,
+                logs,
+            })
+            .await?;
+        }
+        Cmd::BenchDrain {
+            agent,
+            runs,
+            events,
+            logs,
+        } => {
+            drainbench::run(drainbench::Options {
+                agent,
+                runs,
+                events,
                 logs,
             })
             .await?;

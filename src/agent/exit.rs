@@ -101,7 +101,7 @@ pub fn deadline(exit: &Exit, default: Duration) -> Instant {
 /// What a SIGTERM drain is, in the same terms.
 pub fn on_stop() -> Exit {
     Exit {
-        kind: Kind::Lifecycle,
+        kind: Kind::Stop,
         reason: "stop requested (SIGTERM: systemctl stop, shutdown)".into(),
         at_unix: None,
     }

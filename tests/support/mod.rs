@@ -190,6 +190,26 @@ impl Env {
         }
     }
 
+    /// The agent with its own control socket `<run dir>/<name>.sock` (agents side by side in
+    /// one lab must not share one).
+    pub fn start_agent_sock(&self, inst: &Instance, name: &str, extra: &str) -> Agent {
+        let dir = &self.lab.info.run_dir;
+        self.start_agent(
+            inst,
+            name,
+            &format!("{extra}\n[control]\nsocket = \"{dir}/{name}.sock\"\n"),
+        )
+    }
+
+    /// Route writes (ReplaceRoute, CreateRoute) the API has seen so far.
+    pub async fn route_writes(&self) -> usize {
+        self.api_calls()
+            .await
+            .iter()
+            .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
+            .count()
+    }
+
     pub async fn route(&self, zone: &str, dest: &str) -> (String, String) {
         let out = self
             .lab
