@@ -12,7 +12,7 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test lint unit lab-test bench bench-failover clean-lab
+.PHONY: all setup build demo test lint unit lab-test bench bench-failover bench-drain clean-lab
 
 all: build
 
@@ -44,12 +44,18 @@ bench: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-boot --agent $(CARGO_TARGET_DIR)/debug/gateway-agent
 	$(MAKE) --no-print-directory bench-failover
+	$(MAKE) --no-print-directory bench-drain
 
 # Unplanned death of a gateway: the agent against AWS's nat_monitor.sh, in the default topology
 # (one table, one destination) and with 50 tables x 2 destinations per zone. ~10 min.
 bench-failover: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 1 --destinations 1 --baseline-runs 3
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 50 --destinations 2 --baseline-runs 3
+
+# Planned exits (SIGTERM, spot, ASG termination, rebalance, upgrade restart): packets lost,
+# drain duration. ~5 min.
+bench-drain: setup build
+	$(CARGO_TARGET_DIR)/debug/gwlab bench-drain --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 5
 
 # Remove what a killed lab left behind (namespaces, run dirs); never touches a live lab.
 clean-lab:
