@@ -70,6 +70,7 @@
 //! | `events.timeout_s`            | [`DEFAULT_HOOK_TIMEOUT_S`]       | the hook is killed past this                    |
 //! | `metrics.listen`              | [`DEFAULT_METRICS_LISTEN`]       | `/metrics` address; `""` turns it off           |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
+//! | `control.group`               | none (root only)                 | a group that may also use the socket (mode 0660) |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -297,12 +298,15 @@ impl Drain {
 #[serde(default, deny_unknown_fields)]
 pub struct Control {
     pub socket: PathBuf,
+    /// A group whose members may use the socket too (mode 0660); none: root only (0600).
+    pub group: Option<String>,
 }
 
 impl Default for Control {
     fn default() -> Self {
         Self {
             socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            group: None,
         }
     }
 }
@@ -1166,6 +1170,16 @@ impl Config {
                 format!(
                     "{:?} is not an address:port; give e.g. \"{DEFAULT_METRICS_LISTEN}\", or \"\" to turn /metrics off",
                     self.metrics.listen
+                ),
+            );
+        }
+        if let Some(g) = &self.control.group
+            && (g.is_empty() || g.contains([':', '/', ' ', '\n']))
+        {
+            fail(
+                "control.group",
+                format!(
+                    "{g:?} is not a group name; name an existing group, e.g. \"gateway-ops\", or remove the key for root-only access"
                 ),
             );
         }

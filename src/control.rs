@@ -117,8 +117,13 @@ pub struct Request {
     pub answer: oneshot::Sender<Result<String, String>>,
 }
 
-/// Listens on `path` (replacing a stale socket) and forwards each command to `tx`.
-pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> Result<tokio::task::JoinHandle<()>, Error> {
+/// Listens on `path` (replacing a stale socket) and forwards each command to `tx`. The socket
+/// is root's only (0600), or root's and `group`'s (0660) when a group is named.
+pub fn serve(
+    path: &Path,
+    group: Option<&str>,
+    tx: mpsc::Sender<Request>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let listen = |source| Error::Listen {
         path: path.to_owned(),
         source,
@@ -132,7 +137,15 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> Result<tokio::task::Join
         _ => {}
     }
     let listener = UnixListener::bind(path).map_err(listen)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen)?;
+    let mode = match group {
+        None => 0o600,
+        Some(name) => {
+            let gid = gid_of(name).map_err(|e| listen(std::io::Error::other(e)))?;
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen)?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -147,6 +160,21 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Request>) -> Result<tokio::task::Join
             });
         }
     }))
+}
+
+/// The group's ID from /etc/group (the groups an operator would name live there; no NSS
+/// lookup is worth a dependency here).
+fn gid_of(name: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to find group {name:?}: {e}"))?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("group {name:?} is not in /etc/group (control.group)"))
 }
 
 async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
@@ -254,9 +282,19 @@ mod tests {
             std::env::temp_dir().join(format!("gateway-agent-control-{}", std::process::id()));
         let path = dir.join("control.sock");
         let (tx, mut rx) = mpsc::channel(1);
-        let _server = serve(&path, tx).unwrap();
+        let _server = serve(&path, None, tx).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // With a group: 0660 and that group (root's group 0 exists everywhere).
+        let (tx2, _rx2) = mpsc::channel(1);
+        let grouped = dir.join("grouped.sock");
+        let _g = serve(&grouped, Some("root"), tx2).unwrap();
+        let meta = std::fs::metadata(&grouped).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0);
+        let (tx3, _rx3) = mpsc::channel(1);
+        let err = serve(&dir.join("x.sock"), Some("no-such-group-here"), tx3).unwrap_err();
+        assert!(err.to_string().contains("not in /etc/group"), "{err}");
         tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
                 let _ = req.answer.send(match req.command {

@@ -381,8 +381,13 @@ async fn a_takeover_rides_out_throttling_and_5xx() {
     let b = f.instance("b").instance_id.clone();
     f.e.lab.terminate(&b).await.unwrap();
     f.wait_route("b", "a", Duration::from_secs(20)).await;
+    // The confirming read may itself wait out the SDK's rate limiter after the throttling.
+    let confirmed = wait_for(Duration::from_secs(10), "takeover complete", || async {
+        f.agent("a").log().contains("takeover complete").then_some(())
+    })
+    .await;
     let log_a = f.agent("a").log();
-    assert!(log_a.contains("takeover complete"), "{log_a}");
+    assert!(confirmed.is_ok(), "{log_a}");
     assert!(log_a.contains("RequestLimitExceeded"), "{log_a}");
     f.show_logs();
 }

@@ -292,7 +292,11 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         },
     };
     let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
-    let _control = match crate::control::serve(&config.control.socket, control_tx) {
+    let _control = match crate::control::serve(
+        &config.control.socket,
+        config.control.group.as_deref(),
+        control_tx,
+    ) {
         Ok(task) => Some(AbortOnDrop(task)),
         Err(e) => {
             error!(error = %e, "no control socket: `gateway-agent failback` will not reach this agent");

@@ -902,14 +902,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             "decision: pointing routes at {}", d.target
         );
         let lease_tag = [(LEASE_TAG, value.as_str())];
-        let (tagged, fresh) = tokio::join!(
-            self.ec2.create_tags(&ids, &lease_tag),
-            self.ec2.describe_route_tables(&ids)
-        );
-        if let Err(e) = tagged {
-            warn!(zone = %d.zone, error = %e, "lease tag not written; writing the routes anyway (the lease only informs)");
-        }
-        let fresh = match fresh {
+        let fresh = match self.ec2.describe_route_tables(&ids).await {
             Ok(f) => f,
             Err(e) => {
                 self.api_trouble(&e, "re-reading before a route write");
@@ -945,18 +938,18 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         };
         let (first, rest): (Vec<&failover::Write>, Vec<&failover::Write>) =
             writes.iter().copied().partition(carrying);
-        let mut results = Vec::with_capacity(writes.len());
-        for wave in [first, rest] {
-            let done = futures::future::join_all(wave.into_iter().map(|w| async move {
-                let r = match w.expect {
-                    Expect::Missing => ec2.create_route(&w.table, &w.destination, eni).await,
-                    _ => ec2.replace_route(&w.table, &w.destination, eni).await,
-                };
-                (w, r)
-            }))
-            .await;
-            results.extend(done);
+        let mut results =
+            futures::future::join_all(first.into_iter().map(|w| write_route(ec2, w, eni))).await;
+        // The lease tag goes out with the second wave: it informs operators and peers, while
+        // the carrying tables' traffic should not wait for it.
+        let (tagged, rest) = tokio::join!(
+            ec2.create_tags(&ids, &lease_tag),
+            futures::future::join_all(rest.into_iter().map(|w| write_route(ec2, w, eni)))
+        );
+        if let Err(e) = tagged {
+            warn!(zone = %d.zone, error = %e, "lease tag not written; the routes are written anyway (the lease only informs)");
         }
+        results.extend(rest);
         let mut ok = true;
         for (w, r) in results {
             match r {
@@ -1440,6 +1433,19 @@ impl<E, A> Drop for Watch<'_, E, A> {
             t.abort();
         }
     }
+}
+
+/// One route write: a create for a missing route, a replace otherwise.
+async fn write_route<'w, E: Ec2>(
+    ec2: &E,
+    w: &'w failover::Write,
+    eni: &str,
+) -> (&'w failover::Write, Result<(), CloudError>) {
+    let r = match w.expect {
+        Expect::Missing => ec2.create_route(&w.table, &w.destination, eni).await,
+        _ => ec2.replace_route(&w.table, &w.destination, eni).await,
+    };
+    (w, r)
 }
 
 /// Why the API says `eni`'s gateway cannot carry traffic, or `None` if it says it can.
