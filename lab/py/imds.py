@@ -12,6 +12,7 @@ overrides that tests set (spot notices, rebalance, scheduled events) and a fault
 import http.server
 import secrets
 import socket
+import sys
 import threading
 import time
 
@@ -149,14 +150,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(405, "Method Not Allowed")
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that hung up mid-answer (an agent exiting, a timed-out poll) is normal here;
+        # anything else is still printed.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class ImdsServer:
     """One instance's IMDS: an HTTP server on a socket already bound inside its namespace."""
 
     def __init__(self, sock, tree_fn, state):
         sock.listen(64)
-        self.httpd = http.server.ThreadingHTTPServer(
-            sock.getsockname(), _Handler, bind_and_activate=False
-        )
+        self.httpd = _Server(sock.getsockname(), _Handler, bind_and_activate=False)
         self.httpd.socket.close()
         self.httpd.socket = sock
         self.httpd.daemon_threads = True
