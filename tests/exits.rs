@@ -70,6 +70,32 @@ impl Pair {
             .count()
     }
 
+    /// What an instance refresh does to each instance: terminate it through its group, which
+    /// launches a replacement; the termination hook holds it in Terminating:Wait meanwhile.
+    async fn refresh(&self, instance: &str) {
+        self.e
+            .lab
+            .autoscaling()
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await
+            .expect("TerminateInstanceInAutoScalingGroup");
+    }
+
+    /// Whether `instance`'s termination lifecycle action was completed with CONTINUE.
+    async fn termination_continued(&self, instance: &str) -> bool {
+        let history = self.e.lab.lifecycle().await.unwrap();
+        history["history"].as_array().unwrap().iter().any(|h| {
+            h["instance_id"] == instance
+                && h["transition"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("TERMINATING"))
+                && h["result"] == "CONTINUE"
+        })
+    }
+
     fn show_logs(&self) {
         if std::env::var_os("GATEWAY_TEST_LOGS").is_some() {
             eprintln!("{}", self.logs());
@@ -199,30 +225,13 @@ async fn an_instance_refresh_loses_nothing_end_to_end() {
     let stream = p.e.lab.stream_start("a", 100).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old = p.a.0.instance_id.clone();
-    // What an instance refresh does to each instance: terminate it through the group, which
-    // launches a replacement; the termination hook holds it in Terminating:Wait for us.
-    p.e.lab
-        .autoscaling()
-        .terminate_instance_in_auto_scaling_group()
-        .instance_id(&old)
-        .should_decrement_desired_capacity(false)
-        .send()
-        .await
-        .expect("TerminateInstanceInAutoScalingGroup");
+    p.refresh(&old).await;
     let code = p.a.1.wait_exit().await;
     // Exit 0, or killed with its instance right after the hook completed.
     assert!(code == Some(0) || code.is_none(), "{code:?}\n{}", p.logs());
     let log_a = p.a.1.log();
     assert!(log_a.contains("drain complete"), "{}", p.logs());
-    let history = p.e.lab.lifecycle().await.unwrap();
-    let completed = history["history"].as_array().unwrap().iter().any(|h| {
-        h["instance_id"] == old.as_str()
-            && h["transition"]
-                .as_str()
-                .is_some_and(|t| t.contains("TERMINATING"))
-            && h["result"] == "CONTINUE"
-    });
-    assert!(completed, "{history}\n{}", p.logs());
+    assert!(p.termination_continued(&old).await, "{}", p.logs());
     // The replacement boots and reclaims from b.
     let new = wait_for(WAIT, "the replacement", || async {
         p.e.lab
@@ -291,29 +300,14 @@ async fn a_drain_with_nobody_to_take_over_keeps_the_routes_and_lets_the_hook_go(
     let mut p = pair(false, "[drain]\ntimeout_s = 5\ngrace_s = 0").await;
     let old = p.a.0.instance_id.clone();
     let writes = p.route_writes().await;
-    p.e.lab
-        .autoscaling()
-        .terminate_instance_in_auto_scaling_group()
-        .instance_id(&old)
-        .should_decrement_desired_capacity(false)
-        .send()
-        .await
-        .expect("TerminateInstanceInAutoScalingGroup");
+    p.refresh(&old).await;
     let code = p.a.1.wait_exit().await;
     assert!(code == Some(0) || code.is_none(), "{code:?}\n{}", p.logs());
     let statuses = p.a.1.notify.statuses().join(" | ");
     assert!(statuses.contains("BLOCKED"), "{statuses}");
     assert!(statuses.contains("gave up at its deadline"), "{statuses}");
     assert_eq!(p.route_writes().await, writes, "{}", p.logs());
-    let history = p.e.lab.lifecycle().await.unwrap();
-    let completed = history["history"].as_array().unwrap().iter().any(|h| {
-        h["instance_id"] == old.as_str()
-            && h["transition"]
-                .as_str()
-                .is_some_and(|t| t.contains("TERMINATING"))
-            && h["result"] == "CONTINUE"
-    });
-    assert!(completed, "{history}\n{}", p.logs());
+    assert!(p.termination_continued(&old).await, "{}", p.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -383,7 +383,10 @@ async fn a_takeover_rides_out_throttling_and_5xx() {
     f.wait_route("b", "a", Duration::from_secs(20)).await;
     // The confirming read may itself wait out the SDK's rate limiter after the throttling.
     let confirmed = wait_for(Duration::from_secs(10), "takeover complete", || async {
-        f.agent("a").log().contains("takeover complete").then_some(())
+        f.agent("a")
+            .log()
+            .contains("takeover complete")
+            .then_some(())
     })
     .await;
     let log_a = f.agent("a").log();
