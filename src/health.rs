@@ -38,6 +38,9 @@ pub struct Report {
     pub draining: bool,
     /// Zones whose routes point at this gateway's ENI.
     pub carries: Vec<String>,
+    /// `active` (its own zone), `active+holding` (and others'), `holding` (others' only),
+    /// `standby` (nothing), `draining`.
+    pub role: String,
     pub version: String,
 }
 

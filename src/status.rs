@@ -51,6 +51,17 @@ pub fn render(v: &Value) -> String {
         yes(&v["draining"]),
         yes(&v["paused"]),
     );
+    let _ = writeln!(
+        out,
+        "role: {} | ASG lifecycle: {}{}",
+        s(&v["role"]),
+        s(&v["lifecycle_state"]),
+        if v["dry_run"].as_bool() == Some(true) {
+            " | DRY-RUN: changes nothing"
+        } else {
+            ""
+        }
+    );
     let carries: Vec<String> = v["carries"]
         .as_array()
         .map(|a| a.iter().map(s).collect())
@@ -204,7 +215,7 @@ mod tests {
         let v = serde_json::json!({
             "instance_id": "i-a", "zone": "us-east-1a", "eni": "eni-a",
             "self_check": {"healthy": true, "detail": "passing", "for_s": 12},
-            "draining": false, "paused": false,
+            "draining": false, "paused": false, "role": "active+holding", "lifecycle_state": "InService",
             "carries": ["us-east-1a", "us-east-1b"],
             "zones": [
                 {"zone": "us-east-1b", "carrier": "eni-a", "carrier_zone": "us-east-1a",
@@ -227,6 +238,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("rtb-b"), "{text}");
+        assert!(
+            text.contains("role: active+holding | ASG lifecycle: InService"),
+            "{text}"
+        );
         // Whatever the agent sends, rendering never panics.
         let _ = render(&serde_json::json!({}));
         let _ = render(&serde_json::json!([1, 2]));

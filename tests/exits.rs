@@ -329,11 +329,15 @@ async fn a_demoted_gateway_can_ask_its_group_for_a_replacement() {
     })
     .await;
     assert!(replaced.is_ok(), "{}", p.logs());
-    assert!(
-        p.a.1.log().contains("SetInstanceHealth Unhealthy"),
-        "{}",
-        p.logs()
-    );
+    // The group may act before the agent has logged the answer to its call.
+    let said = wait_for(Duration::from_secs(5), "the agent's log line", || async {
+        p.a.1
+            .log()
+            .contains("SetInstanceHealth Unhealthy")
+            .then_some(())
+    })
+    .await;
+    assert!(said.is_ok(), "{}", p.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -172,6 +172,8 @@ async fn status_metrics_and_hook_tell_the_story_of_a_takeover() {
     let (code, json, _) = t.cli(&["status", "--json"]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(json.trim()).expect("status --json is JSON");
+    assert_eq!(v["role"], "active+holding", "{v}");
+    assert_eq!(v["lifecycle_state"], "InService", "{v}");
     let zone_b = v["zones"]
         .as_array()
         .unwrap()

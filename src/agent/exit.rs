@@ -23,11 +23,15 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(20);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Polls IMDS every `poll` and sends each kind of planned exit once, when it appears.
+/// The latest `autoscaling/target-lifecycle-state` IMDS gave (for `gateway-agent status`).
+pub type LifecycleState = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 pub fn watch_imds(
     client: imds::Client,
     poll: Duration,
     maintenance_lead: Duration,
     tx: mpsc::Sender<Exit>,
+    state: LifecycleState,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = interval(poll);
@@ -42,6 +46,10 @@ pub fn watch_imds(
                 client.get(REBALANCE),
                 client.get(MAINTENANCE)
             );
+            if let Ok(seen) = &lifecycle {
+                *state.lock().unwrap_or_else(|e| e.into_inner()) =
+                    seen.as_ref().map(|t| t.trim().to_owned());
+            }
             let lead = i64::try_from(maintenance_lead.as_secs()).unwrap_or(i64::MAX);
             let mut found = Vec::new();
             let mut errors = Vec::new();

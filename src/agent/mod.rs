@@ -310,6 +310,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             config.drain.imds_poll(),
             Duration::from_secs(config.drain.maintenance_lead_s),
             exit_tx,
+            watch.lifecycle_state(),
         ))),
         Err(e) => {
             error!(error = %e, "cannot watch IMDS for planned exits; only a stop signal drains");

@@ -144,6 +144,8 @@ pub struct Watch<'a, E, A> {
     draining: bool,
     /// SetInstanceHealth Unhealthy was sent (`drain.set_unhealthy`).
     reported_unhealthy: bool,
+    /// The ASG lifecycle state IMDS last gave (kept current by the planned-exit watcher).
+    lifecycle: super::exit::LifecycleState,
     /// `gateway-agent pause`: decide, log, write nothing.
     paused: bool,
     /// Decisions skipped while paused, logged once each.
@@ -182,6 +184,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             eni: own.eni.clone(),
             healthy: true,
             draining: false,
+            role: "active".into(),
             carries: vec![own.zone.clone()],
             version: env!("CARGO_PKG_VERSION").to_owned(),
         });
@@ -220,6 +223,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             deciding: BTreeMap::new(),
             draining: false,
             reported_unhealthy: false,
+            lifecycle: std::sync::Arc::default(),
             paused: false,
             paused_logged: std::collections::BTreeSet::new(),
             history: std::collections::VecDeque::new(),
@@ -1078,6 +1082,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .map(|(z, _)| z)
             .collect();
         let draining = self.draining;
+        let role = self.role();
         metrics::set("gateway_agent_zones_carried", &[], carries.len() as f64);
         metrics::set(
             "gateway_agent_draining",
@@ -1092,8 +1097,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .count();
         metrics::set("gateway_agent_routes_held", &[], held as f64);
         self.report.send_if_modified(|r| {
-            let changed =
-                r.healthy != own.healthy || r.carries != carries || r.draining != draining;
+            let changed = r.healthy != own.healthy
+                || r.carries != carries
+                || r.draining != draining
+                || r.role != role;
+            r.role = role.to_owned();
             r.healthy = own.healthy;
             r.draining = draining;
             r.carries.clone_from(&carries);
@@ -1353,6 +1361,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             "self_check": { "healthy": own.healthy, "detail": own.detail, "for_s": now.saturating_duration_since(own.since).as_secs() },
             "draining": self.draining,
             "paused": self.paused,
+            "dry_run": self.config.dry_run,
+            "lifecycle_state": self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            "role": self.role(),
             "carries": self.carried(),
             "zones": zones,
             "peers": peers,
@@ -1382,9 +1393,28 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
     }
 
+    /// Where the planned-exit watcher keeps the ASG lifecycle state for `status`.
+    pub fn lifecycle_state(&self) -> super::exit::LifecycleState {
+        std::sync::Arc::clone(&self.lifecycle)
+    }
+
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
         self.publish();
+    }
+
+    /// What this gateway is doing for its group, in a word (on /health and in `status`).
+    fn role(&self) -> &'static str {
+        let carried = self.carried();
+        let own = carried.contains(&self.own.zone);
+        let others = carried.iter().any(|z| *z != self.own.zone);
+        match (self.draining, own, others) {
+            (true, ..) => "draining",
+            (false, true, false) => "active",
+            (false, true, true) => "active+holding",
+            (false, false, true) => "holding",
+            (false, false, false) => "standby",
+        }
     }
 
     /// Zones whose routes (most of them) point at this gateway, as last read.
