@@ -1075,14 +1075,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let carries: Vec<String> = self
-            .by_zone(&self.tables)
-            .into_iter()
-            .filter(|(_, ts)| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()))
-            .map(|(z, _)| z)
-            .collect();
+        let carries = self.carried();
         let draining = self.draining;
-        let role = self.role();
+        let role = self.role(&carries);
         metrics::set("gateway_agent_zones_carried", &[], carries.len() as f64);
         metrics::set(
             "gateway_agent_draining",
@@ -1136,10 +1131,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 self.cycle().await;
                 self.failback_requested = false;
                 let own = self.own.zone.clone();
-                let carried = self
-                    .by_zone(&self.tables)
-                    .get(&own)
-                    .is_some_and(|ts| self.carrier(ts).as_deref() == Some(self.own.eni.as_str()));
+                let carried = self.carried().contains(&own);
                 if carried {
                     Ok(format!(
                         "{own} is carried by {} (this gateway)",
@@ -1363,7 +1355,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             "paused": self.paused,
             "dry_run": self.config.dry_run,
             "lifecycle_state": self.lifecycle.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            "role": self.role(),
+            "role": self.role(&self.carried()),
             "carries": self.carried(),
             "zones": zones,
             "peers": peers,
@@ -1404,8 +1396,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     }
 
     /// What this gateway is doing for its group, in a word (on /health and in `status`).
-    fn role(&self) -> &'static str {
-        let carried = self.carried();
+    fn role(&self, carried: &[String]) -> &'static str {
         let own = carried.contains(&self.own.zone);
         let others = carried.iter().any(|z| *z != self.own.zone);
         match (self.draining, own, others) {
@@ -1417,7 +1408,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
     }
 
-    /// Zones whose routes (most of them) point at this gateway, as last read.
+    /// Zones with any managed route pointing at this gateway, as last read: what /health,
+    /// status, metrics and a drain (done only when this is empty) all count.
     pub fn carried(&self) -> Vec<String> {
         self.by_zone(&self.tables)
             .into_iter()
