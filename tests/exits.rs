@@ -17,13 +17,11 @@ struct Pair {
 /// Both zones' gateways with agents (or only a's when `with_b` is false); `extra` for both.
 async fn pair(with_b: bool, extra: &str) -> Pair {
     let e = env(ScenarioOptions::default()).await;
-    let dir = e.lab.info.run_dir.clone();
-    let cfg = |name: &str| format!("{extra}\n[control]\nsocket = \"{dir}/{name}.sock\"\n");
     let inst_a = e.instance("a").await;
     let inst_b = e.instance("b").await;
-    let agent_a = e.start_agent(&inst_a, "agent-a", &cfg("agent-a"));
+    let agent_a = e.start_agent_sock(&inst_a, "agent-a", extra);
     let b = with_b.then(|| {
-        let agent = e.start_agent(&inst_b, "agent-b", &cfg("agent-b"));
+        let agent = e.start_agent_sock(&inst_b, "agent-b", extra);
         (inst_b, agent)
     });
     agent_a.wait_ready().await;
@@ -59,15 +57,6 @@ impl Pair {
         })
         .await;
         assert!(ok.is_ok(), "{zone} not via {via}\n{}", self.logs());
-    }
-
-    async fn route_writes(&self) -> usize {
-        self.e
-            .api_calls()
-            .await
-            .iter()
-            .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute" || *c == "DeleteRoute")
-            .count()
     }
 
     /// What an instance refresh does to each instance: terminate it through its group, which
@@ -153,7 +142,7 @@ async fn sigterm_with_the_restart_marker_moves_nothing() {
     )
     .await;
     std::fs::write(&marker, "").unwrap();
-    let writes = p.route_writes().await;
+    let writes = p.e.route_writes().await;
     sigterm(&p.a.1);
     assert_eq!(p.a.1.wait_exit().await, Some(0), "{}", p.logs());
     assert!(
@@ -162,19 +151,15 @@ async fn sigterm_with_the_restart_marker_moves_nothing() {
         p.logs()
     );
     // The upgraded agent starts, adopts, removes the marker: not one route write in all that.
-    let again = p.e.start_agent(
+    let again = p.e.start_agent_sock(
         &p.a.0,
         "agent-a2",
-        &format!(
-            "[drain]\nrestart_marker = \"{}\"\n[control]\nsocket = \"{}/a2.sock\"",
-            marker.display(),
-            p.e.lab.info.run_dir
-        ),
+        &format!("[drain]\nrestart_marker = \"{}\"", marker.display()),
     );
     again.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        p.route_writes().await,
+        p.e.route_writes().await,
         writes,
         "{}\n{}",
         p.logs(),
@@ -242,11 +227,7 @@ async fn an_instance_refresh_loses_nothing_end_to_end() {
     })
     .await
     .unwrap();
-    let agent = p.e.start_agent(
-        &new,
-        "agent-a2",
-        &format!("[control]\nsocket = \"{}/a2.sock\"", p.e.lab.info.run_dir),
-    );
+    let agent = p.e.start_agent_sock(&new, "agent-a2", "");
     agent.wait_ready().await;
     p.wait_route("a", "a", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -271,7 +252,7 @@ async fn a_gateway_whose_uplink_fails_steps_aside_and_comes_back_after_the_hold_
     )
     .await;
     let primary = p.a.0.private_ip.clone().expect("a's primary address");
-    let writes = p.route_writes().await;
+    let writes = p.e.route_writes().await;
     p.e.lab.partition(&primary, INTERNET_HOST).await.unwrap();
     p.wait_route("a", "b", Duration::from_secs(10)).await;
     assert!(
@@ -282,7 +263,7 @@ async fn a_gateway_whose_uplink_fails_steps_aside_and_comes_back_after_the_hold_
     // While it stays sick, nothing moves back.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(p.route_is("a", "b").await);
-    assert_eq!(p.route_writes().await, writes + 1, "{}", p.logs());
+    assert_eq!(p.e.route_writes().await, writes + 1, "{}", p.logs());
     p.e.lab.heal(&primary, INTERNET_HOST).await.unwrap();
     // Not before the hold-down...
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -290,7 +271,7 @@ async fn a_gateway_whose_uplink_fails_steps_aside_and_comes_back_after_the_hold_
     // ...then once.
     p.wait_route("a", "a", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(p.route_writes().await, writes + 2, "{}", p.logs());
+    assert_eq!(p.e.route_writes().await, writes + 2, "{}", p.logs());
     p.show_logs();
 }
 
@@ -299,14 +280,14 @@ async fn a_drain_with_nobody_to_take_over_keeps_the_routes_and_lets_the_hook_go(
     // b's instance runs no agent: nobody is eligible.
     let mut p = pair(false, "[drain]\ntimeout_s = 5\ngrace_s = 0").await;
     let old = p.a.0.instance_id.clone();
-    let writes = p.route_writes().await;
+    let writes = p.e.route_writes().await;
     p.refresh(&old).await;
     let code = p.a.1.wait_exit().await;
     assert!(code == Some(0) || code.is_none(), "{code:?}\n{}", p.logs());
     let statuses = p.a.1.notify.statuses().join(" | ");
     assert!(statuses.contains("BLOCKED"), "{statuses}");
     assert!(statuses.contains("gave up at its deadline"), "{statuses}");
-    assert_eq!(p.route_writes().await, writes, "{}", p.logs());
+    assert_eq!(p.e.route_writes().await, writes, "{}", p.logs());
     assert!(p.termination_continued(&old).await, "{}", p.logs());
 }
 

@@ -22,7 +22,7 @@ impl Fleet {
         let mut agents = Vec::new();
         for z in zones {
             let inst = e.instance(z).await;
-            let agent = e.start_agent(&inst, &format!("agent-{z}"), &with_socket(&e, z, extra));
+            let agent = e.start_agent_sock(&inst, &format!("agent-{z}"), extra);
             agents.push(((*z).to_owned(), inst, agent));
         }
         for (_, _, agent) in &agents {
@@ -73,35 +73,13 @@ impl Fleet {
             );
         }
     }
-
-    /// The route writes (ReplaceRoute/CreateRoute) the API saw so far.
-    async fn route_writes(&self) -> usize {
-        self.e
-            .api_calls()
-            .await
-            .iter()
-            .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
-            .count()
-    }
-}
-
-/// Each agent gets its own control socket in the lab's run directory.
-fn with_socket(e: &Env, name: &str, extra: &str) -> String {
-    format!(
-        "{extra}\n[control]\nsocket = \"{}\"\n",
-        socket(e, name).display()
-    )
-}
-
-fn socket(e: &Env, name: &str) -> PathBuf {
-    PathBuf::from(&e.lab.info.run_dir).join(format!("agent-{name}.sock"))
 }
 
 /// `gateway-agent failback` as an operator runs it: (exit code, stdout + stderr).
 fn failback_cli(e: &Env, name: &str) -> (i32, String) {
     let out = std::process::Command::new(AGENT)
         .args(["failback", "--socket"])
-        .arg(socket(e, name))
+        .arg(e.socket_path(name))
         .output()
         .expect("run gateway-agent failback");
     (
@@ -149,16 +127,15 @@ async fn terminated_peer_is_taken_over_and_handed_back_when_replaced() {
     })
     .await
     .unwrap();
-    let agent =
-        f.e.start_agent(&new_b, "agent-b2", &with_socket(&f.e, "b2", ""));
+    let agent = f.e.start_agent_sock(&new_b, "agent-b2", "");
     agent.wait_ready().await;
     f.wait_route("b", "b", Duration::from_secs(5)).await;
     f.agents.push(("b2".into(), new_b, agent));
-    let before = f.route_writes().await;
+    let before = f.e.route_writes().await;
     steady(4).await;
     let after = f.e.lab.stream_stop(stream).await.unwrap();
     // Nobody fights over it afterwards.
-    assert_eq!(f.route_writes().await, before, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, before, "{}", f.logs());
     f.wait_route("b", "b", Duration::from_secs(1)).await;
     let log_a = f.agent("a").log();
     assert!(log_a.contains("zone handed back"), "{log_a}");
@@ -180,14 +157,14 @@ async fn hung_peer_is_taken_only_after_its_lease_lapses_and_fails_back_after_the
     assert!(!log_a.contains("shutting-down"), "{log_a}");
 
     // b comes back without a reboot: it takes its zone back after the hold-down, once.
-    let writes = f.route_writes().await;
+    let writes = f.e.route_writes().await;
     f.e.lab.unhang(&b).await.unwrap();
     steady(2).await;
     f.wait_route("b", "a", Duration::from_secs(1)).await;
     f.wait_route("b", "b", Duration::from_secs(10)).await;
     steady(3).await;
     f.wait_route("b", "b", Duration::from_secs(1)).await;
-    assert_eq!(f.route_writes().await, writes + 1, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, writes + 1, "{}", f.logs());
     let log_b = f.agent("b").log();
     assert!(log_b.contains("failback complete"), "{log_b}");
     f.show_logs();
@@ -198,13 +175,13 @@ async fn a_dead_agent_on_a_forwarding_gateway_is_not_taken_over() {
     let mut f = Fleet::start(&["a", "b"], "").await;
     steady(2).await;
     let stream = f.e.lab.stream_start("b", 100).await.unwrap();
-    let writes = f.route_writes().await;
+    let writes = f.e.route_writes().await;
     let agent_b = &mut f.agents.iter_mut().find(|(z, ..)| z == "b").unwrap().2;
     agent_b.child.kill().await.unwrap();
     // Well past ICMP fall and the lease ttl: b's lease is stale, but its kernel forwards.
     steady(6).await;
     let report = f.e.lab.stream_stop(stream).await.unwrap();
-    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, writes, "{}", f.logs());
     f.wait_route("b", "b", Duration::from_secs(1)).await;
     assert_eq!(report.lost, 0, "{report:?}");
     f.show_logs();
@@ -214,7 +191,7 @@ async fn a_dead_agent_on_a_forwarding_gateway_is_not_taken_over() {
 async fn a_partition_between_healthy_gateways_moves_nothing() {
     let f = Fleet::start(&["a", "b"], "").await;
     steady(2).await;
-    let writes = f.route_writes().await;
+    let writes = f.e.route_writes().await;
     let (ip_a, ip_b) = (
         f.e.sc.zone("a").eni_ip.clone(),
         f.e.sc.zone("b").eni_ip.clone(),
@@ -227,10 +204,10 @@ async fn a_partition_between_healthy_gateways_moves_nothing() {
         "the partition did not bite:\n{log_a}"
     );
     assert!(log_a.contains("a partition, not a death"), "{log_a}");
-    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, writes, "{}", f.logs());
     f.e.lab.heal(&ip_a, &ip_b).await.unwrap();
     steady(2).await;
-    assert_eq!(f.route_writes().await, writes, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, writes, "{}", f.logs());
     f.wait_route("a", "a", Duration::from_secs(1)).await;
     f.wait_route("b", "b", Duration::from_secs(1)).await;
     f.show_logs();
@@ -240,14 +217,14 @@ async fn a_partition_between_healthy_gateways_moves_nothing() {
 async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both() {
     let f = Fleet::start(&["a", "b", "c"], "").await;
     steady(2).await;
-    let writes = f.route_writes().await;
+    let writes = f.e.route_writes().await;
     let c = f.instance("c").instance_id.clone();
     f.e.lab.terminate(&c).await.unwrap();
     // Ring a → b → c → a: c's successor is a.
     f.wait_route("c", "a", Duration::from_secs(10)).await;
     steady(3).await;
     assert_eq!(
-        f.route_writes().await,
+        f.e.route_writes().await,
         writes + 1,
         "one writer, one write\n{}",
         f.logs()
@@ -259,7 +236,7 @@ async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both(
     f.wait_route("a", "b", Duration::from_secs(10)).await;
     f.wait_route("c", "b", Duration::from_secs(10)).await;
     steady(3).await;
-    assert_eq!(f.route_writes().await, writes + 3, "{}", f.logs());
+    assert_eq!(f.e.route_writes().await, writes + 3, "{}", f.logs());
     f.show_logs();
 }
 
@@ -286,12 +263,12 @@ async fn manual_failback_waits_for_the_operator() {
     // The wrong zone is refused; the right command brings it back at once.
     let out = std::process::Command::new(AGENT)
         .args(["failback", "--zone", "us-east-1a", "--socket"])
-        .arg(socket(&f.e, "b"))
+        .arg(f.e.socket_path("agent-b"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not this gateway's zone"));
-    let (code, text) = failback_cli(&f.e, "b");
+    let (code, text) = failback_cli(&f.e, "agent-b");
     assert_eq!(code, 0, "{text}\n{}", f.logs());
     assert!(text.contains("carried by"), "{text}");
     f.wait_route("b", "b", Duration::from_secs(1)).await;

@@ -22,17 +22,9 @@ async fn two(extra_a: &str) -> Two {
     let e = env(ScenarioOptions::default()).await;
     let dir = e.lab.info.run_dir.clone();
     let (ia, ib) = (e.instance("a").await, e.instance("b").await);
-    let sock_a = PathBuf::from(format!("{dir}/a.sock"));
-    let agent_a = e.start_agent(
-        &ia,
-        "agent-a",
-        &format!("{extra_a}\n[control]\nsocket = \"{}\"\n", sock_a.display()),
-    );
-    let agent_b = e.start_agent(
-        &ib,
-        "agent-b",
-        &format!("[control]\nsocket = \"{dir}/b.sock\"\n"),
-    );
+    let sock_a = e.socket_path("agent-a");
+    let agent_a = e.start_agent_sock(&ia, "agent-a", extra_a);
+    let agent_b = e.start_agent_sock(&ib, "agent-b", "");
     agent_a.wait_ready().await;
     agent_b.wait_ready().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -351,16 +343,11 @@ async fn mutating_calls(e: &Env) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn dry_run_decides_and_logs_but_changes_nothing() {
     let e = env(ScenarioOptions::default()).await;
-    let dir = e.lab.info.run_dir.clone();
     // b was a real gateway and died; a's fresh instance runs the agent in dry-run: its ENI is
     // free and both zones' routes are black holes, so a real agent would attach, configure,
     // reclaim a's zone and take b's. Nobody else runs an agent: every write would be a's.
     let ib = e.instance("b").await;
-    let mut agent_b = e.start_agent(
-        &ib,
-        "agent-b",
-        &format!("[control]\nsocket = \"{dir}/b.sock\""),
-    );
+    let mut agent_b = e.start_agent_sock(&ib, "agent-b", "");
     agent_b.wait_ready().await;
     e.lab.terminate(&ib.instance_id).await.unwrap();
     let _ = agent_b.wait_exit().await;
@@ -371,7 +358,10 @@ async fn dry_run_decides_and_logs_but_changes_nothing() {
     let agent_a = e.start_agent_with(
         &ia,
         "agent-a",
-        &format!("[control]\nsocket = \"{dir}/a.sock\""),
+        &format!(
+            "[control]\nsocket = \"{}\"",
+            e.socket_path("agent-a").display()
+        ),
         &["--dry-run"],
     );
     agent_a.wait_ready().await;

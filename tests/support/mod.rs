@@ -190,23 +190,28 @@ impl Env {
         }
     }
 
-    /// The agent with its own control socket `<run dir>/<name>.sock` (agents side by side in
-    /// one lab must not share one).
+    /// Where the agent started as `name` by [`Self::start_agent_sock`] listens for commands.
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        PathBuf::from(&self.lab.info.run_dir).join(format!("{name}.sock"))
+    }
+
+    /// The agent with its own control socket ([`Self::socket_path`]): agents side by side in
+    /// one lab must not share one.
     pub fn start_agent_sock(&self, inst: &Instance, name: &str, extra: &str) -> Agent {
-        let dir = &self.lab.info.run_dir;
+        let socket = self.socket_path(name);
         self.start_agent(
             inst,
             name,
-            &format!("{extra}\n[control]\nsocket = \"{dir}/{name}.sock\"\n"),
+            &format!("{extra}\n[control]\nsocket = \"{}\"\n", socket.display()),
         )
     }
 
-    /// Route writes (ReplaceRoute, CreateRoute) the API has seen so far.
+    /// Route writes (ReplaceRoute, CreateRoute, DeleteRoute) the API has seen so far.
     pub async fn route_writes(&self) -> usize {
         self.api_calls()
             .await
             .iter()
-            .filter(|c| *c == "ReplaceRoute" || *c == "CreateRoute")
+            .filter(|c| matches!(c.as_str(), "ReplaceRoute" | "CreateRoute" | "DeleteRoute"))
             .count()
     }
 
