@@ -51,15 +51,23 @@ pub async fn serve(
     report: watch::Receiver<Report>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let sock = SocketAddr::from((addr, port));
-    crate::http::serve(sock, move |path| match path {
+    let listener = tokio::net::TcpListener::bind(sock)
+        .await
+        .map_err(|source| Error::Bind { addr: sock, source })?;
+    Ok(serve_on(listener, report))
+}
+
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    report: watch::Receiver<Report>,
+) -> tokio::task::JoinHandle<()> {
+    crate::http::serve_on(listener, move |path| match path {
         "/health" => {
             let body = serde_json::to_string(&*report.borrow()).unwrap_or_else(|_| "{}".into());
             crate::http::Response::json(body)
         }
         _ => crate::http::Response::not_found(),
     })
-    .await
-    .map_err(|source| Error::Bind { addr: sock, source })
 }
 
 /// Asks peers' `/health`, from the ENI address like every peer probe.
@@ -110,12 +118,11 @@ mod tests {
             healthy: true,
             ..Report::default()
         });
-        // Port 0 is refused by config validation; tests pick a free one the same way.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let _server = serve(Ipv4Addr::LOCALHOST, port, rx).await.unwrap();
+        // Bound once and kept: a port chosen, released and bound again can be taken meanwhile
+        // by another test's client socket.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _server = serve_on(listener, rx);
         let client = Client::new(Ipv4Addr::LOCALHOST, port, Duration::from_secs(2)).unwrap();
         let r = client.fetch(Ipv4Addr::LOCALHOST).await.unwrap();
         assert!(r.healthy && !r.draining);

@@ -54,9 +54,20 @@ pub async fn serve<H>(addr: SocketAddr, handler: H) -> std::io::Result<tokio::ta
 where
     H: Fn(&str) -> Response + Send + Sync + 'static,
 {
-    let listener = TcpListener::bind(addr).await?;
+    Ok(serve_on(TcpListener::bind(addr).await?, handler))
+}
+
+/// As [`serve`], on a listener bound already (tests bind port 0 and keep it, so no other
+/// socket can take the port between choosing and binding it).
+pub fn serve_on<H>(listener: TcpListener, handler: H) -> tokio::task::JoinHandle<()>
+where
+    H: Fn(&str) -> Response + Send + Sync + 'static,
+{
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let handler = Arc::new(handler);
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, peer)) => {
@@ -73,7 +84,7 @@ where
                 }
             }
         }
-    }))
+    })
 }
 
 async fn answer<H: Fn(&str) -> Response>(
