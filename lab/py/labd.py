@@ -19,6 +19,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -97,6 +98,7 @@ class Lab:
             time.sleep(fault["latency_ms"] / 1000.0)
         if fault and fault["kind"] in ("throttle", "5xx"):
             return self._fault_response(start_response, service, fault)
+        stuck = fault["kind"][len("stuck-"):] if fault and fault["kind"].startswith("stuck-") else None
 
         with self.lock:
             captured = {}
@@ -105,6 +107,8 @@ class Lab:
                 captured["status"], captured["headers"] = status, headers
 
             chunks = b"".join(self.moto(environ, capture))
+            if stuck and action == "DescribeNetworkInterfaces":
+                chunks = _stuck(chunks, stuck)
             if environ.get("PATH_INFO", "").startswith("/moto-api/reset"):
                 self._after_reset()
             elif (action.startswith(MUTATING_PREFIXES) and captured["status"].startswith("200")
@@ -125,6 +129,8 @@ class Lab:
                 "at": done_at, "action": action, "table": first("RouteTableId"),
                 "destination": first("DestinationCidrBlock", "DestinationIpv6CidrBlock"),
                 "target": first("NetworkInterfaceId", "GatewayId", "InstanceId"),
+                # Who wrote it: an instance's primary address, or 127.0.0.1 for the host.
+                "source": environ.get("REMOTE_ADDR"),
             })
             del self.route_changes[:-20000]
         start_response(captured["status"], captured["headers"])
@@ -229,8 +235,8 @@ class Lab:
                 if method == "PUT":
                     fault = {"kind": body["kind"], "count": body.get("count"),
                              "latency_ms": body.get("latency_ms", 0), "status": body.get("status")}
-                    if fault["kind"] not in ("throttle", "5xx", "latency"):
-                        raise ValueError("kind must be throttle, 5xx or latency")
+                    if fault["kind"] not in FAULT_KINDS:
+                        raise ValueError("kind must be one of " + ", ".join(FAULT_KINDS))
                     self.faults[body.get("action") or "*"] = fault
                 elif method == "DELETE":
                     self.faults.clear()
@@ -376,6 +382,8 @@ class Lab:
             if method == "PUT":
                 for path, value in (body.get("set") or {}).items():
                     state.overrides[path.strip("/")] = value
+                if body.get("expire_tokens"):
+                    state.tokens.clear()
                 if "fault" in body:
                     state.fault = {"mode": body["fault"].get("mode", "ok"),
                                    "delay_ms": body["fault"].get("delay_ms", 0)}
@@ -407,6 +415,18 @@ class Lab:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         log("down")
         os._exit(0)
+
+
+FAULT_KINDS = ("throttle", "5xx", "latency", "stuck-attaching", "stuck-detaching")
+
+
+def _stuck(body, status):
+    """An ENI attachment that EC2 never finishes: in a DescribeNetworkInterfaces answer, every
+    attached ENI and its attachment read `status` (`attaching` or `detaching`), while moto
+    itself finished the call. Unattached ENIs stay `available`."""
+    text = body.decode()
+    text = re.sub(r"<status>(in-use|attached)</status>", f"<status>{status}</status>", text)
+    return text.encode()
 
 
 def serve(app, sock):

@@ -209,13 +209,19 @@ pub struct RouteChange {
     pub destination: Option<String>,
     /// The ENI, gateway or instance the route now points at.
     pub target: Option<String>,
+    /// The writer's address: an instance's primary private IP (agents call the API from their
+    /// uplink), or 127.0.0.1 for the lab and tests.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// An API fault to inject: per action (or every action), a number of times or until cleared.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
     pub action: Option<String>,
-    /// `throttle` (RequestLimitExceeded / Throttling), `5xx` (503, or 500 with status) or `latency`.
+    /// `throttle` (RequestLimitExceeded / Throttling), `5xx` (503, or 500 with status),
+    /// `latency`, or `stuck-attaching` / `stuck-detaching` (on DescribeNetworkInterfaces: every
+    /// attached ENI reads that status, as an attachment EC2 never finishes).
     pub kind: String,
     pub count: Option<u32>,
     pub latency_ms: u64,
@@ -496,6 +502,17 @@ impl Lab {
             "PUT",
             &format!("instances/{instance}/imds"),
             Some(json!({ "fault": { "mode": mode, "delay_ms": delay_ms } })),
+        )
+        .await
+        .map(drop)
+    }
+    /// Forget every IMDS session token of the instance, as when one expires or IMDS restarts:
+    /// the next request with a cached token gets 401.
+    pub async fn imds_expire_tokens(&self, instance: &str) -> Result<()> {
+        self.call(
+            "PUT",
+            &format!("instances/{instance}/imds"),
+            Some(json!({ "expire_tokens": true })),
         )
         .await
         .map(drop)
