@@ -84,6 +84,17 @@ pub fn spot(text: &str) -> Option<Exit> {
     })
 }
 
+/// Whether an answer of a notice path reads as IMDS writes them: a JSON document (spot,
+/// rebalance, maintenance) or one state word such as `InService` or `Warmed:Pending`
+/// (target-lifecycle-state).
+pub fn well_formed(text: &str) -> bool {
+    let text = text.trim();
+    let word = !text.is_empty()
+        && text.len() <= 64
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == ':');
+    word || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
 /// `events/recommendations/rebalance`: no deadline, the instance is merely at risk.
 pub fn rebalance(text: &str) -> Option<Exit> {
     let text = text.trim();
@@ -261,6 +272,9 @@ mod tests {
         assert_eq!((s.kind, s.at_unix), (Kind::Spot, None));
         assert!(s.reason.contains("unreadable"));
         assert_eq!(spot("  "), None);
+        assert!(well_formed("InService") && well_formed("Warmed:Pending\n"));
+        assert!(well_formed(r#"{"action": "stop", "time": "x"}"#) && well_formed("[]"));
+        assert!(!well_formed("garbage!") && !well_formed("\u{1b}\u{fffd}") && !well_formed(""));
         assert_eq!(
             rebalance(r#"{"noticeTime": "2026-11-25T10:00:00Z"}"#)
                 .unwrap()

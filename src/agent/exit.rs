@@ -53,16 +53,40 @@ pub fn watch_imds(
             let lead = i64::try_from(maintenance_lead.as_secs()).unwrap_or(i64::MAX);
             let mut found = Vec::new();
             let mut errors = Vec::new();
+            // An unreadable notice is acted on only while IMDS's other answers read well: then
+            // the notice is real and merely in a format we do not know. When several paths
+            // answer malformed text at once, IMDS (or something in front of it) is broken, and
+            // leaving on its word would take a healthy gateway out of service for nothing.
+            let mut malformed = 0;
+            let mut unreadable = Vec::new();
             for (result, parse) in [
                 (lifecycle, events::lifecycle as fn(&str) -> Option<Exit>),
                 (spot, events::spot),
                 (rebalance, events::rebalance),
             ] {
                 match result {
-                    Ok(Some(text)) => found.extend(parse(&text)),
+                    Ok(Some(text)) => {
+                        let exit = parse(&text);
+                        if !events::well_formed(&text) {
+                            malformed += 1;
+                            unreadable.extend(exit.as_ref().map(|e| e.kind));
+                        }
+                        found.extend(exit);
+                    }
                     Ok(None) => {}
                     Err(e) => errors.push(e.to_string()),
                 }
+            }
+            if let Ok(Some(text)) = &maintenance
+                && !events::well_formed(text)
+            {
+                malformed += 1;
+            }
+            if malformed > 1 && !unreadable.is_empty() {
+                found.retain(|e| !unreadable.contains(&e.kind));
+                errors.push(format!(
+                    "{malformed} notice paths answer malformed text: not leaving on an unreadable notice"
+                ));
             }
             match maintenance {
                 Ok(Some(text)) => match events::maintenance(&text, unix_now(), lead) {
