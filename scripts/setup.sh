@@ -16,8 +16,9 @@ fi
 
 # Debian packages: iproute2 (ip netns/veth), Python with venv for moto, a C toolchain for the
 # crates that build C (aws-lc-sys), procps for ps in the lab tests, iputils-ping for the
-# nat_monitor.sh baseline of `gwlab bench-failover`.
-debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping)
+# nat_monitor.sh baseline of `gwlab bench-failover`, faketime (libfaketime) for the fault
+# matrix's wall-clock jumps.
+debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping faketime)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -156,6 +156,21 @@ impl Env {
         extra: &str,
         run_args: &[&str],
     ) -> Agent {
+        self.start_agent_env(inst, name, extra, run_args, &[], &[])
+    }
+
+    /// Like [`Self::start_agent_with`], with extra environment variables (e.g. LD_PRELOAD)
+    /// and a command the agent runs under (`wrap`, e.g. setpriv). `GATEWAY_AGENT_BIN` runs
+    /// another build of the agent (the soak uses the release one).
+    pub fn start_agent_env(
+        &self,
+        inst: &Instance,
+        name: &str,
+        extra: &str,
+        run_args: &[&str],
+        envs: &[(&str, &str)],
+        wrap: &[&str],
+    ) -> Agent {
         let dir = &self.lab.info.run_dir;
         let config = format!("{dir}/{name}.toml");
         std::fs::write(
@@ -173,10 +188,14 @@ impl Env {
             .ns
             .as_deref()
             .expect("a running instance has a namespace");
+        let bin = std::env::var("GATEWAY_AGENT_BIN").unwrap_or_else(|_| AGENT.to_owned());
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, AGENT, "run", "--config", &config])
+        cmd.args(["netns", "exec", ns])
+            .args(wrap)
+            .args([bin.as_str(), "run", "--config", &config])
             .args(run_args)
             .envs(Lab::instance_env())
+            .envs(envs.iter().copied())
             .env("NOTIFY_SOCKET", &notify.path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
