@@ -209,9 +209,12 @@ in_root() {
     shift
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 chroot "$root" "$@"
 }
-# Every file except the package databases, logs and caches that any install legitimately changes.
+# Every file except the package databases, logs and caches that any install legitimately changes,
+# and the account databases' backups (passwd-, group-, shadow-, gshadow-) that adding the
+# service's system user writes: the user itself stays on purge, as Debian does with system users.
 snapshot() {
     (cd "$1" && find . -xdev \
+        -path './etc/*-' -prune -o -path ./etc/.pwd.lock -prune -o \
         -path ./var/lib/dpkg -prune -o -path ./var/lib/rpm -prune -o -path ./var/log -prune -o \
         -path ./var/cache -prune -o -path ./tmp -prune -o -path ./usr/lib/sysimage/rpm -prune -o \
         -path ./var/lib/systemd/deb-systemd-helper-enabled -prune -o \
@@ -298,6 +301,8 @@ done
 in_root "$R" dpkg-query -W -f="$CONFFILES_FMT" gateway-agent | grep -q /etc/gateway-agent/config.toml ||
     fail "/etc/gateway-agent/config.toml is not a conffile: upgrades would overwrite edits"
 in_root "$R" gateway-agent version | grep -qx "gateway-agent $VERSION" || fail "the installed binary does not run"
+in_root "$R" getent passwd gateway-agent >/dev/null ||
+    fail "dpkg -i did not create the gateway-agent system user the unit runs as (User=)"
 # The packaged config is unconfigured on purpose: check-config must say so (exit 2).
 set +e
 msg=$(in_root "$R" gateway-agent check-config 2>&1)
@@ -367,6 +372,8 @@ done
 rpm_db "$R" -qc gateway-agent | grep -q /etc/gateway-agent/config.toml ||
     fail "/etc/gateway-agent/config.toml is not %config in the rpm"
 in_root "$R" gateway-agent version | grep -qx "gateway-agent $VERSION" || fail "the rpm's binary does not run"
+in_root "$R" getent passwd gateway-agent >/dev/null ||
+    fail "rpm -i did not create the gateway-agent system user the unit runs as (User=)"
 printf '%s' "$VALID_CONFIG" >"$R/etc/gateway-agent/config.toml"
 rpm_in "$R" -U "$R/tmp/pkg/${RPM2##*/}" || fail "rpm -U ${RPM2##*/} failed (above)"
 rpm_db "$R" -q gateway-agent | grep -q -- "-2\." || fail "the upgrade did not install release 2: $(rpm_db "$R" -q gateway-agent)"

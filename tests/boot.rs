@@ -290,3 +290,86 @@ async fn a_slow_boot_heartbeats_the_launch_action() {
         agent.log()
     );
 }
+
+/// What the packaged unit does (User=gateway-agent, AmbientCapabilities=CAP_NET_ADMIN
+/// CAP_NET_RAW, NoNewPrivileges=yes), done with setpriv: an unprivileged user holding only
+/// those two capabilities claims the ENI, configures the kernel (sysctls included), says READY
+/// and carries its zone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_user_with_two_capabilities_runs_the_whole_boot() {
+    const NOBODY: u32 = 65_534;
+    let e = env(ScenarioOptions::default()).await;
+    let inst = e.instance("a").await;
+    // Its own directory for the control socket, as RuntimeDirectory= gives the service.
+    let dir = PathBuf::from(&e.lab.info.run_dir).join("unprivileged");
+    std::fs::create_dir(&dir).unwrap();
+    nix::unistd::chown(&dir, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let caps = "-all,+net_admin,+net_raw";
+    let agent = e.start_agent_env(
+        &inst,
+        "unprivileged",
+        &format!(
+            "[control]\nsocket = \"{}/control.sock\"\n[drain]\nrestart_marker = \"{}/restart\"",
+            dir.display(),
+            dir.display()
+        ),
+        &[],
+        &[],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "--",
+        ],
+    );
+    // systemd's notify socket is writable by every user of the service; so is this one.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&agent.notify.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    agent.wait_ready().await;
+
+    let pid = agent.child.id().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(field("Uid:").starts_with("65534"), "{status}");
+    // CAP_NET_ADMIN (12) and CAP_NET_RAW (13), nothing else, and none to gain.
+    assert_eq!(field("CapEff:"), "0000000000003000", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000003000", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+
+    let a = e.sc.zone("a");
+    assert_eq!(
+        e.route("a", "0.0.0.0/0").await,
+        (a.eni_id.clone(), "active".to_owned())
+    );
+    let ns = inst.ns.as_deref().unwrap();
+    let rules = ip(ns, &["rule", "show"]);
+    assert!(
+        rules.contains(&format!("from {} lookup 7700", a.eni_ip)),
+        "{rules}"
+    );
+    let forwarding = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+    let stream = e.lab.stream_start("a", 100).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let report = e.lab.stream_stop(stream).await.unwrap();
+    assert_eq!(report.lost, 0, "{report:?}\n{}", agent.log());
+    // The operator's socket: owned by the service user, mode 0600 (root still gets in).
+    let meta = std::fs::metadata(dir.join("control.sock")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+}

@@ -14,6 +14,12 @@
 # /run/gateway-agent exists only while the service runs (RuntimeDirectory=); try-restart does
 # nothing when it is stopped; the marker is removed in every case so that a later real stop
 # still hands its routes over.
+# The service's user (User= in the unit; packaging/sysusers.conf). Kept on erase: a file it
+# owned could otherwise pass to a later user.
+systemd-sysusers gateway-agent.conf 2>/dev/null ||
+    getent passwd gateway-agent >/dev/null ||
+    useradd --system --user-group --home-dir / --no-create-home \
+        --shell /sbin/nologin gateway-agent || :
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload >/dev/null 2>&1 || :
     if [ "$1" -eq 1 ]; then
