@@ -2,6 +2,7 @@
 #   make demo    the two-zone lab demo (as root)
 #   make test    install what the tests need, then lint and run every test (as root)
 #   make bench   the benchmarks' figures
+#   make soak    random faults for SOAK_SECONDS (default 600), with the agents' RSS and CPU
 #   make package the .deb and .rpm (see packaging/Makefile.inc for the packaging targets)
 
 CACHE ?= $(HOME)/.cache/gateway-agent
@@ -12,7 +13,7 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test lint unit lab-test bench bench-failover bench-drain clean-lab
+.PHONY: all setup build demo test lint unit lab-test matrix soak deny fuzz-smoke bench bench-failover bench-drain clean-lab
 
 all: build
 
@@ -36,9 +37,31 @@ unit:
 lab-test: clean-lab
 	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
 
-test: setup lint examples-check ami-check package-test
+# The fault matrix (tests/matrix.rs) is one of the test binaries: it prints its table.
+test: setup lint deny examples-check ami-check package-test
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# The fault matrix alone; CASE=<text>[,<text>] picks cases by name.
+matrix: setup
+	$(CARGO) test --locked --test matrix -- $(if $(CASE),--case "$(CASE)")
+
+# Random faults every few seconds against the release build: loss, route changes, invariant
+# violations, RSS and CPU. ~SOAK_SECONDS + 1 min.
+SOAK_SECONDS ?= 600
+soak: setup
+	$(CARGO) build --release --locked -p gateway-agent
+	GATEWAY_AGENT_BIN=$(CARGO_TARGET_DIR)/release/gateway-agent $(CARGO) test --locked --test matrix -- --soak $(SOAK_SECONDS)
+
+# Licenses, bans (no OpenSSL), sources; advisories where github.com is reachable (deny.toml).
+deny:
+	./scripts/deny.sh
+
+# Every fuzz target for FUZZ_SECONDS from its seeds (fuzz/README.md has the long runs).
+FUZZ_SECONDS ?= 10
+fuzz-smoke:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 bench: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench

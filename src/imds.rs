@@ -450,6 +450,44 @@ mod tests {
         assert_eq!(methods(&log), ["PUT", "GET", "PUT", "GET"]);
     }
 
+    /// IMDSv2 only: when the token PUT is refused (an IMDSv1-only endpoint, a proxy in the
+    /// way), the call fails naming it, and no GET ever goes out without a token.
+    #[tokio::test]
+    async fn a_refused_token_is_an_error_never_a_v1_fallback() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let methods = Arc::new(StdMutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&methods);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut chunk = [0u8; 2048];
+                let n = stream.read(&mut chunk).await.unwrap_or(0);
+                let text = String::from_utf8_lossy(&chunk[..n]).to_string();
+                let method = text.split(' ').next().unwrap_or("").to_owned();
+                // IMDSv1 would answer this GET: the agent must never ask it.
+                let (status, body) = if method == "PUT" {
+                    (403, "")
+                } else {
+                    (200, "i-v1")
+                };
+                seen.lock().expect("log").push(method);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        let imds = Client::new(&base, Duration::from_secs(2)).expect("client");
+        let err = imds.instance_id().await.expect_err("no token, no answer");
+        assert!(err.to_string().contains("token"), "{err}");
+        let methods = methods.lock().expect("log").clone();
+        assert!(
+            !methods.is_empty() && methods.iter().all(|m| m == "PUT"),
+            "{methods:?}"
+        );
+    }
+
     #[tokio::test]
     async fn not_found_is_none() {
         let (imds, _) = serve(|_, _| (404, "")).await;
