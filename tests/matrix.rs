@@ -105,6 +105,19 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn new(e: Env, extra: &str) -> Self {
+        Self {
+            e,
+            extra: extra.to_owned(),
+            agents: Vec::new(),
+            dead: Arc::new(Mutex::new(HashSet::new())),
+            writers: HashMap::new(),
+            spawned: 0,
+            note: String::new(),
+            writes0: 0,
+        }
+    }
+
     fn eni(&self, zone: &str) -> String {
         self.e.sc.zone(zone).eni_id.clone()
     }
@@ -307,7 +320,8 @@ impl Ctx {
     }
 }
 
-fn throttle(kind: &str, action: Option<&str>, count: u32) -> Fault {
+/// `count` calls of `action` (every action with `None`) answered with `kind`.
+fn burst(kind: &str, action: Option<&str>, count: u32) -> Fault {
     Fault {
         action: action.map(str::to_owned),
         kind: kind.to_owned(),
@@ -548,19 +562,11 @@ fn api_cut_all(c: &mut Ctx) -> CaseFut<'_> {
     })
 }
 
-fn throttle_storm(c: &mut Ctx) -> CaseFut<'_> {
-    api_storm(c, "throttle")
-}
-
-fn error_burst(c: &mut Ctx) -> CaseFut<'_> {
-    api_storm(c, "5xx")
-}
-
 /// Every API call from anyone fails with `kind` for the next 20 calls while b dies.
 fn api_storm<'a>(c: &'a mut Ctx, kind: &'static str) -> CaseFut<'a> {
     Box::pin(async move {
         c.e.lab
-            .inject(&throttle(kind, None, 20))
+            .inject(&burst(kind, None, 20))
             .await
             .map_err(|e| e.to_string())?;
         let b = c.instance_id("b");
@@ -594,14 +600,6 @@ fn imds_down_at_boot(c: &mut Ctx) -> CaseFut<'_> {
         c.alive("b");
         c.wait_route("b", "b", Duration::from_secs(5)).await
     })
-}
-
-fn imds_garbage(c: &mut Ctx) -> CaseFut<'_> {
-    imds_bad_while_running(c, "garbage")
-}
-
-fn imds_500(c: &mut Ctx) -> CaseFut<'_> {
-    imds_bad_while_running(c, "500")
 }
 
 /// IMDS answers `mode` for 6 s: nothing moves, nobody drains; afterwards a spot notice is
@@ -640,14 +638,6 @@ fn imds_token_expiry(c: &mut Ctx) -> CaseFut<'_> {
             .map_err(|e| e.to_string())?;
         c.spot_drain("b", "a").await
     })
-}
-
-fn eni_stuck_attaching(c: &mut Ctx) -> CaseFut<'_> {
-    boot_with_stuck_eni(c, "stuck-attaching", false)
-}
-
-fn eni_stuck_detaching(c: &mut Ctx) -> CaseFut<'_> {
-    boot_with_stuck_eni(c, "stuck-detaching", true)
 }
 
 /// b boots while EC2 never finishes its ENI's attachment (or, with `dead_holder`, the
@@ -885,11 +875,13 @@ fn cases() -> Vec<Case> {
         },
         Case {
             black_ms: Some(STORM_BUDGET_MS),
-            ..Case::new("EC2 throttling storm during a takeover", throttle_storm)
+            ..Case::new("EC2 throttling storm during a takeover", |c| {
+                api_storm(c, "throttle")
+            })
         },
         Case {
             black_ms: Some(STORM_BUDGET_MS),
-            ..Case::new("EC2 5xx burst during a takeover", error_burst)
+            ..Case::new("EC2 5xx burst during a takeover", |c| api_storm(c, "5xx"))
         },
         Case {
             started: &["a"],
@@ -898,11 +890,15 @@ fn cases() -> Vec<Case> {
         },
         Case {
             max_loss: Some(0),
-            ..Case::new("IMDS answering garbage while running", imds_garbage)
+            ..Case::new("IMDS answering garbage while running", |c| {
+                imds_bad_while_running(c, "garbage")
+            })
         },
         Case {
             max_loss: Some(0),
-            ..Case::new("IMDS answering 500 while running", imds_500)
+            ..Case::new("IMDS answering 500 while running", |c| {
+                imds_bad_while_running(c, "500")
+            })
         },
         Case {
             max_loss: Some(0),
@@ -911,15 +907,16 @@ fn cases() -> Vec<Case> {
         Case {
             extra: "[boot]\nattach_timeout_s = 4\n[failover]\nhold_down_s = 3",
             started: &["a"],
-            ..Case::new("ENI stuck attaching", eni_stuck_attaching)
+            ..Case::new("ENI stuck attaching", |c| {
+                boot_with_stuck_eni(c, "stuck-attaching", false)
+            })
         },
         Case {
             extra: "[boot]\nattach_timeout_s = 4\n[failover]\nhold_down_s = 3",
             started: &["a"],
-            ..Case::new(
-                "ENI stuck detaching from a dead holder",
-                eni_stuck_detaching,
-            )
+            ..Case::new("ENI stuck detaching from a dead holder", |c| {
+                boot_with_stuck_eni(c, "stuck-detaching", true)
+            })
         },
         Case {
             started: &["a"],
@@ -1081,16 +1078,7 @@ async fn run_case(case: &Case) -> Row {
             .iter()
             .flat_map(|z| z.route_table_ids.iter().cloned())
             .collect();
-    let mut c = Ctx {
-        e,
-        extra: case.extra.to_owned(),
-        agents: Vec::new(),
-        dead: Arc::new(Mutex::new(HashSet::new())),
-        writers: HashMap::new(),
-        spawned: 0,
-        note: String::new(),
-        writes0: 0,
-    };
+    let mut c = Ctx::new(e, case.extra);
     for z in case.started {
         c.start(z).await;
     }
@@ -1392,18 +1380,12 @@ mod soak {
                 .iter()
                 .flat_map(|z| z.route_table_ids.iter().cloned())
                 .collect();
-        let mut c = Ctx {
+        let mut c = Ctx::new(
             e,
-            extra: format!(
+            &format!(
                 "[self_check]\nicmp_targets = [\"{INTERNET_HOST}\"]\n[failover]\nhold_down_s = 5"
             ),
-            agents: Vec::new(),
-            dead: Arc::new(Mutex::new(HashSet::new())),
-            writers: HashMap::new(),
-            spawned: 0,
-            note: String::new(),
-            writes0: 0,
-        };
+        );
         for z in ["a", "b"] {
             c.start(z).await;
         }
@@ -1625,16 +1607,11 @@ mod soak {
             }
             Fault::Throttle => {
                 c.e.lab
-                    .inject(&throttle("throttle", None, 10))
+                    .inject(&burst("throttle", None, 10))
                     .await
                     .map_err(err)?
             }
-            Fault::ServerErrors => {
-                c.e.lab
-                    .inject(&throttle("5xx", None, 10))
-                    .await
-                    .map_err(err)?
-            }
+            Fault::ServerErrors => c.e.lab.inject(&burst("5xx", None, 10)).await.map_err(err)?,
             Fault::ImdsErrors => {
                 c.e.lab.imds_fault(&inst, "500", 0).await.map_err(err)?;
                 sleep_s(5.0).await;
