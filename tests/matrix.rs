@@ -181,13 +181,17 @@ impl Ctx {
             socket.display()
         );
         let agent = self.e.start_agent_env(&inst, &name, &extra, &[], envs, &[]);
-        let who = if self.writers.values().any(|w| w.starts_with(zone)) {
-            format!("{zone}'")
-        } else {
-            zone.to_owned()
-        };
-        if let Some(ip) = &inst.private_ip {
-            self.writers.insert(ip.clone(), who);
+        // One name per instance (a restart keeps it): a, then a' for its replacement, a''...
+        if let Some(ip) = &inst.private_ip
+            && !self.writers.contains_key(ip)
+        {
+            let before = self
+                .writers
+                .values()
+                .filter(|w| w.starts_with(zone))
+                .count();
+            self.writers
+                .insert(ip.clone(), format!("{zone}{}", "'".repeat(before)));
         }
         self.agents.push(Running {
             zone: zone.to_owned(),
@@ -1025,6 +1029,8 @@ struct Row {
     black: String,
     writers: String,
     writes: usize,
+    /// Agent processes started during the case: restarts, replacements' agents, late boots.
+    starts: usize,
     result: Result<String, String>,
 }
 
@@ -1065,6 +1071,7 @@ async fn run_case(case: &Case) -> Row {
         black: "-".into(),
         writers: "-".into(),
         writes: 0,
+        starts: 0,
         result: Err(String::new()),
     };
     let e = env(ScenarioOptions {
@@ -1121,6 +1128,7 @@ async fn run_case(case: &Case) -> Row {
     let changes: Vec<_> = changes.into_iter().filter(|ch| ch.at >= t0).collect();
     let (max_writers, fight) = writers(&changes, &tables, &c.writers);
     row.writes = c.moved().await;
+    row.starts = c.spawned - case.started.len();
     row.writers = max_writers.to_string();
     row.black = format!("{:.0} ms", black.longest_ms);
     if let Some(r) = &report {
@@ -1184,19 +1192,20 @@ async fn run_case(case: &Case) -> Row {
 
 fn print_table(rows: &[Row]) {
     let w = rows.iter().map(|r| r.case.len()).max().unwrap_or(4).max(4);
+    let head = [
+        "client loss (pkts)",
+        "blackhole",
+        "writers/table",
+        "writes",
+        "agent starts",
+    ];
     println!();
-    println!(
-        "| {:w$} | {:>26} | {:>10} | {:>7} | {:>6} | result",
-        "case", "client loss (pkts)", "blackhole", "writers", "writes"
-    );
-    println!(
-        "|{}|{}|{}|{}|{}|---",
-        "-".repeat(w + 2),
-        "-".repeat(28),
-        "-".repeat(12),
-        "-".repeat(9),
-        "-".repeat(8)
-    );
+    println!("| {:w$} | {} | result |", "case", head.join(" | "));
+    let rule: Vec<String> = head
+        .iter()
+        .map(|h| format!("{}:", "-".repeat(h.len() + 1)))
+        .collect();
+    println!("|{}|{}|---|", "-".repeat(w + 2), rule.join("|"));
     for r in rows {
         let result = match &r.result {
             Ok(note) if note.is_empty() => "pass".to_owned(),
@@ -1204,8 +1213,8 @@ fn print_table(rows: &[Row]) {
             Err(e) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
         println!(
-            "| {:w$} | {:>26} | {:>10} | {:>7} | {:>6} | {result}",
-            r.case, r.loss, r.black, r.writers, r.writes
+            "| {:w$} | {:>18} | {:>9} | {:>13} | {:>6} | {:>12} | {result} |",
+            r.case, r.loss, r.black, r.writers, r.writes, r.starts
         );
     }
 }
@@ -1251,6 +1260,7 @@ fn main() -> std::process::ExitCode {
                     black: "-".into(),
                     writers: "-".into(),
                     writes: 0,
+                    starts: 0,
                     result: Err(format!("panicked: {e}")),
                 },
             }
@@ -1430,6 +1440,14 @@ mod soak {
                 let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
                 let zone = if rng.below(2) == 0 { "a" } else { "b" };
                 *injected.entry(format!("{fault:?}")).or_default() += 1;
+                println!(
+                    "soak: {:6.1} s  fault {fault:?} on {zone}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs_f64()
+                        - t0
+                );
                 if let Err(e) = inject(&mut c, fault, zone).await {
                     violations.push(format!(
                         "{:.0} s {fault:?} {zone}: {e}",
@@ -1501,6 +1519,29 @@ mod soak {
             println!("soak: client loss {l}");
         }
         println!("soak: route changes {}", changes.len());
+        let zone_of = |eni: &str| {
+            c.e.sc
+                .zones
+                .iter()
+                .find(|z| z.eni_id == eni)
+                .map_or(eni.to_owned(), |z| z.name.clone())
+        };
+        for ch in &changes {
+            let table = ch.table.as_deref().unwrap_or("?");
+            let zone =
+                c.e.sc
+                    .zones
+                    .iter()
+                    .find(|z| z.route_table_ids.iter().any(|t| t == table));
+            let src = ch.source.clone().unwrap_or_default();
+            println!(
+                "soak:   {:6.1} s  zone {}'s table via {} (written by {})",
+                ch.at - t0,
+                zone.map_or("?", |z| z.name.as_str()),
+                zone_of(ch.target.as_deref().unwrap_or("?")),
+                c.writers.get(&src).cloned().unwrap_or(src)
+            );
+        }
         println!(
             "soak: longest blackhole {:.0} ms ({})",
             black.longest_ms, black.worst
