@@ -14,7 +14,7 @@
 # /run/gateway-agent exists only while the service runs (RuntimeDirectory=); try-restart does
 # nothing when it is stopped; the marker is removed in every case so that a later real stop
 # still hands its routes over.
-# The service's user (User= in the unit; packaging/sysusers.conf). Kept on erase: a file it
+# The service's user (User= in the unit; packaging/sysusers.d/gateway-agent.conf). Kept on erase: a file it
 # owned could otherwise pass to a later user.
 systemd-sysusers gateway-agent.conf 2>/dev/null ||
     getent passwd gateway-agent >/dev/null ||
