@@ -223,6 +223,29 @@ impl Ctx {
         })
     }
 
+    /// Terminates `zone`'s gateway instance, its agent with it; returns the instance's id.
+    async fn terminate(&mut self, zone: &str) -> Result<String, String> {
+        self.kill_instance(zone, false).await
+    }
+
+    /// Stops `zone`'s gateway instance, its agent with it; returns the instance's id.
+    async fn stop(&mut self, zone: &str) -> Result<String, String> {
+        self.kill_instance(zone, true).await
+    }
+
+    async fn kill_instance(&mut self, zone: &str, stop: bool) -> Result<String, String> {
+        let id = self.instance_id(zone);
+        self.dead(zone);
+        self.running_mut(zone).expect_exit = true;
+        let done = if stop {
+            self.e.lab.stop(&id).await
+        } else {
+            self.e.lab.terminate(&id).await
+        };
+        done.map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
     /// SIGKILLs `zone`'s agent, as a crash would.
     async fn kill_agent(&mut self, zone: &str) {
         let r = self.running_mut(zone);
@@ -343,10 +366,7 @@ async fn sleep_s(s: f64) {
 
 fn peer_terminated(c: &mut Ctx) -> CaseFut<'_> {
     Box::pin(async move {
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        let b = c.terminate("b").await?;
         c.wait_route("b", "a", Duration::from_secs(10)).await?;
         // The ASG's replacement boots, reclaims, and a lets go.
         let new_b = c.replacement("b", &b).await?;
@@ -359,10 +379,7 @@ fn peer_terminated(c: &mut Ctx) -> CaseFut<'_> {
 
 fn peer_stopped(c: &mut Ctx) -> CaseFut<'_> {
     Box::pin(async move {
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.stop(&b).await.map_err(|e| e.to_string())?;
+        c.stop("b").await?;
         c.wait_route("b", "a", Duration::from_secs(10)).await
     })
 }
@@ -406,10 +423,7 @@ fn crash_mid_takeover(c: &mut Ctx) -> CaseFut<'_> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        c.terminate("b").await?;
         let decided = wait_for(Duration::from_secs(10), "a's takeover decision", || async {
             c.log("a")
                 .contains("decision: pointing routes at")
@@ -526,10 +540,7 @@ fn api_cut_one(c: &mut Ctx) -> CaseFut<'_> {
             .map_err(|e| e.to_string())?;
         sleep_s(2.0).await;
         // Back to normal: a death is handled as ever.
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        c.terminate("b").await?;
         c.wait_route("b", "a", Duration::from_secs(10)).await
     })
 }
@@ -544,10 +555,7 @@ fn api_cut_all(c: &mut Ctx) -> CaseFut<'_> {
                 .map_err(|e| e.to_string())?;
         }
         // b dies while nobody can reach the API: nothing can move; everyone keeps probing.
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        c.terminate("b").await?;
         sleep_s(6.0).await;
         let statuses = c.running("a").agent.notify.statuses().join(" | ");
         c.check(
@@ -573,10 +581,7 @@ fn api_storm<'a>(c: &'a mut Ctx, kind: &'static str) -> CaseFut<'a> {
             .inject(&burst(kind, None, 20))
             .await
             .map_err(|e| e.to_string())?;
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        c.terminate("b").await?;
         c.wait_route("b", "a", Duration::from_secs(30)).await?;
         let done = wait_for(Duration::from_secs(15), "takeover complete", || async {
             c.log("a").contains("takeover complete").then_some(())
@@ -744,10 +749,7 @@ fn both_rebooted(c: &mut Ctx) -> CaseFut<'_> {
 
 fn three_zones_two_fail(c: &mut Ctx) -> CaseFut<'_> {
     Box::pin(async move {
-        let zc = c.instance_id("c");
-        c.dead("c");
-        c.running_mut("c").expect_exit = true;
-        c.e.lab.terminate(&zc).await.map_err(|e| e.to_string())?;
+        c.terminate("c").await?;
         // Ring a → b → c → a: c's successor is a.
         c.wait_route("c", "a", Duration::from_secs(10)).await?;
         sleep_s(2.0).await;
@@ -755,10 +757,7 @@ fn three_zones_two_fail(c: &mut Ctx) -> CaseFut<'_> {
             !c.log("b").contains("takeover complete"),
             "b took c although a, its successor, is alive",
         )?;
-        let za = c.instance_id("a");
-        c.dead("a");
-        c.running_mut("a").expect_exit = true;
-        c.e.lab.terminate(&za).await.map_err(|e| e.to_string())?;
+        c.terminate("a").await?;
         c.wait_route("a", "b", Duration::from_secs(10)).await?;
         c.wait_route("c", "b", Duration::from_secs(10)).await
     })
@@ -821,10 +820,7 @@ fn clock_jumps(c: &mut Ctx) -> CaseFut<'_> {
         }
         c.check(c.moved().await == 0, "a clock jump moved a route")?;
         // A death is still handled while a's wall clock is two hours behind.
-        let b = c.instance_id("b");
-        c.dead("b");
-        c.running_mut("b").expect_exit = true;
-        c.e.lab.terminate(&b).await.map_err(|e| e.to_string())?;
+        c.terminate("b").await?;
         c.note = "wall clock +1 h, then -2 h".into();
         c.wait_route("b", "a", Duration::from_secs(10)).await
     })
