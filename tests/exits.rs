@@ -62,15 +62,7 @@ impl Pair {
     /// What an instance refresh does to each instance: terminate it through its group, which
     /// launches a replacement; the termination hook holds it in Terminating:Wait meanwhile.
     async fn refresh(&self, instance: &str) {
-        self.e
-            .lab
-            .autoscaling()
-            .terminate_instance_in_auto_scaling_group()
-            .instance_id(instance)
-            .should_decrement_desired_capacity(false)
-            .send()
-            .await
-            .expect("TerminateInstanceInAutoScalingGroup");
+        self.e.lab.terminate_in_group(instance).await.unwrap();
     }
 
     /// Whether `instance`'s termination lifecycle action was completed with CONTINUE.

@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_lab::{Lab, ScenarioOptions, WRITE_ACTIONS, percentile};
-use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -21,18 +20,6 @@ struct Boot {
     to_ready: Duration,
     after_attach_ms: Option<f64>,
     calls: BTreeMap<String, usize>,
-}
-
-async fn calls(lab: &Lab) -> Result<Vec<String>, String> {
-    let stats: Value = lab.stats().await.map_err(|e| e.to_string())?;
-    Ok(stats["api_calls"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["action"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
 }
 
 /// Start the agent inside `ns` with its output in `log` and READY=1 sent to the socket `notify`.
@@ -73,7 +60,7 @@ async fn boot(
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
         .map_err(|e| e.to_string())?;
-    let before = calls(lab).await?.len();
+    let before = lab.api_calls().await.map_err(|e| e.to_string())?.len();
     let started = Instant::now();
     let mut child = spawn(agent, ns, config, &notify, &log)?;
     let mut buf = [0u8; 4096];
@@ -103,7 +90,13 @@ async fn boot(
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok());
     let mut by_action = BTreeMap::new();
-    for action in calls(lab).await?.into_iter().skip(before) {
+    for action in lab
+        .api_calls()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .skip(before)
+    {
         *by_action.entry(action).or_insert(0) += 1;
     }
     Ok((

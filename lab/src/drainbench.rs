@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gateway_lab::{Lab, Scenario, ScenarioOptions, percentile};
-use serde_json::Value;
 
 use crate::failbench::{field, fresh, lab_err, ns_of, number, strip_ansi};
 
@@ -347,19 +346,6 @@ fn eni_name(sc: &Scenario, eni: &str) -> String {
         )
 }
 
-/// The API calls so far, by action, oldest first.
-async fn api_calls(lab: &Lab) -> Result<Vec<String>, String> {
-    let stats: Value = lab.stats().await.map_err(lab_err)?;
-    Ok(stats["api_calls"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|c| c["action"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 /// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (the civil calendar of tests/exits.rs).
 fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -436,15 +422,7 @@ async fn trigger(lab: &Lab, event: Event, agent: &Agent, instance: &str) -> Resu
                 .await
                 .map_err(lab_err)
         }
-        Event::AsgTermination => lab
-            .autoscaling()
-            .terminate_instance_in_auto_scaling_group()
-            .instance_id(instance)
-            .should_decrement_desired_capacity(false)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| format!("TerminateInstanceInAutoScalingGroup {instance}: {e:?}")),
+        Event::AsgTermination => lab.terminate_in_group(instance).await,
     }
 }
 
@@ -654,7 +632,7 @@ async fn during_stream(
 ) -> Result<(), String> {
     let (lab, sc, event) = (cx.lab, cx.sc, cx.event);
     tokio::time::sleep(LEAD_IN + cx.phase).await;
-    let before = api_calls(lab).await?.len();
+    let before = lab.api_calls().await.map_err(lab_err)?.len();
     let t0 = Instant::now();
     run.trigger = Some(t0);
     let deadline = t0 + RUN_TIMEOUT;
@@ -711,7 +689,7 @@ async fn during_stream(
 /// Where A's route ended, and the route writes since just before the trigger.
 async fn finish(cx: &Ctx<'_>, before: usize, run: &mut Run) -> Result<(), String> {
     let (lab, sc) = (cx.lab, cx.sc);
-    let after = api_calls(lab).await?;
+    let after = lab.api_calls().await.map_err(lab_err)?;
     // labd keeps a bounded list: once it is full, an index no longer marks a moment.
     if after.len() < API_CALLS_KEPT && after.len() >= before {
         let writes = after[before..]

@@ -760,6 +760,20 @@ fn stats_line(name: &str, samples: &[f64], of: usize) {
     );
 }
 
+/// When the routes moved, seen from the API and from a poll, for either side.
+fn switch_lines(runs: &[Run]) {
+    let n = runs.len();
+    let pick = |f: fn(&Run) -> Option<f64>| -> Vec<f64> { runs.iter().filter_map(f).collect() };
+    stats_line("terminate -> first route moved", &pick(|r| r.first_ms), n);
+    stats_line(
+        "terminate -> client's route moved",
+        &pick(|r| r.client_ms),
+        n,
+    );
+    stats_line("terminate -> all routes moved", &pick(|r| r.all_ms), n);
+    stats_line("terminate -> a poll saw all moved", &pick(|r| r.seen_ms), n);
+}
+
 fn switched_outages(runs: &[Run]) -> Vec<f64> {
     runs.iter()
         .filter(|r| r.seen_ms.is_some())
@@ -865,14 +879,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
             &pick(|r| r.decision_ms),
             n,
         );
-        stats_line("terminate -> first route moved", &pick(|r| r.first_ms), n);
-        stats_line(
-            "terminate -> client's route moved",
-            &pick(|r| r.client_ms),
-            n,
-        );
-        stats_line("terminate -> all routes moved", &pick(|r| r.all_ms), n);
-        stats_line("terminate -> a poll saw all moved", &pick(|r| r.seen_ms), n);
+        switch_lines(&agent_runs);
         let none = agent_runs.iter().filter(|r| r.seen_ms.is_none()).count();
         if none > 0 {
             println!(
@@ -889,17 +896,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
              the script leaves every other destination on the dead ENI)"
         );
         stats_line("outage (client's longest gap)", &base_outage, n);
-        let pick = |f: fn(&Run) -> Option<f64>| -> Vec<f64> {
-            baseline_runs.iter().filter_map(f).collect()
-        };
-        stats_line("terminate -> first route moved", &pick(|r| r.first_ms), n);
-        stats_line(
-            "terminate -> client's route moved",
-            &pick(|r| r.client_ms),
-            n,
-        );
-        stats_line("terminate -> all routes moved", &pick(|r| r.all_ms), n);
-        stats_line("terminate -> a poll saw all moved", &pick(|r| r.seen_ms), n);
+        switch_lines(&baseline_runs);
         let none = baseline_runs.iter().filter(|r| r.seen_ms.is_none()).count();
         if none > 0 {
             println!("  no switch in {none} of {n} runs (left out of the outage figures)");

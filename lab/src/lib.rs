@@ -432,6 +432,19 @@ impl Lab {
             .await
     }
 
+    /// Terminate through the instance's Auto Scaling group, as a scale-in or an instance
+    /// refresh does: the group launches a replacement and its termination hook holds this one in
+    /// Terminating:Wait.
+    pub async fn terminate_in_group(&self, instance: &str) -> std::result::Result<(), String> {
+        self.autoscaling()
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| format!("TerminateInstanceInAutoScalingGroup {instance}: {e:?}"))
+    }
     /// Terminate like `ec2 terminate-instances` (outside the ASG's own lifecycle).
     pub async fn terminate(&self, instance: &str) -> Result<()> {
         self.verb(instance, "terminate", json!({})).await.map(drop)
@@ -568,6 +581,19 @@ impl Lab {
     /// Raw figures: mirror lag samples (ms), API call durations.
     pub async fn stats(&self) -> Result<Value> {
         self.call("GET", "stats", None).await
+    }
+    /// The actions of every API call so far (the last 20000), oldest first.
+    pub async fn api_calls(&self) -> Result<Vec<String>> {
+        let stats = self.stats().await?;
+        Ok(stats["api_calls"]
+            .as_array()
+            .map(|calls| {
+                calls
+                    .iter()
+                    .filter_map(|c| c["action"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
     /// Every successful ReplaceRoute/CreateRoute so far (the last 20000), oldest first.
     pub async fn route_changes(&self) -> Result<Vec<RouteChange>> {
