@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +36,9 @@ sys.path.insert(0, HERE)
 
 os.environ.setdefault("MOTO_ALLOW_NONEXISTENT_REGION", "false")
 
+import awsmodel  # noqa: E402
 import mends  # noqa: E402
+import profile  # noqa: E402
 import netns  # noqa: E402
 import topology  # noqa: E402
 from moto.autoscaling.models import autoscaling_backends  # noqa: E402
@@ -74,6 +77,17 @@ class Lab:
         self.port = None
         self.stopping = threading.Event()
         self.building = False  # a scenario build is running: its API calls skip the mirror
+        # The aws profile (profile.py, awsmodel.py): shared token buckets, other tools' load,
+        # eventually consistent reads; all idle under `fast`.
+        self.buckets = awsmodel.Buckets()
+        self.background = awsmodel.Background(self.buckets)
+        self.views = awsmodel.Views()
+        self.last_view = 0.0
+        # What systemd starts when an instance boots (PUT /lab/boot): the spec, the instances
+        # that were up when it was set (left alone), and one record per booted instance.
+        self.boot_spec = None
+        self.boot_skip = set()
+        self.boots = {}  # instance id -> record (the latest boot)
 
     def ec2(self):
         return ec2_backends[ACCOUNT][REGION]
@@ -99,6 +113,17 @@ class Lab:
         if fault and fault["kind"] in ("throttle", "5xx"):
             return self._fault_response(start_response, service, fault)
         stuck = fault["kind"][len("stuck-"):] if fault and fault["kind"].startswith("stuck-") else None
+        # AWS's own latency, spent outside the lock: callers are served side by side, as AWS
+        # serves them; only moto's bookkeeping is one at a time.
+        read = awsmodel.is_read(action)
+        if action and not self.buckets.admit(service, action, {k: v[0] for k, v in params.items()}):
+            time.sleep(profile.draw("READ_MS") / 1000.0)
+            self._count(action, started, throttled=True)
+            return self._fault_response(start_response, service, {"kind": "throttle"})
+        if action:
+            wait = profile.draw("READ_MS" if read else "WRITE_MS")
+            if wait:
+                time.sleep(wait / 1000.0)
 
         with self.lock:
             captured = {}
@@ -106,7 +131,17 @@ class Lab:
             def capture(status, headers, exc_info=None):
                 captured["status"], captured["headers"] = status, headers
 
-            chunks = b"".join(self.moto(environ, capture))
+            if action == "DetachNetworkInterface":
+                mends.TRANSITIONS.force = (params.get("Force") or ["false"])[0].lower() == "true"
+            try:
+                if read and service == "ec2" and not environ.get("PATH_INFO", "").startswith("/moto-api"):
+                    chunks = self.views.answer(self.ec2(), lambda: b"".join(self.moto(environ, capture)))
+                else:
+                    chunks = b"".join(self.moto(environ, capture))
+            finally:
+                mends.TRANSITIONS.force = False
+            if (not read and action and captured["status"].startswith("200")):
+                self.views.record(self.ec2())
             if stuck and action == "DescribeNetworkInterfaces":
                 chunks = _stuck(chunks, stuck)
             if environ.get("PATH_INFO", "").startswith("/moto-api/reset"):
@@ -119,8 +154,7 @@ class Lab:
                     log("reconcile failed after " + action + ":\n" + traceback.format_exc())
             done_at = time.time()
         if action:
-            self.api_calls.append((action, (time.monotonic() - started) * 1000.0))
-            del self.api_calls[:-20000]
+            self._count(action, started)
         if action in ("ReplaceRoute", "CreateRoute") and captured["status"].startswith("200"):
             def first(*keys):
                 return next((params[k][0] for k in keys if params.get(k)), None)
@@ -135,6 +169,10 @@ class Lab:
             del self.route_changes[:-20000]
         start_response(captured["status"], captured["headers"])
         return [chunks]
+
+    def _count(self, action, started, throttled=False):
+        self.api_calls.append((action, (time.monotonic() - started) * 1000.0, throttled))
+        del self.api_calls[:-20000]
 
     def _take_fault(self, action):
         with self.lock:
@@ -170,6 +208,12 @@ class Lab:
 
     def _after_reset(self):
         mends.LIFECYCLE.reset()
+        self.boot_spec = None
+        self.boot_skip = set()
+        self.boots.clear()
+        mends.TRANSITIONS.pending.clear()
+        mends.SHUTDOWNS.pending.clear()
+        self.views.views.clear()
         mends.USED_IPS.clear()
         for client in list(self.topo.clients.values()):
             netns.netns_delete(client["ns"])
@@ -266,10 +310,34 @@ class Lab:
                 return 200, {"open": [dict((k, v) for k, v in a.items() if "deadline" not in k)
                                       for a in mends.LIFECYCLE.open.values()],
                              "history": list(mends.LIFECYCLE.history)}
+        if path == "boot":
+            if method in ("PUT", "DELETE"):
+                return 200, self.set_boot(body if method == "PUT" else {})
+            with self.lock:
+                return 200, {"spec": self.boot_spec, "skip": sorted(self.boot_skip),
+                             "instances": {i: self.boot_view(i) for i in self.boots}}
+        if path == "activities" and method == "GET":
+            return 200, mends.activities_view()
+        if parts[0] == "groups" and len(parts) == 3 and parts[2] == "refresh" and method == "POST":
+            with self.lock:
+                try:
+                    refresh = mends.start_refresh(self.asg(), parts[1], policy=body.get("policy"),
+                                                  preferences=body.get("preferences"))
+                except mends.AutoscalingClientError as e:
+                    raise ValueError(f"{e.code}: {e.message}")
+            return 200, dict(refresh)
         if path == "stats" and method == "GET":
             return 200, {"mirror_lag_ms": list(self.topo.mirror_lag_ms),
-                         "api_calls": [{"action": a, "ms": ms} for a, ms in self.api_calls],
+                         "api_calls": [{"action": a, "ms": ms, "throttled": t} for a, ms, t in self.api_calls],
+                         "throttling": self.buckets.report(),
+                         "views": self.views.report(),
+                         "attachments": [{"eni": e, "status": s, "s": d} for e, s, d in mends.TRANSITIONS.done],
                          "route_changes": list(self.route_changes)}
+        if path == "background" and method == "PUT":
+            # Other tools of the account: {"rates": {"DescribeRouteTables": 5, ...}} tokens/s.
+            with self.lock:
+                self.background.set(body.get("rates") or {})
+            return 200, {"rates": self.background.rates}
         if path == "reset" and method == "POST":
             with self.lock:
                 for backend in (ec2_backends, autoscaling_backends):
@@ -300,6 +368,7 @@ class Lab:
             "internet_host": topology.INET_HOST,
             "namespaces": {"router": self.topo.rtr, "internet": self.topo.inet, "park": self.topo.park},
             "run_dir": self.run_dir,
+            "profile": profile.summary(),
         }
 
     def instances(self):
@@ -318,11 +387,20 @@ class Lab:
                         "lifecycle_state": state.lifecycle_state if state else None,
                         "hung": inst.id in self.topo.hung,
                         "cuts": sorted(self.topo.cuts.get(inst.id, ())),
+                        "boot": self.boot_view(inst.id),
                     })
             return out
 
     def instance_verb(self, instance_id, verb, method, body):
         ec2 = self.ec2()
+        if verb == "boot":
+            with self.lock:
+                view = self.boot_view(instance_id)
+            if view is None:
+                raise KeyError(f"boot record of {instance_id}")
+            return view
+        if verb == "rebalance":
+            return self.rebalance(instance_id, body)
         if verb in ("terminate", "stop", "start"):
             with self.lock:
                 if verb == "terminate":
@@ -388,7 +466,137 @@ class Lab:
                     state.fault = {"mode": body["fault"].get("mode", "ok"),
                                    "delay_ms": body["fault"].get("delay_ms", 0)}
             return {"overrides": state.overrides, "fault": state.fault, "requests": state.requests}
+        if verb == "networkd":
+            # systemd-networkd in the instance (profile flag NETWORKD): status, reload (what
+            # net-utils' refresh does, reloading in any case), refresh (reload only on a change),
+            # restart.
+            with self.lock:
+                return self.topo.networkd_action(instance_id, body.get("action", "status"))
         raise KeyError(verb)
+
+    # --- boot: what systemd starts when an instance comes up (PUT /lab/boot) -------------------
+
+    def set_boot(self, body):
+        """Run `argv` (after writing `files`) in every instance that comes up from now on."""
+        argv = body.get("argv")
+        if argv is not None and (not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)):
+            raise ValueError("argv: a list of strings")
+        for key in ("env", "files"):
+            if not isinstance(body.get(key) or {}, dict):
+                raise ValueError(f"{key}: an object of strings")
+        with self.lock:
+            self.boot_spec = {"argv": argv, "env": dict(body.get("env") or {}),
+                              "files": dict(body.get("files") or {})} if argv else None
+            # Instances that exist now are left alone (the tests started their agents).
+            self.boot_skip |= {i.id for r in self.ec2().reservations.values() for i in r.instances}
+            return {"spec": self.boot_spec, "skip": sorted(self.boot_skip)}
+
+    def boot_tick(self):
+        """With the lock held, after a reconcile: boot what came up, note what exited or went."""
+        now = time.monotonic()
+        for instance_id, rec in self.boots.items():
+            if instance_id not in self.topo.instances and not rec["down"]:
+                rec["down"] = True  # the namespace (and the process with it) is gone
+        if self.boot_spec is None:
+            return
+        for instance_id, entry in list(self.topo.instances.items()):
+            if instance_id in self.boot_skip:
+                continue
+            rec = self.boots.get(instance_id)
+            if rec is None or rec["down"]:
+                rec = self.boots[instance_id] = {
+                    "state": "booting", "due": now + profile.draw("BOOT_S"), "up_at": time.time(),
+                    "boots": (rec["boots"] + 1) if rec else 1, "down": False, "proc": None,
+                    "log": os.path.join(self.run_dir, f"{instance_id}-boot.log"),
+                    "notify_socket": os.path.join(self.run_dir, f"{instance_id}.notify"),
+                    "notify": [], "ready_at": None, "status": None, "started_at": None, "error": None}
+            if rec["state"] == "booting" and now >= rec["due"]:
+                try:
+                    self._boot(instance_id, entry, rec)
+                except Exception as e:  # noqa: BLE001 - reported in the boot record
+                    rec["state"], rec["error"] = "failed", f"{type(e).__name__}: {e}"
+                    log(f"boot of {instance_id} failed:\n" + traceback.format_exc())
+
+    def _boot(self, instance_id, entry, rec):
+        spec = self.boot_spec
+        inst = self.ec2().get_instance(instance_id)
+        subs = {"{instance_id}": instance_id, "{zone}": inst.placement.zone, "{ns}": entry["ns"],
+                "{run_dir}": self.run_dir,
+                "{primary_ip}": inst.nics[0].private_ip_address if 0 in inst.nics else ""}
+
+        def fill(text):
+            for key, value in subs.items():
+                text = text.replace(key, value)
+            return text
+
+        for path, content in spec["files"].items():
+            path = fill(path)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            with open(path, "w") as f:
+                f.write(fill(content))
+        # NOTIFY_SOCKET, as systemd gives a Type=notify service: one datagram socket per instance.
+        if os.path.exists(rec["notify_socket"]):
+            os.unlink(rec["notify_socket"])
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(rec["notify_socket"])
+        sock.settimeout(0.5)
+        threading.Thread(target=self._notify_reader, args=(rec, sock), daemon=True).start()
+        env = dict(os.environ)
+        env.update({k: fill(str(v)) for k, v in spec["env"].items()})
+        env["NOTIFY_SOCKET"] = rec["notify_socket"]
+        out = open(rec["log"], "ab")
+        proc = subprocess.Popen(["ip", "netns", "exec", entry["ns"]] + [fill(a) for a in spec["argv"]],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.topo.processes.append((instance_id, proc))
+        rec.update(state="started", proc=proc, started_at=time.time())
+        log(f"booted {instance_id}: pid {proc.pid}, log {rec['log']}")
+
+    def _notify_reader(self, rec, sock):
+        with sock:
+            while not rec["down"] and not self.stopping.is_set():
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                at, text = time.time(), data.decode("utf-8", "replace")
+                rec["notify"].append({"at": at, "message": text})
+                for line in text.splitlines():
+                    if line == "READY=1" and rec["ready_at"] is None:
+                        rec["ready_at"] = at
+                    elif line.startswith("STATUS="):
+                        rec["status"] = line[len("STATUS="):]
+
+    def boot_view(self, instance_id):
+        rec = self.boots.get(instance_id)
+        if rec is None:
+            return None
+        proc = rec["proc"]
+        code = proc.poll() if proc is not None else None
+        return {"state": rec["state"], "boots": rec["boots"], "pid": proc.pid if proc else None,
+                "log": rec["log"], "running": proc is not None and code is None, "exit_code": code,
+                "up_at": rec["up_at"], "started_at": rec["started_at"], "error": rec["error"],
+                "notify_socket": rec["notify_socket"], "notify": [m["message"] for m in rec["notify"]],
+                "notify_at": [m["at"] for m in rec["notify"]], "ready": rec["ready_at"] is not None,
+                "ready_at": rec["ready_at"], "status": rec["status"], "down": rec["down"]}
+
+    def rebalance(self, instance_id, body):
+        """A rebalance recommendation in IMDS; with Capacity Rebalancing on, a replacement."""
+        with self.lock:
+            state = self.topo.imds_states.get(instance_id)
+            if state is None or instance_id not in self.topo.instances:
+                raise KeyError(f"running instance {instance_id}")
+            notice = body.get("notice_time") or mends._iso()
+            state.overrides["events/recommendations/rebalance"] = json.dumps({"noticeTime": notice})
+            group, _ = mends._find_state(self.asg(), instance_id)
+            enabled = body.get("capacity_rebalance")
+            if enabled is None:
+                enabled = profile.flag("CAPACITY_REBALANCE") or bool(group and group.capacity_rebalance)
+            task = mends.start_rebalance(self.asg(), instance_id) if enabled and group else None
+            return {"instance_id": instance_id, "notice_time": notice, "capacity_rebalance": bool(enabled),
+                    "group": group.name if group else None, "task": dict(task) if task else None}
 
     # --- running -------------------------------------------------------------------------------
 
@@ -397,7 +605,16 @@ class Lab:
             try:
                 with self.lock:
                     mends.expire_lifecycle_actions(self.asg())
+                    mends.asg_tick(self.asg())
+                    mends.aws_tick(self.ec2())
+                    self.background.tick()
+                    # What changed without an API call (an attachment or a shutdown ending, a
+                    # lifecycle timeout) reaches the lagging views within a second.
+                    if self.views.enabled and time.monotonic() - self.last_view >= 1.0:
+                        self.views.record(self.ec2())
+                        self.last_view = time.monotonic()
                     self.topo.reconcile()
+                    self.boot_tick()
                     # Reap what exited (killed with its instance), so no zombie outlives it.
                     self.topo.processes = [(i, p) for i, p in self.topo.processes if p.poll() is None]
             except Exception:  # noqa: BLE001 - keep the lab alive; say what broke

@@ -21,7 +21,9 @@ import socket
 import threading
 import time
 
+import mends
 import netns
+import profile
 from imds import ImdsServer, ImdsState
 
 INET_HOST = "198.51.100.1"
@@ -70,6 +72,12 @@ class Topology:
         self.last_desired = None
         self.mirror_lag_ms = []
         self.processes = []  # (instance id, Popen)
+        # aws profile: route changes reach the router DATAPLANE_LAG_S after the API answered;
+        # IMDS shows a new ENI or lifecycle state IMDS_LAG_S after the change.
+        self.route_applied = {}  # (table, dst) -> spec the router has
+        self.route_due = {}  # (table, dst) -> (spec, monotonic time it applies)
+        self.dataplane_lag = profile.bounds("DATAPLANE_LAG_S")[1] > 0
+        self.imds_seen = {}  # (instance id, key) -> (value shown, pending value, visible at)
 
     # --- life of the lab -----------------------------------------------------------------------
 
@@ -123,11 +131,15 @@ class Topology:
         instances = {}
         for reservation in ec2.reservations.values():
             for inst in reservation.instances:
-                if inst.state in ("pending", "running"):
+                # A dying instance keeps its namespace (and its attached ENIs) until it is
+                # terminated.
+                if inst.state in ("pending", "running", "shutting-down"):
                     instances[inst.id] = inst
         enis = {}
         for eni in ec2.enis.values():
             attached = eni.instance.id if eni.instance is not None else None
+            if mends.TRANSITIONS.status(eni.id) == "attaching":
+                attached = None  # hot-plugged only once EC2 says `attached`
             where = self.park
             if attached in instances:
                 where = self.instance_ns(attached)
@@ -209,7 +221,9 @@ class Topology:
 
     def reconcile(self, started=None):
         """Bring the namespaces in line with moto. Call with self.lock held."""
+        self._apply_shutdowns()
         desired = self._desired()
+        desired["routes"] = self._lagged(desired["routes"])
         key = (
             frozenset(desired["instances"]),
             frozenset((k, v["where"], v["mac"]) for k, v in desired["enis"].items()),
@@ -217,7 +231,7 @@ class Topology:
             frozenset(desired["rules"]),
             frozenset(self.clients),
         )
-        if key == self.last_desired:
+        if key == self.last_desired and not self.route_due:
             return False
         self._apply_instances(desired)
         self._apply_enis(desired)
@@ -228,6 +242,69 @@ class Topology:
             self.mirror_lag_ms.append((time.monotonic() - started) * 1000.0)
             del self.mirror_lag_ms[:-10000]
         return True
+
+    def _lagged(self, routes):
+        """The routes the router holds now: a change applies DATAPLANE_LAG_S after it was seen."""
+        if not self.dataplane_lag:
+            return routes
+        now = time.monotonic()
+        want = {(t, d): spec for t, d, spec in routes}
+        out = set()
+        for key, spec in want.items():
+            have = self.route_applied.get(key)
+            if have is None or have == spec:
+                self.route_due.pop(key, None)
+                self.route_applied[key] = spec
+            else:
+                due = self.route_due.get(key)
+                if due is None or due[0] != spec:
+                    due = self.route_due[key] = (spec, now + profile.draw("DATAPLANE_LAG_S"))
+                if due[1] <= now:
+                    self.route_applied[key] = spec
+                    del self.route_due[key]
+            out.add((key[0], key[1], self.route_applied[key]))
+        for key in list(self.route_applied):
+            if key not in want:
+                del self.route_applied[key]
+                self.route_due.pop(key, None)
+        return out
+
+    def _apply_shutdowns(self):
+        """An instance `shutting-down`: its OS stops its services (SIGTERM), then powers off."""
+        now = time.monotonic()
+        for instance_id, sd in list(mends.SHUTDOWNS.pending.items()):
+            entry = self.instances.get(instance_id)
+            if entry is None:
+                continue
+            if not sd["signalled"]:
+                sd["signalled"] = True
+                self._signal_all(entry["ns"], signal.SIGTERM)
+                self.log(f"instance {instance_id} shutting down: SIGTERM to its processes")
+            if not sd["off"] and now >= sd["poweroff_at"]:
+                sd["off"] = True
+                self._signal_all(entry["ns"], signal.SIGKILL)
+                self.cuts.setdefault(instance_id, set()).update({"uplink", "eni"})
+                self.log(f"instance {instance_id} powered off (still shutting-down, ENIs attached)")
+
+    def _signal_all(self, ns, sig):
+        for pid in netns.netns_pids(ns):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _imds_lagged(self, instance_id, key, value, initial):
+        """What IMDS shows for `key`: a new value only IMDS_LAG_S after it first appeared."""
+        now = time.monotonic()
+        shown, pending, at = self.imds_seen.get((instance_id, key), (initial, initial, now))
+        if value == shown:
+            pending, at = shown, now
+        elif value != pending:
+            pending, at = value, now + profile.draw("IMDS_LAG_S")
+        if at <= now:
+            shown = pending
+        self.imds_seen[(instance_id, key)] = (shown, pending, at)
+        return shown
 
     def instance_ns(self, instance_id):
         return f"gl-{self.lab_id}-{instance_id}"
@@ -249,6 +326,12 @@ class Topology:
         sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM, bind=("169.254.169.254", 80))
         server = ImdsServer(sock, lambda iid=inst.id: self.imds_tree(iid), state)
         self.instances[inst.id] = {"ns": ns, "imds": server, "configured": set()}
+        if profile.flag("NETWORKD"):
+            import networkd
+
+            nd = networkd.Networkd(inst.id, ns, self.run_dir, self.log)
+            self.processes.append((inst.id, nd.start()))
+            self.instances[inst.id]["networkd"] = nd
         self.log(f"instance {inst.id} up in namespace {ns}")
 
     def _remove_instance(self, instance_id):
@@ -258,8 +341,11 @@ class Topology:
             if e["where"] == entry["ns"]:
                 self._move_eni(eni_id, self.park)
         entry["imds"].close()
+        if entry.get("networkd"):
+            entry["networkd"].stop()  # netns_delete would kill it too; this logs it
         netns.netns_delete(entry["ns"])
         self.hung.discard(instance_id)
+        self.cuts.pop(instance_id, None)
         self.log(f"instance {instance_id} down (namespace {entry['ns']} removed)")
 
     def _apply_enis(self, desired):
@@ -294,7 +380,13 @@ class Topology:
         name = name or f"e{s}"
         netns.ip("link", "set", cur.get("name", f"e{s}"), "down", ns=cur["where"], check=False)
         netns.ip("link", "set", cur.get("name", f"e{s}"), "netns", where, "name", name, ns=cur["where"])
+        left = cur["where"]
         cur["where"], cur["name"] = where, name
+        # amazon-ec2-net-utils' udev hook: (re)write networkd's files and reload, on hot-plug and
+        # on unplug, once this reconcile is over (the primary is up as at boot by then).
+        for instance_id, entry in self.instances.items():
+            if entry.get("networkd") and entry["ns"] in (where, left):
+                self._networkd_follow(instance_id, "attach" if entry["ns"] == where else "detach")
 
     def _configure_primary(self, w):
         """What the instance's OS does for its primary interface at boot (DHCP)."""
@@ -469,6 +561,10 @@ class Topology:
             )
             macs = {}
             for index, eni in sorted(inst.nics.items()):
+                # A hot-plugged ENI shows in IMDS once attached, IMDS_LAG_S later.
+                live = None if mends.TRANSITIONS.status(eni.id) == "attaching" else eni.attachment_id
+                if index != 0 and self._imds_lagged(instance_id, f"eni:{eni.id}", live, None) is None:
+                    continue
                 subnet = eni.subnet
                 vpc = ec2.vpcs[subnet.vpc_id]
                 ips = _eni_ips(eni)
@@ -498,9 +594,8 @@ class Topology:
                 "network": {"interfaces": {"macs": macs}},
                 "events": {"maintenance": {"scheduled": "[]"}},
             }
-            import mends
-
             target = mends.target_lifecycle_state(self.asg(), instance_id)
+            target = self._imds_lagged(instance_id, "target-lifecycle-state", target, target)
             if target is not None:
                 meta["autoscaling"] = {"target-lifecycle-state": target}
             document = {
@@ -521,6 +616,63 @@ class Topology:
                     "user-data": "",
                 }
             }
+
+    # --- systemd-networkd in instances (profile flag NETWORKD) ------------------------------------
+
+    def _networkd_links(self, instance_id):
+        """The instance's interfaces as net-utils would configure them (from moto, not IMDS)."""
+        ns = self.instance_ns(instance_id)
+        links = []
+        for eni in self.ec2().enis.values():
+            cur = self.enis.get(eni.id)
+            if eni.instance is None or eni.instance.id != instance_id or not cur or cur["where"] != ns:
+                continue
+            net = ipaddress.ip_network(eni.subnet.cidr_block)
+            links.append({"name": cur["name"], "mac": eni.mac_address, "device_index": eni.device_index,
+                          "ips": _eni_ips(eni), "cidr": eni.subnet.cidr_block,
+                          "gateway": str(net.network_address + 1)})
+        return sorted(links, key=lambda x: x["device_index"])
+
+    def _networkd_follow(self, instance_id, why):
+        """Refresh networkd's files after an ENI moved, from a thread that waits for the lock."""
+        entry = self.instances[instance_id]
+
+        def run():
+            entry["networkd"].wait_ready()
+            with self.lock:
+                if self.instances.get(instance_id) is not entry:
+                    return
+                try:
+                    self.networkd_action(instance_id, "refresh", why=why)
+                except Exception as e:  # noqa: BLE001 - logged; the verb can retry
+                    self.log(f"networkd {instance_id}: {why} refresh failed: {e!r}")
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def networkd_action(self, instance_id, action, why=None):
+        """`status`; `refresh` (net-utils' timer: rewrite the files, reload if one changed);
+        `reload` (rewrite, then reload in any case); `restart`. Call with self.lock held."""
+        entry = self.instances.get(instance_id)
+        if entry is None:
+            raise KeyError(f"running instance {instance_id}")
+        nd = entry.get("networkd")
+        if nd is None:
+            raise ValueError("networkd is off: GATEWAY_LAB_PROFILE=aws or GATEWAY_LAB_AWS_NETWORKD=1")
+        result = {"instance_id": instance_id, "action": action}
+        if action in ("refresh", "reload"):
+            result["changed"] = nd.configure(self._networkd_links(instance_id))
+            if result["changed"] or action == "reload":
+                result["reload"] = nd.reload(why or action)
+                if nd.proc is not None and all(p is not nd.proc for _, p in self.processes):
+                    self.processes.append((instance_id, nd.proc))
+        elif action == "restart":
+            proc, ready = nd.restart()
+            self.processes.append((instance_id, proc))
+            result["ready"] = ready
+        elif action != "status":
+            raise ValueError("action: status, refresh, reload or restart")
+        result["status"] = nd.status()
+        return result
 
 
 class Streams:

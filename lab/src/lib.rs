@@ -81,6 +81,22 @@ pub struct Info {
     pub internet_host: String,
     pub namespaces: Namespaces,
     pub run_dir: String,
+    /// The lab profile labd runs with (`fast` or `aws`) and every parameter's value.
+    #[serde(default)]
+    pub profile: Option<Value>,
+}
+
+/// The lab profile this process asks for: `GATEWAY_LAB_PROFILE` (`fast` when unset).
+pub fn profile() -> String {
+    match std::env::var("GATEWAY_LAB_PROFILE") {
+        Ok(p) if !p.is_empty() => p,
+        _ => "fast".into(),
+    }
+}
+
+/// Whether this process runs its labs under the `aws` profile.
+pub fn aws_profile() -> bool {
+    profile() == "aws"
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -172,6 +188,51 @@ pub struct Instance {
     pub lifecycle_state: Option<String>,
     pub hung: bool,
     pub cuts: Vec<String>,
+    /// What the boot spec ([`Lab::set_boot`]) started in this instance, if anything.
+    #[serde(default)]
+    pub boot: Option<BootInfo>,
+}
+
+/// What labd starts in every instance that comes up after it is set, as systemd starts the agent
+/// from the AMI. Paths, contents, argv and env values substitute `{instance_id}`, `{zone}` (the
+/// AZ), `{ns}`, `{run_dir}` and `{primary_ip}`. The process runs inside the instance's namespace
+/// with `NOTIFY_SOCKET` set to a datagram socket labd reads (`READY=1`, `STATUS=...`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BootSpec {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Path template -> content template, written before argv runs.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// One instance's boot as labd saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootInfo {
+    /// `booting` (waiting for `BOOT_S`), `started` or `failed` (see `error`).
+    pub state: String,
+    /// How many times the instance booted (a stop/start boots it again).
+    pub boots: u32,
+    pub pid: Option<u32>,
+    pub log: String,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    /// The instance came up (its namespace), wall-clock seconds.
+    pub up_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub error: Option<String>,
+    pub notify_socket: String,
+    /// Every datagram received on `NOTIFY_SOCKET`, oldest first, and when (wall clock).
+    pub notify: Vec<String>,
+    pub notify_at: Vec<f64>,
+    pub ready: bool,
+    pub ready_at: Option<f64>,
+    /// The last `STATUS=` sent.
+    pub status: Option<String>,
+    /// The instance is gone (or stopped): the process went with it.
+    pub down: bool,
 }
 
 /// One route of a route table as the lab's VPC router holds it in its kernel.
@@ -266,12 +327,23 @@ impl Lab {
         Self::spawn(&short_id(), true)
     }
 
+    /// Start a lab that dies with this process, with `env` added to labd's environment (a
+    /// profile or a parameter for this lab only, e.g. `GATEWAY_LAB_AWS_ATTACH_S=2..3`).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Result<Lab> {
+        Self::spawn_with_env(&short_id(), true, env)
+    }
+
     /// Start labd; `attached` ties it to this process (tests), otherwise it outlives it (CLI).
     pub fn spawn(lab_id: &str, attached: bool) -> Result<Lab> {
+        Self::spawn_with_env(lab_id, attached, &[])
+    }
+
+    fn spawn_with_env(lab_id: &str, attached: bool, env: &[(&str, &str)]) -> Result<Lab> {
         let python = python();
         let script = labd_script();
         let mut cmd = Command::new(&python);
         cmd.arg(&script).arg("--lab-id").arg(lab_id);
+        cmd.envs(env.iter().copied());
         if attached {
             cmd.arg("--die-with-parent");
         }
@@ -499,6 +571,13 @@ impl Lab {
             .await
             .map(drop)
     }
+    /// The instance's systemd-networkd (profile flag `NETWORKD`): `status`, `reload` (rewrite
+    /// net-utils' files, then `networkctl reload`), `refresh` (reload only if a file changed, as
+    /// net-utils' timer does) or `restart`. Answers what was done, the files, networkd's log.
+    pub async fn networkd(&self, instance: &str, action: &str) -> Result<Value> {
+        self.verb(instance, "networkd", json!({ "action": action }))
+            .await
+    }
     /// Set IMDS paths under latest/meta-data/ (None removes), e.g. `spot/instance-action`.
     pub async fn imds_set(&self, instance: &str, path: &str, value: Option<&str>) -> Result<()> {
         self.call(
@@ -577,6 +656,46 @@ impl Lab {
     /// Open and finished lifecycle actions (finished ones with their result and how they ended).
     pub async fn lifecycle(&self) -> Result<Value> {
         self.call("GET", "lifecycle", None).await
+    }
+    /// Start `spec` in every instance that comes up from now on (those up now are left alone).
+    pub async fn set_boot(&self, spec: &BootSpec) -> Result<()> {
+        let body = serde_json::to_value(spec).map_err(|e| LabError::Control {
+            method: "PUT",
+            path: "boot".into(),
+            message: e.to_string(),
+        })?;
+        self.call("PUT", "boot", Some(body)).await.map(drop)
+    }
+    /// Stop booting new instances (what runs keeps running).
+    pub async fn clear_boot(&self) -> Result<()> {
+        self.call("DELETE", "boot", None).await.map(drop)
+    }
+    /// The boot record of an instance (an error if the boot spec never started it).
+    pub async fn boot_info(&self, instance: &str) -> Result<BootInfo> {
+        self.call_as("GET", &format!("instances/{instance}/boot"), None)
+            .await
+    }
+    /// Run an instance refresh of an Auto Scaling group under `policy` (`launch-before-terminate`
+    /// or `terminate-and-launch`; None: the profile's `MAINTENANCE_POLICY`), as
+    /// `StartInstanceRefresh` does. Answers the refresh (its `id` is the InstanceRefreshId).
+    pub async fn refresh(&self, asg: &str, policy: Option<&str>) -> Result<Value> {
+        self.call(
+            "POST",
+            &format!("groups/{asg}/refresh"),
+            Some(json!({ "policy": policy })),
+        )
+        .await
+    }
+    /// A rebalance recommendation for the instance (IMDS `events/recommendations/rebalance`);
+    /// with Capacity Rebalancing on (profile `CAPACITY_REBALANCE` or the group's attribute) the
+    /// group launches a replacement, then terminates this one through its hook.
+    pub async fn rebalance(&self, instance: &str) -> Result<Value> {
+        self.verb(instance, "rebalance", json!({})).await
+    }
+    /// The groups' scaling activities (`activities`, oldest first), launches decided but not yet
+    /// made (`pending`), replacements (`tasks`) and instance refreshes (`refreshes`).
+    pub async fn activities(&self) -> Result<Value> {
+        self.call("GET", "activities", None).await
     }
     /// Raw figures: mirror lag samples (ms), API call durations.
     pub async fn stats(&self) -> Result<Value> {
