@@ -210,7 +210,7 @@ impl Ctx {
 
     async fn ready(&self, zone: &str) -> Result<(), String> {
         let agent = &self.running(zone).agent;
-        wait_for(WAIT, "READY=1", || async {
+        wait_for(wait(), "READY=1", || async {
             agent.notify.ready().then_some(())
         })
         .await
@@ -291,7 +291,7 @@ impl Ctx {
 
     /// The ASG's replacement of `old` in `zone`.
     async fn replacement(&self, zone: &str, old: &str) -> Result<Instance, String> {
-        wait_for(WAIT, &format!("{zone}'s replacement"), || async {
+        wait_for(wait(), &format!("{zone}'s replacement"), || async {
             self.e
                 .lab
                 .instance_in(zone)
@@ -330,7 +330,7 @@ impl Ctx {
         self.wait_route(zone, to, Duration::from_secs(15)).await?;
         let r = self.running_mut(zone);
         r.expect_exit = true;
-        let exit = tokio::time::timeout(WAIT, r.agent.child.wait()).await;
+        let exit = tokio::time::timeout(wait(), r.agent.child.wait()).await;
         match exit {
             Ok(Ok(s)) if s.code() == Some(0) => Ok(()),
             other => Err(format!("drain exit {other:?}\n{}", self.logs())),
@@ -674,7 +674,7 @@ fn boot_with_stuck_eni<'a>(c: &'a mut Ctx, kind: &'static str, dead_holder: bool
         c.start_on("b", inst, &[]);
         let r = c.running_mut("b");
         r.expect_exit = true;
-        let exit = tokio::time::timeout(WAIT, r.agent.child.wait()).await;
+        let exit = tokio::time::timeout(wait(), r.agent.child.wait()).await;
         let statuses = r.agent.notify.statuses().join(" | ");
         c.check(
             matches!(exit, Ok(Ok(s)) if s.code() != Some(0)),
@@ -722,7 +722,7 @@ fn both_rebooted(c: &mut Ctx) -> CaseFut<'_> {
         }
         let mut back = Vec::new();
         for id in &ids {
-            let inst = wait_for(WAIT, "the instance back", || async {
+            let inst = wait_for(wait(), "the instance back", || async {
                 c.e.lab
                     .instances()
                     .await
@@ -1110,9 +1110,11 @@ async fn run_case(case: &Case) -> Row {
     let stream = c.e.lab.stream_start(case.stream, 100).await.unwrap_or(0);
     sleep_s(0.5).await;
 
-    let ran = match tokio::time::timeout(Duration::from_secs(120), (case.run)(&mut c)).await {
+    // Under `aws` a replacement alone takes 30-90 s to launch.
+    let limit = if gateway_lab::aws_profile() { 360 } else { 120 };
+    let ran = match tokio::time::timeout(Duration::from_secs(limit), (case.run)(&mut c)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after 120 s\n{}", c.logs())),
+        Err(_) => Err(format!("timed out after {limit} s\n{}", c.logs())),
     };
 
     // The zone's traffic flows at the end, whoever carries it.
@@ -1189,6 +1191,7 @@ async fn run_case(case: &Case) -> Row {
 fn print_table(rows: &[Row]) {
     let w = rows.iter().map(|r| r.case.len()).max().unwrap_or(4).max(4);
     let head = [
+        "profile",
         "client loss (pkts)",
         "blackhole",
         "writers/table",
@@ -1209,8 +1212,14 @@ fn print_table(rows: &[Row]) {
             Err(e) => format!("FAIL: {}", e.lines().next().unwrap_or("")),
         };
         println!(
-            "| {:w$} | {:>18} | {:>9} | {:>13} | {:>6} | {:>12} | {result} |",
-            r.case, r.loss, r.black, r.writers, r.writes, r.starts
+            "| {:w$} | {:>7} | {:>18} | {:>9} | {:>13} | {:>6} | {:>12} | {result} |",
+            r.case,
+            gateway_lab::profile(),
+            r.loss,
+            r.black,
+            r.writers,
+            r.writes,
+            r.starts
         );
     }
 }
@@ -1237,6 +1246,8 @@ fn main() -> std::process::ExitCode {
         return rt.block_on(soak::run(secs));
     }
     let only = arg("--case");
+    // The lab profile (GATEWAY_LAB_PROFILE) reaches every labd through the environment.
+    eprintln!("matrix: lab profile {}", gateway_lab::profile());
     let mut rows = Vec::new();
     for case in cases() {
         if only

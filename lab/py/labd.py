@@ -261,10 +261,14 @@ class Lab:
             # doubles the time of a scenario with many route tables; nothing in the VPC can act
             # on the mirror before the build answers, so one pass at its end is enough.
             self.building = True
+            # Its groups' first instances launch at once (no LAUNCH_S): the fleet exists before
+            # the test begins; every later launch (replacement, scale-out, refresh) waits.
+            mends.LIFECYCLE.immediate = True
             try:
                 self.scenario = scenario.build(self, **body)
             finally:
                 self.building = False
+                mends.LIFECYCLE.immediate = False
                 with self.lock:
                     self.topo.reconcile()
             return 200, self.scenario

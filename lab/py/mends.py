@@ -69,6 +69,8 @@ class Lifecycle:
         self.activities = []  # scaling activities, oldest first
         self.tasks = []  # replacements in progress: instance refresh steps, rebalancing
         self.refreshes = []  # instance refreshes, oldest first
+        # Set while labd builds a scenario: the fleet a test starts from is already there.
+        self.immediate = False
 
     def reset(self):
         with self.lock:
@@ -547,7 +549,7 @@ def _task(task_id):
 def _schedule_launches(group, activities, task_id=None):
     """Launch now (LAUNCH_S 0: the fast profile) or when each one's LAUNCH_S has passed."""
     delays = [profile.draw("LAUNCH_S") for _ in activities]
-    if not any(delays):
+    if not any(delays) or LIFECYCLE.immediate:
         return _launch_now(group, activities, task_id)
     now = time.monotonic()
     with LIFECYCLE.lock:

@@ -17,6 +17,17 @@ pub use tokio::process::{Child, Command};
 pub const AGENT: &str = env!("CARGO_BIN_EXE_gateway-agent");
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// How long to wait for a launch, a boot or an exit: [`WAIT`], or 180 s under the `aws` lab
+/// profile, where the ASG launches a replacement 30-90 s after it decides and every boot step
+/// waits for attachments and lagging reads.
+pub fn wait() -> Duration {
+    if gateway_lab::aws_profile() {
+        Duration::from_secs(180)
+    } else {
+        WAIT
+    }
+}
+
 /// Inside the lab's internet, but nobody answers there: a broken uplink as the agent sees it.
 pub const SILENT_HOST: &str = "198.51.100.99";
 
@@ -73,13 +84,14 @@ impl Agent {
     }
 
     pub async fn wait_ready(&self) {
-        let ready = wait_for(WAIT, "READY=1", || async {
+        let ready = wait_for(wait(), "READY=1", || async {
             self.notify.ready().then_some(())
         })
         .await;
         if ready.is_err() {
             panic!(
-                "no READY=1 within {WAIT:?}; statuses {:?}\nlog:\n{}",
+                "no READY=1 within {:?}; statuses {:?}\nlog:\n{}",
+                wait(),
                 self.notify.statuses(),
                 self.log()
             );
@@ -88,9 +100,13 @@ impl Agent {
 
     /// The exit code; `None` when a signal ended the process.
     pub async fn wait_exit(&mut self) -> Option<i32> {
-        match tokio::time::timeout(WAIT, self.child.wait()).await {
+        match tokio::time::timeout(wait(), self.child.wait()).await {
             Ok(status) => status.expect("wait").code(),
-            Err(_) => panic!("agent still running after {WAIT:?}; log:\n{}", self.log()),
+            Err(_) => panic!(
+                "agent still running after {:?}; log:\n{}",
+                wait(),
+                self.log()
+            ),
         }
     }
 
@@ -137,7 +153,7 @@ pub async fn env(opts: ScenarioOptions) -> Env {
 impl Env {
     pub async fn instance(&self, zone: &str) -> Instance {
         self.lab
-            .wait_instance(self.sc.zone(zone).az.as_str(), WAIT)
+            .wait_instance(self.sc.zone(zone).az.as_str(), wait())
             .await
             .expect("the ASG launches an instance")
     }

@@ -106,8 +106,14 @@ async fn throttling_is_one_bucket_per_action_shared_by_callers() {
     assert_eq!(reads.1, 0, "DescribeRouteTables refused");
     let stats = lab.stats().await.unwrap();
     let refused = &stats["throttling"]["refused"];
-    assert!(refused["api:ec2:CreateTags"].as_u64().unwrap_or(0) > 0, "{refused}");
-    assert!(refused.get("api:ec2:DescribeRouteTables").is_none(), "{refused}");
+    assert!(
+        refused["api:ec2:CreateTags"].as_u64().unwrap_or(0) > 0,
+        "{refused}"
+    );
+    assert!(
+        refused.get("api:ec2:DescribeRouteTables").is_none(),
+        "{refused}"
+    );
 }
 
 /// Other tools of the account spending a bucket faster than it refills leave a caller throttled.
@@ -153,7 +159,10 @@ async fn reads_lag_writes() {
     // A first write, then wait it out: the views start from it.
     tag(&lab.ec2(), &a.route_table_id, "old").await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(read_tag(&lab, &a.route_table_id).await.as_deref(), Some("old"));
+    assert_eq!(
+        read_tag(&lab, &a.route_table_id).await.as_deref(),
+        Some("old")
+    );
 
     let t0 = Instant::now();
     tag(&lab.ec2(), &a.route_table_id, "new").await.unwrap();
@@ -165,16 +174,27 @@ async fn reads_lag_writes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(read_tag(&lab, &a.route_table_id).await.as_deref(), Some("old"));
-    assert_eq!(default_route(&lab, &a.route_table_id).await.0, Some(a.eni_id.clone()));
+    assert_eq!(
+        read_tag(&lab, &a.route_table_id).await.as_deref(),
+        Some("old")
+    );
+    assert_eq!(
+        default_route(&lab, &a.route_table_id).await.0,
+        Some(a.eni_id.clone())
+    );
     let seen = wait_for(WAIT, "the new tag", || async {
-        (read_tag(&lab, &a.route_table_id).await.as_deref() == Some("new"))
-            .then(|| t0.elapsed())
+        (read_tag(&lab, &a.route_table_id).await.as_deref() == Some("new")).then(|| t0.elapsed())
     })
     .await
     .unwrap();
-    assert_eq!(default_route(&lab, &a.route_table_id).await.0, Some(b.eni_id.clone()));
-    println!("a write became visible to reads after {:.2} s (lag 1.5 s)", seen.as_secs_f64());
+    assert_eq!(
+        default_route(&lab, &a.route_table_id).await.0,
+        Some(b.eni_id.clone())
+    );
+    println!(
+        "a write became visible to reads after {:.2} s (lag 1.5 s)",
+        seen.as_secs_f64()
+    );
     assert!(seen >= Duration::from_millis(1400), "{seen:?}");
     assert!(seen < Duration::from_millis(2600), "{seen:?}");
 }
@@ -230,7 +250,9 @@ async fn slow_attach_detach_and_shutting_down() {
                 .unwrap();
             let ni = &out.network_interfaces()[0];
             (
-                ni.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                ni.status()
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_default(),
                 ni.attachment()
                     .and_then(|x| x.status())
                     .map(|s| s.as_str().to_owned()),
@@ -244,7 +266,10 @@ async fn slow_attach_detach_and_shutting_down() {
     let t0 = Instant::now();
     attach(&lab, &a.eni_id, &inst.instance_id).await;
     let (eni_status, att, _) = status(&lab).await;
-    assert_eq!((eni_status.as_str(), att.as_deref()), ("attaching", Some("attaching")));
+    assert_eq!(
+        (eni_status.as_str(), att.as_deref()),
+        ("attaching", Some("attaching"))
+    );
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
     wait_for(WAIT, "attached", || async {
         (status(&lab).await.1.as_deref() == Some("attached")).then_some(())
@@ -267,7 +292,10 @@ async fn slow_attach_detach_and_shutting_down() {
         .await
         .unwrap();
     let (eni_status, att, _) = status(&lab).await;
-    assert_eq!((eni_status.as_str(), att.as_deref()), ("detaching", Some("detaching")));
+    assert_eq!(
+        (eni_status.as_str(), att.as_deref()),
+        ("detaching", Some("detaching"))
+    );
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, a.eni_id);
     // A second detach while the first is in flight is a state error, as on EC2.
     let again = lab
@@ -366,16 +394,22 @@ async fn imds_and_data_plane_lag() {
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
     let ns = inst.ns.clone().unwrap();
     let macs = |ns: String| async move {
-        tokio::task::spawn_blocking(move || crate::imds::get(&ns, "/latest/meta-data/network/interfaces/macs/").1)
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            crate::imds::get(&ns, "/latest/meta-data/network/interfaces/macs/").1
+        })
+        .await
+        .unwrap()
     };
     let mac = a.eni_mac.to_lowercase();
     let t0 = Instant::now();
     attach(&lab, &a.eni_id, &inst.instance_id).await;
     assert!(!macs(ns.clone()).await.to_lowercase().contains(&mac));
     wait_for(WAIT, "the ENI in IMDS", || async {
-        macs(ns.clone()).await.to_lowercase().contains(&mac).then_some(())
+        macs(ns.clone())
+            .await
+            .to_lowercase()
+            .contains(&mac)
+            .then_some(())
     })
     .await
     .unwrap();
@@ -403,7 +437,9 @@ async fn imds_and_data_plane_lag() {
     .await
     .unwrap();
     let dp_s = t1.elapsed().as_secs_f64();
-    println!("IMDS showed the new ENI after {imds_s:.2} s (set 2); the router followed ReplaceRoute after {dp_s:.2} s (set 1.5)");
+    println!(
+        "IMDS showed the new ENI after {imds_s:.2} s (set 2); the router followed ReplaceRoute after {dp_s:.2} s (set 1.5)"
+    );
     assert!((1.9..3.0).contains(&imds_s), "{imds_s}");
     assert!((1.4..2.2).contains(&dp_s), "{dp_s}");
 }

@@ -1,9 +1,12 @@
 //! The lab proves itself against the real parts: moto's server with the mends, the IMDS emulator
 //! over real sockets inside instance namespaces, and packets through the kernel. Run as root.
 
+mod asg;
+mod awsprofile;
 mod dataplane;
 mod imds;
 mod mends;
+mod networkd;
 mod scenario;
 mod teardown;
 
