@@ -3,6 +3,8 @@
 #   make test    install what the tests need, then lint and run every test (as root)
 #   make bench   the benchmarks' figures
 #   make soak    random faults for SOAK_SECONDS (default 600), with the agents' RSS and CPU
+# Every lab target honours GATEWAY_LAB_PROFILE (fast, the default; aws: the lab behaves like
+# AWS, README "Lab profiles"), e.g. `GATEWAY_LAB_PROFILE=aws make matrix`.
 #   make package the .deb and .rpm (see packaging/Makefile.inc for the packaging targets)
 
 CACHE ?= $(HOME)/.cache/gateway-agent
@@ -13,7 +15,7 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test lint unit lab-test matrix soak deny fuzz-smoke bench bench-failover bench-drain clean-lab
+.PHONY: all setup build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain clean-lab
 
 all: build
 
@@ -41,11 +43,18 @@ lab-test: clean-lab
 test: setup lint deny examples-check ami-check package-test
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
+	$(MAKE) --no-print-directory aws-smoke
 	$(MAKE) --no-print-directory fuzz-smoke
 
-# The fault matrix alone; CASE=<text>[,<text>] picks cases by name.
+# The fault matrix alone; CASE=<text>[,<text>] picks cases by name; GATEWAY_LAB_PROFILE=aws
+# runs it in the lab that behaves like AWS (~1 h instead of ~12 min).
 matrix: setup
 	$(CARGO) test --locked --test matrix -- $(if $(CASE),--case "$(CASE)")
+
+# A few matrix rows under the aws profile, so that profile cannot rot unnoticed (~4 min).
+AWS_SMOKE_CASES ?= peer agent killed -9,link cut between gateways,IMDS answering 500
+aws-smoke: setup
+	GATEWAY_LAB_PROFILE=aws $(CARGO) test --locked --test matrix -- --case "$(AWS_SMOKE_CASES)"
 
 # Random faults every few seconds against the release build: loss, route changes, invariant
 # violations, RSS and CPU. ~SOAK_SECONDS + 1 min.

@@ -17,8 +17,11 @@ fi
 # Debian packages: iproute2 (ip netns/veth), Python with venv for moto, a C toolchain for the
 # crates that build C (aws-lc-sys), procps for ps in the lab tests, iputils-ping for the
 # nat_monitor.sh baseline of `gwlab bench-failover`, faketime (libfaketime) for the fault
-# matrix's wall-clock jumps.
-debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping faketime)
+# matrix's wall-clock jumps; systemd (systemd-networkd, networkctl), dbus (dbus-daemon) and
+# util-linux (unshare, nsenter) for the network manager the `aws` lab profile runs in every
+# instance; packer and shellcheck for `make ami-check` (ami/validate.sh), which `make test` runs.
+debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping faketime systemd dbus util-linux
+      packer shellcheck)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -371,3 +371,112 @@ async fn a_takeover_rides_out_throttling_and_5xx() {
     assert!(log_a.contains("RequestLimitExceeded"), "{log_a}");
     f.show_logs();
 }
+
+/// The ASG's replacement appears only after its launch delay and its agent starts by itself,
+/// as systemd starts it from the AMI (labd's boot spec, not the test): it boots, claims the
+/// zone's ENI, takes its routes back from the peer and tells systemd READY=1.
+#[tokio::test(flavor = "multi_thread")]
+async fn replacement_agent_starts_with_its_instance() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the lab tests need root"
+    );
+    let mut lab = Lab::start_with_env(&[
+        ("GATEWAY_LAB_AWS_LAUNCH_S", "3"),
+        ("GATEWAY_LAB_AWS_BOOT_S", "1"),
+    ])
+    .expect("lab starts");
+    let sc = lab
+        .scenario(&ScenarioOptions::default())
+        .await
+        .expect("scenario builds");
+    let e = Env { lab, sc };
+    let a = e.instance("a").await;
+    let b = e.instance("b").await;
+    let agent_a = e.start_agent_sock(&a, "agent-a", "[failover]\nhold_down_s = 3");
+    let agent_b = e.start_agent_sock(&b, "agent-b", "[failover]\nhold_down_s = 3");
+    agent_a.wait_ready().await;
+    agent_b.wait_ready().await;
+
+    // What the AMI's systemd unit would run in every new instance.
+    let dir = &e.lab.info.run_dir;
+    let mut env: std::collections::BTreeMap<String, String> = Lab::instance_env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    env.insert("RUST_LOG".into(), "info".into());
+    let config = format!(
+        "version = 1\n[group]\nname = \"{}\"\n[failover]\nhold_down_s = 3\n[control]\nsocket = \"{dir}/{{instance_id}}.sock\"\n",
+        e.sc.group
+    );
+    e.lab
+        .set_boot(&gateway_lab::BootSpec {
+            argv: vec![
+                AGENT.into(),
+                "run".into(),
+                "--config".into(),
+                format!("{dir}/{{instance_id}}.toml"),
+            ],
+            env,
+            files: [(format!("{dir}/{{instance_id}}.toml"), config)].into(),
+        })
+        .await
+        .unwrap();
+
+    let t0 = std::time::Instant::now();
+    e.lab.terminate_in_group(&b.instance_id).await.unwrap();
+    let eni_a = e.sc.zone("a").eni_id.clone();
+    let eni_b = e.sc.zone("b").eni_id.clone();
+    let via = |want: String| {
+        let e = &e;
+        async move {
+            let routes = e
+                .lab
+                .kernel_routes(&e.sc.zone("b").route_table_id)
+                .await
+                .ok()?;
+            routes
+                .iter()
+                .any(|r| r.destination == "0.0.0.0/0" && r.eni.as_deref() == Some(want.as_str()))
+                .then_some(())
+        }
+    };
+    wait_for(WAIT, "b carried by a", || via(eni_a.clone()))
+        .await
+        .unwrap_or_else(|_| panic!("a did not take b over:\n{}", agent_a.log()));
+    let new_b = wait_for(wait(), "b's replacement", || async {
+        e.lab
+            .instance_in(&e.sc.zone("b").az)
+            .await
+            .ok()
+            .filter(|i| i.instance_id != b.instance_id)
+    })
+    .await
+    .unwrap();
+    let appeared = t0.elapsed().as_secs_f64();
+    let boot = wait_for(WAIT, "READY=1 from the booted agent", || async {
+        e.lab
+            .boot_info(&new_b.instance_id)
+            .await
+            .ok()
+            .filter(|info| {
+                info.notify
+                    .iter()
+                    .any(|m| m.lines().any(|l| l == "READY=1"))
+            })
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no READY from the replacement's agent"));
+    wait_for(WAIT, "b back on its own ENI", || via(eni_b.clone()))
+        .await
+        .unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(&boot.log).unwrap_or_default();
+            panic!("b not handed back:\n{log}\n--- a ---\n{}", agent_a.log())
+        });
+    println!(
+        "replacement appeared {appeared:.1} s after the termination (LAUNCH_S 3); its agent, \
+         started by labd, READY and zone b back on its ENI {:.1} s after",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(appeared >= 3.0, "{appeared}");
+}

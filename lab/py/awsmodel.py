@@ -215,6 +215,13 @@ class Views:
                 v <= now for v in self.views[1][2].values()):
             self.views.pop(0)
 
+    def settle(self, ec2):
+        """Everything written so far is visible to every read from now on."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        self.views = [(now, _capture(ec2), {kind: now for kind in KINDS})]
+
     def _pick(self, kind, now):
         if self.nonmonotonic:
             target = now - profile.draw("LAG_S")
@@ -312,3 +319,11 @@ class Shutdowns:
     def due(self):
         now = time.monotonic()
         return [k for k, v in self.pending.items() if v["until"] <= now]
+
+    def hard(self, instance_id):
+        """No OS shutdown (TerminateInstances SkipOsShutdown=true, or the lab's own terminate
+        verb): the instance stops answering at once, still `shutting-down` with its ENIs."""
+        sd = self.pending.get(instance_id)
+        if sd is not None:
+            sd["signalled"] = True
+            sd["poweroff_at"] = time.monotonic()

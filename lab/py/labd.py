@@ -141,6 +141,10 @@ class Lab:
             finally:
                 mends.TRANSITIONS.force = False
             if (not read and action and captured["status"].startswith("200")):
+                if action == "TerminateInstances" and (params.get("SkipOsShutdown") or [""])[0] == "true":
+                    for key, ids in params.items():
+                        if key.startswith("InstanceId"):
+                            mends.SHUTDOWNS.hard(ids[0])
                 self.views.record(self.ec2())
             if stuck and action == "DescribeNetworkInterfaces":
                 chunks = _stuck(chunks, stuck)
@@ -270,6 +274,8 @@ class Lab:
                 self.building = False
                 mends.LIFECYCLE.immediate = False
                 with self.lock:
+                    # The VPC was built long before any gateway boots: every read sees it whole.
+                    self.views.settle(self.ec2())
                     self.topo.reconcile()
             return 200, self.scenario
         if path == "scenario" and method == "GET":
@@ -409,6 +415,11 @@ class Lab:
             with self.lock:
                 if verb == "terminate":
                     ec2.terminate_instances([instance_id])
+                    # A death, as the lab's terminate has always meant: no OS shutdown (the
+                    # agent gets no SIGTERM); under aws still `shutting-down` for a while.
+                    # {"graceful": true} is EC2's default: the OS stops its services first.
+                    if not body.get("graceful"):
+                        mends.SHUTDOWNS.hard(instance_id)
                     self.asg().notify_terminate_instances([instance_id])
                 elif verb == "stop":
                     ec2.stop_instances([instance_id])

@@ -2,7 +2,7 @@
 
 Each mend is a patch applied in the moto server's own process (`apply()`), so the agent talks to
 an unmodified moto HTTP server with AWS's semantics restored. Every mend is proven against the
-running server by the lab's tests (lab/tests/moto_mends.rs):
+running server by the lab's tests (lab/tests/lab/mends.rs, asg.rs, awsprofile.rs):
 
 1. a route to an ENI reads `blackhole` while the ENI is detached or its instance is not running;
 2. terminating an instance detaches its DeleteOnTermination=false ENIs (they become `available`);
@@ -25,6 +25,11 @@ running server by the lab's tests (lab/tests/moto_mends.rs):
    (`DescribeScalingActivities`); `StartInstanceRefresh` / `DescribeInstanceRefreshes` /
    `CancelInstanceRefresh` replace instances under the maintenance policy; Capacity Rebalancing
    (labd's rebalance verb) launches a replacement before terminating through the hook.
+10. the aws profile's slow attachments and deaths (awsmodel.py): an attachment reads
+   `attaching` for ATTACH_S (the route blackhole meanwhile); a detach reads `detaching` for
+   DETACH_S, still attached, and only then takes effect in moto (at once with Force=true; a
+   second detach meanwhile is `IncorrectState`); TerminateInstances leaves the instance
+   `shutting-down` for SHUTDOWN_S with its ENIs attached and their routes active.
 
 Fault injection (throttling, 5xx, latency) lives in labd's WSGI middleware, not here.
 """

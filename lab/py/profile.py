@@ -69,18 +69,20 @@ PARAMS = [
     Param("WRITE_MS", "0", "80..400", "ms",
           "assumption: ReplaceRoute/CreateTags/Attach answer in a few hundred ms (no AWS figure)"),
     Param("LAG_S", "0", "0.2..2", "s",
-          "EC2 API reference, \"Eventual consistency in the Amazon EC2 API\": reads may lag "
-          "writes; no bound is published (assumption 0.2-2 s, drawn per write and per kind)"),
+          "EC2 developer guide, \"Eventual consistency in the Amazon EC2 API\": a write \"might "
+          "not be immediately visible to all subsequent commands\"; no bound is published "
+          "(assumption 0.2-2 s, drawn per write and per kind)"),
     Param("NONMONOTONIC", "0", "0", "0/1",
-          "same page: within the lag window a later read may show an older view (off by "
-          "default; matrix rows turn it on)"),
+          "same page: no promise that reads only move forward (off by default; "
+          "GATEWAY_LAB_AWS_NONMONOTONIC=1 serves each read from a view drawn anew)"),
     Param("ATTACH_S", "0", "2..5", "s",
           "assumption: an attachment reads `attaching` for seconds (hot-plug to the guest)"),
     Param("DETACH_S", "0", "2..10", "s",
           "assumption: `detaching` lasts seconds; a force-detach (Force=true) ends at once"),
     Param("SHUTDOWN_S", "0", "20..60", "s",
-          "EC2 user guide, \"Instance state changes\": `shutting-down` until the OS is down; "
-          "assumption 20-60 s with attached ENIs still attached"),
+          "EC2 user guide, \"Troubleshoot instance termination\": `shutting-down` lasting "
+          "\"longer than a few minutes\" is abnormal; no typical figure (assumption 20-60 s, the "
+          "OS powering off after ~5 s, attached ENIs attached until `terminated`)"),
     Param("LAUNCH_S", "0", "30..90", "s",
           "assumption from ASG activity histories: a replacement's instance appears 30-90 s "
           "after the ASG decides (pending, boot, then the agent starts)"),
@@ -95,6 +97,9 @@ PARAMS = [
           "ReplaceRoute's answer"),
     Param("NETWORKD", "0", "1", "0/1",
           "amazon-ec2-net-utils: systemd-networkd configures every ENI of AL2023/Debian gateways"),
+    Param("NETUTILS_REFRESH_S", "0", "60", "s",
+          "amazon-ec2-net-utils' refresh-policy-routes timer (30 s after boot, then every 60 s): "
+          "rewrites each ENI's networkd files, reloads networkd when one changed"),
     Param("MAINTENANCE_POLICY", "terminate-and-launch", "launch-before-terminate", "policy",
           "Auto Scaling user guide, \"Instance maintenance policies\""),
     Param("CAPACITY_REBALANCE", "0", "1", "0/1",

@@ -222,6 +222,7 @@ class Topology:
     def reconcile(self, started=None):
         """Bring the namespaces in line with moto. Call with self.lock held."""
         self._apply_shutdowns()
+        self._networkd_timer()
         desired = self._desired()
         desired["routes"] = self._lagged(desired["routes"])
         key = (
@@ -285,6 +286,21 @@ class Topology:
                 self._signal_all(entry["ns"], signal.SIGKILL)
                 self.cuts.setdefault(instance_id, set()).update({"uplink", "eni"})
                 self.log(f"instance {instance_id} powered off (still shutting-down, ENIs attached)")
+
+    def _networkd_timer(self):
+        """net-utils' refresh timer: 30 s after boot, then every NETUTILS_REFRESH_S, rewrite
+        each ENI's files and reload networkd if one changed."""
+        every = profile.draw("NETUTILS_REFRESH_S")
+        if every <= 0:
+            return
+        now = time.monotonic()
+        for instance_id, entry in self.instances.items():
+            if entry.get("networkd") is None:
+                continue
+            due = entry.setdefault("netutils_due", now + min(30.0, every))
+            if now >= due:
+                entry["netutils_due"] = now + every
+                self._networkd_follow(instance_id, "timer")
 
     def _signal_all(self, ns, sig):
         for pid in netns.netns_pids(ns):

@@ -112,6 +112,8 @@ async fn boot(
 
 pub async fn run(agent: &str, runs: usize, show_logs: bool) -> Result<(), String> {
     let s = |e: gateway_lab::LabError| e.to_string();
+    // GATEWAY_LAB_PROFILE reaches labd through the environment.
+    println!("lab profile: {}", gateway_lab::profile());
     let mut lab = Lab::start().map_err(s)?;
     let mut first = Vec::new();
     let mut restart = Vec::new();

@@ -870,6 +870,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
          purpose while its client sends {STREAM_RATE} packets/s; {} runs per event",
         opts.runs
     );
+    // GATEWAY_LAB_PROFILE reaches labd through the environment.
+    println!("lab profile: {}", gateway_lab::profile());
     let mut lab = Lab::start().map_err(lab_err)?;
     let mut results = Vec::new();
     let mut first = true;

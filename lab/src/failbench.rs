@@ -836,6 +836,8 @@ pub async fn run(opts: Options) -> Result<(), String> {
         opts.tables,
         dests.join(", ")
     );
+    // GATEWAY_LAB_PROFILE reaches labd through the environment.
+    println!("lab profile: {}", gateway_lab::profile());
     let mut lab = Lab::start().map_err(lab_err)?;
     let mut agent_runs = Vec::new();
     for i in 0..opts.runs {

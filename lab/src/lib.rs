@@ -517,9 +517,18 @@ impl Lab {
             .map(drop)
             .map_err(|e| format!("TerminateInstanceInAutoScalingGroup {instance}: {e:?}"))
     }
-    /// Terminate like `ec2 terminate-instances` (outside the ASG's own lifecycle).
+    /// Terminate like `ec2 terminate-instances --skip-os-shutdown` (outside the ASG's own
+    /// lifecycle): the instance dies at once, its agent with it (under the aws profile it stays
+    /// `shutting-down`, its ENIs attached, for SHUTDOWN_S).
     pub async fn terminate(&self, instance: &str) -> Result<()> {
         self.verb(instance, "terminate", json!({})).await.map(drop)
+    }
+    /// Terminate like `ec2 terminate-instances`: the OS shuts down first (its services get
+    /// SIGTERM), under the aws profile; the same as [`Self::terminate`] under fast.
+    pub async fn terminate_graceful(&self, instance: &str) -> Result<()> {
+        self.verb(instance, "terminate", json!({"graceful": true}))
+            .await
+            .map(drop)
     }
     pub async fn stop(&self, instance: &str) -> Result<()> {
         self.verb(instance, "stop", json!({})).await.map(drop)
