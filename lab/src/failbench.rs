@@ -294,19 +294,32 @@ async fn hand_configure(
         .split_once('/')
         .map(|(_, p)| p)
         .ok_or_else(|| format!("subnet CIDR {cidr} has no prefix length"))?;
+    let ns = ns_of(inst)?;
+    // The lab names an interface ens<5 + device index> when it moves it into the instance;
+    // under the aws profile that is only once the attachment is done (2-5 s), as the hot-plug.
+    gateway_lab::wait_for(Duration::from_secs(30), "ens6 hot-plugged", || async {
+        Command::new("ip")
+            .args(["-n", &ns, "link", "show", "ens6"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(drop)
+    })
+    .await
+    .map_err(lab_err)?;
     lab.forwarding(&inst.instance_id, true)
         .await
         .map_err(lab_err)?;
-    let ns = ns_of(inst)?;
-    // The lab names an interface ens<5 + device index> when it moves it into the instance.
     let addr = format!("{}/{prefix}", zone.eni_ip);
     let out = Command::new("ip")
-        .args(["-n", &ns, "addr", "add", &addr, "dev", "ens6"])
+        // `replace`: under the aws profile the instance's network manager may have addressed
+        // the hot-plugged interface already, as amazon-ec2-net-utils does.
+        .args(["-n", &ns, "addr", "replace", &addr, "dev", "ens6"])
         .output()
-        .map_err(|e| format!("ip -n {ns} addr add {addr} dev ens6: {e}"))?;
+        .map_err(|e| format!("ip -n {ns} addr replace {addr} dev ens6: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "ip -n {ns} addr add {addr} dev ens6: {}",
+            "ip -n {ns} addr replace {addr} dev ens6: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
