@@ -46,6 +46,32 @@ async fn read_tag(lab: &Lab, rtb: &str) -> Option<String> {
         .and_then(|t| t.value().map(str::to_owned))
 }
 
+/// Waits until the VPC router's default route of `rtb` reads `want` (an ENI or "blackhole");
+/// returns how long that took.
+async fn kernel_reads(lab: &Lab, rtb: &str, want: &str) -> Duration {
+    let t0 = Instant::now();
+    wait_for(WAIT, &format!("{rtb} via {want}"), || async {
+        (kernel_default(lab, rtb).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+    t0.elapsed()
+}
+
+/// Waits until the zone's ENI reads `want` (its attachment status) through the API.
+async fn eni_reads<F, Fut>(status: F, want: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (String, Option<String>, Option<String>)>,
+{
+    wait_for(WAIT, want, || async {
+        let (eni, att, _) = status().await;
+        (att.as_deref() == Some(want) || eni == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 /// One CreateTags bucket (100 burst, 10/s: EC2's documented figures) shared by two callers;
 /// DescribeRouteTables, its own bucket, is never refused meanwhile.
 #[tokio::test(flavor = "multi_thread")]
@@ -271,17 +297,9 @@ async fn slow_attach_detach_and_shutting_down() {
         ("attaching", Some("attaching"))
     );
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, "blackhole");
-    wait_for(WAIT, "attached", || async {
-        (status(&lab).await.1.as_deref() == Some("attached")).then_some(())
-    })
-    .await
-    .unwrap();
+    eni_reads(|| status(&lab), "attached").await;
     let attach_s = t0.elapsed().as_secs_f64();
-    wait_for(WAIT, "route via the ENI", || async {
-        (kernel_default(&lab, &a.route_table_id).await == a.eni_id).then_some(())
-    })
-    .await
-    .unwrap();
+    kernel_reads(&lab, &a.route_table_id, &a.eni_id).await;
 
     let attachment = status(&lab).await.2.unwrap();
     let t1 = Instant::now();
@@ -306,20 +324,12 @@ async fn slow_attach_detach_and_shutting_down() {
         .await
         .unwrap_err();
     assert_eq!(code(&again), "IncorrectState");
-    wait_for(WAIT, "available", || async {
-        (status(&lab).await.0 == "available").then_some(())
-    })
-    .await
-    .unwrap();
+    eni_reads(|| status(&lab), "available").await;
     let detach_s = t1.elapsed().as_secs_f64();
 
     // Force: no `detaching` phase.
     attach(&lab, &a.eni_id, &inst.instance_id).await;
-    wait_for(WAIT, "attached", || async {
-        (status(&lab).await.1.as_deref() == Some("attached")).then_some(())
-    })
-    .await
-    .unwrap();
+    eni_reads(|| status(&lab), "attached").await;
     let attachment = status(&lab).await.2.unwrap();
     lab.ec2()
         .detach_network_interface()
@@ -331,11 +341,7 @@ async fn slow_attach_detach_and_shutting_down() {
     assert_eq!(status(&lab).await.0, "available");
 
     attach(&lab, &a.eni_id, &inst.instance_id).await;
-    wait_for(WAIT, "route via the ENI", || async {
-        (kernel_default(&lab, &a.route_table_id).await == a.eni_id).then_some(())
-    })
-    .await
-    .unwrap();
+    kernel_reads(&lab, &a.route_table_id, &a.eni_id).await;
     let t2 = Instant::now();
     lab.ec2()
         .terminate_instances()
@@ -415,11 +421,7 @@ async fn imds_and_data_plane_lag() {
     .unwrap();
     let imds_s = t0.elapsed().as_secs_f64();
 
-    wait_for(WAIT, "route via a's ENI", || async {
-        (kernel_default(&lab, &a.route_table_id).await == a.eni_id).then_some(())
-    })
-    .await
-    .unwrap();
+    kernel_reads(&lab, &a.route_table_id, &a.eni_id).await;
     let t1 = Instant::now();
     lab.ec2()
         .replace_route()
@@ -431,11 +433,7 @@ async fn imds_and_data_plane_lag() {
         .unwrap();
     // b's ENI is detached: the route goes blackhole, 1.5 s later.
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, a.eni_id);
-    wait_for(WAIT, "the router following", || async {
-        (kernel_default(&lab, &a.route_table_id).await == "blackhole").then_some(())
-    })
-    .await
-    .unwrap();
+    kernel_reads(&lab, &a.route_table_id, "blackhole").await;
     let dp_s = t1.elapsed().as_secs_f64();
     println!(
         "IMDS showed the new ENI after {imds_s:.2} s (set 2); the router followed ReplaceRoute after {dp_s:.2} s (set 1.5)"
