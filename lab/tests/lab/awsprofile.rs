@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use gateway_lab::{Lab, Scenario, ScenarioOptions, wait_for};
 
-use crate::{WAIT, attach, code, default_route, kernel_default, no_hooks, require_root};
+use crate::{
+    WAIT, attach, code, default_route, kernel_default, no_hooks, point_default, require_root,
+};
 
 async fn lab_env(env: &[(&str, &str)], opts: ScenarioOptions) -> (Lab, Scenario) {
     require_root();
@@ -192,14 +194,7 @@ async fn reads_lag_writes() {
 
     let t0 = Instant::now();
     tag(&lab.ec2(), &a.route_table_id, "new").await.unwrap();
-    lab.ec2()
-        .replace_route()
-        .route_table_id(&a.route_table_id)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&b.eni_id)
-        .send()
-        .await
-        .unwrap();
+    point_default(&lab, &a.route_table_id, &b.eni_id).await;
     assert_eq!(
         read_tag(&lab, &a.route_table_id).await.as_deref(),
         Some("old")
@@ -423,14 +418,7 @@ async fn imds_and_data_plane_lag() {
 
     kernel_reads(&lab, &a.route_table_id, &a.eni_id).await;
     let t1 = Instant::now();
-    lab.ec2()
-        .replace_route()
-        .route_table_id(&a.route_table_id)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&b.eni_id)
-        .send()
-        .await
-        .unwrap();
+    point_default(&lab, &a.route_table_id, &b.eni_id).await;
     // b's ENI is detached: the route goes blackhole, 1.5 s later.
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, a.eni_id);
     kernel_reads(&lab, &a.route_table_id, "blackhole").await;

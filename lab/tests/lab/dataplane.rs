@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gateway_lab::{in_netns, wait_for};
 
-use crate::{WAIT, attach, default_route, kernel_default, lab_with, no_hooks};
+use crate::{WAIT, attach, default_route, kernel_default, lab_with, no_hooks, point_default};
 
 /// Packets received on an interface inside a namespace.
 fn rx_packets(ns: &str, dev: &str) -> u64 {
@@ -60,14 +60,7 @@ async fn client_packets_follow_the_route_table_and_stop_at_a_blackhole() {
 
     // Move zone a's route to zone b's ENI: the packets move with it.
     let (a0, b0) = (rx_packets(&nsa, "ens6"), rx_packets(&nsb, "ens6"));
-    lab.ec2()
-        .replace_route()
-        .route_table_id(&a.route_table_id)
-        .destination_cidr_block("0.0.0.0/0")
-        .network_interface_id(&b.eni_id)
-        .send()
-        .await
-        .unwrap();
+    point_default(&lab, &a.route_table_id, &b.eni_id).await;
     assert_eq!(
         kernel_default(&lab, &a.route_table_id).await,
         b.eni_id,

@@ -62,6 +62,18 @@ pub async fn attach(lab: &Lab, eni: &str, instance: &str) {
         .expect("AttachNetworkInterface");
 }
 
+/// ReplaceRoute of a table's 0.0.0.0/0 to `eni`, as a gateway's takeover does.
+pub async fn point_default(lab: &Lab, rtb: &str, eni: &str) {
+    lab.ec2()
+        .replace_route()
+        .route_table_id(rtb)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(eni)
+        .send()
+        .await
+        .expect("ReplaceRoute");
+}
+
 /// The 0.0.0.0/0 route of a route table as moto reports it: (target ENI, state).
 pub async fn default_route(lab: &Lab, rtb: &str) -> (Option<String>, String) {
     let out = lab
