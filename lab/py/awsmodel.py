@@ -281,18 +281,20 @@ class Transitions:
         entry = self.pending.get(eni_id)
         return entry["status"] if entry else None
 
-    def finish(self, eni_id, detach):
+    def finish(self, eni_id):
+        """Ends a transition; answers the ENI when it was detaching: the caller detaches it."""
         entry = self.pending.pop(eni_id, None)
         if entry is None:
-            return
+            return None
         eni = entry["eni"]
         eni._lab_attach_status = "attached"
-        if entry["status"] == "detaching":
-            detach(eni)
-        elif eni.instance is not None:
-            eni.status = "in-use"
         self.done.append((eni_id, entry["status"], round(time.monotonic() - entry["began"], 2)))
         del self.done[:-1000]
+        if entry["status"] == "detaching":
+            return eni
+        if eni.instance is not None:
+            eni.status = "in-use"
+        return None
 
     def due(self):
         now = time.monotonic()

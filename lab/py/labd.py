@@ -117,8 +117,9 @@ class Lab:
         # serves them; only moto's bookkeeping is one at a time.
         read = awsmodel.is_read(action)
         if action and not self.buckets.admit(service, action, {k: v[0] for k, v in params.items()}):
+            # Not in api_calls (a refused call wrote nothing, as with an injected throttle);
+            # the buckets count it.
             time.sleep(profile.draw("READ_MS") / 1000.0)
-            self._count(action, started, throttled=True)
             return self._fault_response(start_response, service, {"kind": "throttle"})
         if action:
             wait = profile.draw("READ_MS" if read else "WRITE_MS")
@@ -158,7 +159,8 @@ class Lab:
                     log("reconcile failed after " + action + ":\n" + traceback.format_exc())
             done_at = time.time()
         if action:
-            self._count(action, started)
+            self.api_calls.append((action, (time.monotonic() - started) * 1000.0))
+            del self.api_calls[:-20000]
         if action in ("ReplaceRoute", "CreateRoute") and captured["status"].startswith("200"):
             def first(*keys):
                 return next((params[k][0] for k in keys if params.get(k)), None)
@@ -173,10 +175,6 @@ class Lab:
             del self.route_changes[:-20000]
         start_response(captured["status"], captured["headers"])
         return [chunks]
-
-    def _count(self, action, started, throttled=False):
-        self.api_calls.append((action, (time.monotonic() - started) * 1000.0, throttled))
-        del self.api_calls[:-20000]
 
     def _take_fault(self, action):
         with self.lock:
@@ -338,7 +336,7 @@ class Lab:
             return 200, dict(refresh)
         if path == "stats" and method == "GET":
             return 200, {"mirror_lag_ms": list(self.topo.mirror_lag_ms),
-                         "api_calls": [{"action": a, "ms": ms, "throttled": t} for a, ms, t in self.api_calls],
+                         "api_calls": [{"action": a, "ms": ms} for a, ms in self.api_calls],
                          "throttling": self.buckets.report(),
                          "views": self.views.report(),
                          "attachments": [{"eni": e, "status": s, "s": d} for e, s, d in mends.TRANSITIONS.done],
@@ -449,14 +447,8 @@ class Lab:
                 self.topo.reconcile()
             return {"instance_id": instance_id, "cuts": sorted(cur)}
         if verb == "exec":
-            argv = body["argv"]
-            env = dict(os.environ)
-            env.update(body.get("env") or {})
             logfile = os.path.join(self.run_dir, f"{instance_id}-{len(self.topo.processes)}.log")
-            out = open(logfile, "ab")
-            proc = subprocess.Popen(["ip", "netns", "exec", entry["ns"]] + argv, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            self.topo.processes.append((instance_id, proc))
+            proc = self._spawn(instance_id, entry["ns"], body["argv"], body.get("env") or {}, logfile)
             return {"pid": proc.pid, "log": logfile}
         if verb == "forwarding":
             # The lab's stand-in for a configured gateway, for the lab's own data-plane tests:
@@ -556,16 +548,22 @@ class Lab:
         sock.bind(rec["notify_socket"])
         sock.settimeout(0.5)
         threading.Thread(target=self._notify_reader, args=(rec, sock), daemon=True).start()
-        env = dict(os.environ)
-        env.update({k: fill(str(v)) for k, v in spec["env"].items()})
+        env = {k: fill(str(v)) for k, v in spec["env"].items()}
         env["NOTIFY_SOCKET"] = rec["notify_socket"]
-        out = open(rec["log"], "ab")
-        proc = subprocess.Popen(["ip", "netns", "exec", entry["ns"]] + [fill(a) for a in spec["argv"]],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        out.close()
-        self.topo.processes.append((instance_id, proc))
+        proc = self._spawn(instance_id, entry["ns"], [fill(a) for a in spec["argv"]], env, rec["log"])
         rec.update(state="started", proc=proc, started_at=time.time())
         log(f"booted {instance_id}: pid {proc.pid}, log {rec['log']}")
+
+    def _spawn(self, instance_id, ns, argv, env, logfile):
+        """`argv` inside the instance's namespace, its output appended to `logfile`; it dies
+        with the instance (topology reaps it)."""
+        full_env = dict(os.environ)
+        full_env.update(env)
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns] + list(argv), env=full_env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.topo.processes.append((instance_id, proc))
+        return proc
 
     def _notify_reader(self, rec, sock):
         with sock:

@@ -222,10 +222,9 @@ def _detach_network_interface(self, attachment_id):
 def aws_tick(ec2):
     """Ends the attachments and shutdowns whose time has come (labd's ticker, lock held)."""
     for eni_id in TRANSITIONS.due():
-        def detach(eni):
-            if eni.instance is not None and eni.attachment_id is not None:
-                eni.instance.detach_eni(eni)
-        TRANSITIONS.finish(eni_id, detach)
+        eni = TRANSITIONS.finish(eni_id)
+        if eni is not None and eni.instance is not None:
+            eni.instance.detach_eni(eni)
     for instance_id in SHUTDOWNS.due():
         SHUTDOWNS.pending.pop(instance_id, None)
         try:

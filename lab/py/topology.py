@@ -78,6 +78,7 @@ class Topology:
         self.route_due = {}  # (table, dst) -> (spec, monotonic time it applies)
         self.dataplane_lag = profile.bounds("DATAPLANE_LAG_S")[1] > 0
         self.imds_seen = {}  # (instance id, key) -> (value shown, pending value, visible at)
+        self.netutils_every = profile.draw("NETUTILS_REFRESH_S")  # read once: reconcile is hot
 
     # --- life of the lab -----------------------------------------------------------------------
 
@@ -290,7 +291,7 @@ class Topology:
     def _networkd_timer(self):
         """net-utils' refresh timer: 30 s after boot, then every NETUTILS_REFRESH_S, rewrite
         each ENI's files and reload networkd if one changed."""
-        every = profile.draw("NETUTILS_REFRESH_S")
+        every = self.netutils_every
         if every <= 0:
             return
         now = time.monotonic()
@@ -548,12 +549,7 @@ class Topology:
         entry = self.instances.get(instance_id)
         if entry is None:
             raise KeyError(instance_id)
-        sig = signal.SIGSTOP if hung else signal.SIGCONT
-        for pid in netns.netns_pids(entry["ns"]):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        self._signal_all(entry["ns"], signal.SIGSTOP if hung else signal.SIGCONT)
         if hung:
             self.hung.add(instance_id)
             self.cuts.setdefault(instance_id, set()).update({"uplink", "eni"})

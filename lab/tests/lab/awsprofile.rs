@@ -8,6 +8,7 @@ use gateway_lab::{Lab, Scenario, ScenarioOptions, wait_for};
 
 use crate::{
     WAIT, attach, code, default_route, kernel_default, no_hooks, point_default, require_root,
+    route_table,
 };
 
 async fn lab_env(env: &[(&str, &str)], opts: ScenarioOptions) -> (Lab, Scenario) {
@@ -34,14 +35,8 @@ async fn tag(client: &aws_sdk_ec2::Client, resource: &str, value: &str) -> Resul
 }
 
 async fn read_tag(lab: &Lab, rtb: &str) -> Option<String> {
-    let out = lab
-        .ec2()
-        .describe_route_tables()
-        .route_table_ids(rtb)
-        .send()
+    route_table(lab, rtb)
         .await
-        .expect("DescribeRouteTables");
-    out.route_tables()[0]
         .tags()
         .iter()
         .find(|t| t.key() == Some("lab:probe"))

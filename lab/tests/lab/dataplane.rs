@@ -1,13 +1,13 @@
 //! Packets follow the moto route tables through real kernels.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use gateway_lab::{in_netns, wait_for};
+use gateway_lab::wait_for;
 
-use crate::{WAIT, attach, default_route, kernel_default, lab_with, no_hooks, point_default};
+use crate::{
+    WAIT, api_reachable, attach, default_route, kernel_default, lab_with, no_hooks, point_default,
+};
 
 /// Packets received on an interface inside a namespace.
 fn rx_packets(ns: &str, dev: &str) -> u64 {
@@ -19,21 +19,6 @@ fn rx_packets(ns: &str, dev: &str) -> u64 {
     v[0]["stats64"]["rx"]["packets"]
         .as_u64()
         .unwrap_or_else(|| panic!("no counters for {dev} in {ns}: {v}"))
-}
-
-/// Does the lab's EC2 endpoint answer from inside `ns` (over the VPC)?
-fn api_reachable(ns: &str) -> bool {
-    in_netns(ns, || {
-        let addr: SocketAddr = "198.51.100.2:80".parse().unwrap();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-        let _ = s.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: ec2\r\nConnection: close\r\n\r\n");
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
-    })
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,9 +10,11 @@ mod networkd;
 mod scenario;
 mod teardown;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use gateway_lab::{Lab, Scenario, ScenarioOptions};
+use gateway_lab::{Lab, Scenario, ScenarioOptions, in_netns};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -74,8 +76,8 @@ pub async fn point_default(lab: &Lab, rtb: &str, eni: &str) {
         .expect("ReplaceRoute");
 }
 
-/// The 0.0.0.0/0 route of a route table as moto reports it: (target ENI, state).
-pub async fn default_route(lab: &Lab, rtb: &str) -> (Option<String>, String) {
+/// A route table as DescribeRouteTables answers it.
+pub async fn route_table(lab: &Lab, rtb: &str) -> aws_sdk_ec2::types::RouteTable {
     let out = lab
         .ec2()
         .describe_route_tables()
@@ -83,10 +85,33 @@ pub async fn default_route(lab: &Lab, rtb: &str) -> (Option<String>, String) {
         .send()
         .await
         .expect("DescribeRouteTables");
-    let route = out
-        .route_tables()
+    out.route_tables()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| panic!("no route table {rtb}"))
+}
+
+/// Does the lab's EC2 endpoint answer from inside `ns` (over the VPC)?
+pub fn api_reachable(ns: &str) -> bool {
+    in_netns(ns, || {
+        let addr: SocketAddr = "198.51.100.2:80".parse().unwrap();
+        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+        let _ = s.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: ec2\r\nConnection: close\r\n\r\n");
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+    })
+    .unwrap()
+}
+
+/// The 0.0.0.0/0 route of a route table as moto reports it: (target ENI, state).
+pub async fn default_route(lab: &Lab, rtb: &str) -> (Option<String>, String) {
+    let route = route_table(lab, rtb)
+        .await
+        .routes()
         .iter()
-        .flat_map(|t| t.routes())
         .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
         .expect("a default route")
         .clone();

@@ -3,14 +3,12 @@
 //! to what the gateway-agent installs (a rule at pref 7700 and a table 7700) when it starts, on a
 //! reload, on a refresh after a change, and on an ENI attach.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gateway_lab::{Lab, in_netns, process_alive, wait_for};
+use gateway_lab::{Lab, process_alive, wait_for};
 
-use crate::{WAIT, attach, no_hooks, require_root};
+use crate::{WAIT, api_reachable, attach, no_hooks, require_root};
 
 const PREF: &str = "7700";
 
@@ -99,20 +97,6 @@ async fn watch(ns: &str, secs: u64) -> (bool, bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (rule, table)
-}
-
-fn api_reachable(ns: &str) -> bool {
-    in_netns(ns, || {
-        let addr: SocketAddr = "198.51.100.2:80".parse().unwrap();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(700)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-        let _ = s.write_all(b"GET /moto-api/ HTTP/1.1\r\nHost: ec2\r\nConnection: close\r\n\r\n");
-        let mut buf = [0u8; 12];
-        s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
-    })
-    .unwrap()
 }
 
 /// networkd's log lines about the agent's rule/table since line `from`; returns the new count.

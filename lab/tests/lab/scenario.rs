@@ -6,23 +6,16 @@ use std::time::Instant;
 use aws_sdk_ec2::types::Filter;
 use gateway_lab::ScenarioOptions;
 
-use crate::{WAIT, attach, lab_with};
+use crate::{WAIT, attach, lab_with, route_table};
 
 const EXTRA: &str = "10.200.0.0/16";
 
 /// (destination, target ENI, state) of every non-local route of a table, sorted.
 async fn routes(lab: &gateway_lab::Lab, rtb: &str) -> Vec<(String, String, String)> {
-    let out = lab
-        .ec2()
-        .describe_route_tables()
-        .route_table_ids(rtb)
-        .send()
+    let mut v: Vec<_> = route_table(lab, rtb)
         .await
-        .expect("DescribeRouteTables");
-    let mut v: Vec<_> = out
-        .route_tables()
+        .routes()
         .iter()
-        .flat_map(|t| t.routes())
         .filter(|r| r.gateway_id() != Some("local"))
         .map(|r| {
             (
