@@ -106,7 +106,7 @@ impl Icmp {
     }
 }
 
-use crate::decide::failover::Probe;
+use crate::decide::route::Probe;
 
 /// Rise/fall counting: `fall` failures in a row make a target down, `rise` successes in a row
 /// make it up; anything in between changes nothing, so one lost packet never decides anything.
@@ -159,6 +159,47 @@ impl RiseFall {
             self.state = next;
             next
         })
+    }
+}
+
+/// One probe round, as [`probe_loop`] hands it to its owner.
+pub struct Round<'a> {
+    pub result: &'a Result<std::time::Duration, String>,
+    /// When the echo was sent.
+    pub sent: tokio::time::Instant,
+    pub state: Probe,
+    /// The new state, when this round changed it.
+    pub change: Option<Probe>,
+    pub bad_streak: u32,
+}
+
+/// Probes `ip` every `period` forever (the caller aborts the task) with rise/fall counting,
+/// and hands each round to `round`.
+pub async fn probe_loop(
+    icmp: std::sync::Arc<Icmp>,
+    ip: Ipv4Addr,
+    (period, timeout): (std::time::Duration, std::time::Duration),
+    (rise, fall): (u32, u32),
+    mut round: impl FnMut(Round<'_>) + Send,
+) {
+    let mut rf = RiseFall::new(rise, fall);
+    let ident = rand_ident(ip);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u16 = 0;
+    loop {
+        ticker.tick().await;
+        seq = seq.wrapping_add(1);
+        let sent = tokio::time::Instant::now();
+        let result = icmp.echo(ip, ident, seq, timeout).await;
+        let change = rf.record(result.is_ok());
+        round(Round {
+            result: &result,
+            sent,
+            state: rf.state(),
+            change,
+            bad_streak: rf.bad_streak(),
+        });
     }
 }
 

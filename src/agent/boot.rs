@@ -14,29 +14,24 @@
 //! Each API write is made only when the observed state asks for it, so a second boot on a
 //! configured gateway makes no write at all (only reads).
 
-use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
-use crate::cloud::{self, CloudError, Ec2, Eni, RouteState, RouteTable, RouteTarget};
+use crate::agent::routes::{self, Batch, LeaseAt, Stopped};
+use crate::cloud::retry::{self, RETRY_BACKOFF, jitter, retry};
+use crate::cloud::{CloudError, Ec2, Eni, RouteTable};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
 use crate::decide::claim::{self, ClaimStep, EniFacts, Holder, SelfFacts};
 use crate::decide::lease::{self, LEASE_TAG};
-use crate::decide::reclaim::{self, Op, RouteFact, TableFact, Target};
+use crate::decide::reclaim::{self, TableFact};
 use crate::imds::{self, Identity};
 use crate::netconf::{self, Desired, EniSpec, MacAddr, NetConf};
 use crate::probe;
 use crate::systemd;
 
-/// First pause before retrying a failed API call or re-reading a state in flight.
-const RETRY_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest pause between retries: a boot deadline is minutes, so retrying every few seconds
-/// keeps the API budget small while still finishing soon after a burst of errors ends.
-const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
 /// How often an attaching or detaching ENI is looked at again: EC2 finishes either in a few
 /// seconds, and a DescribeNetworkInterfaces every half second is a negligible load.
 const CLAIM_POLL: Duration = Duration::from_millis(500);
@@ -439,7 +434,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         let mut epoch = None;
         loop {
             let tables = self.tables().await?;
-            let facts: Vec<TableFact> = tables.iter().map(table_fact).collect();
+            let facts: Vec<TableFact> = tables.iter().map(RouteTable::fact).collect();
             let manual = self.config.failover.failback == crate::config::Failback::Manual;
             let (intents, skipped) = reclaim::reclaim(eni_id, destinations, &facts, manual);
             if !logged_skips {
@@ -455,60 +450,67 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             }
             if self.config.dry_run {
                 for intent in &intents {
-                    warn!(%intent, target = %eni_id, "dry-run: would reclaim");
+                    warn!(%intent, "dry-run: would reclaim");
                 }
                 return Ok((ids, None));
             }
-            if epoch.is_none() {
-                let next = lease::newest(
-                    tables
-                        .iter()
-                        .filter_map(|t| t.tags.get(LEASE_TAG))
-                        .map(String::as_str),
-                )
-                .map_or(1, |l| l.epoch + 1);
-                let value = lease::Lease {
-                    holder: self.identity.instance_id.clone(),
-                    epoch: next,
-                    unix_ms: unix_ms(),
+            let claim = match epoch {
+                Some(_) => None,
+                None => {
+                    let next = lease::claim_epoch(
+                        lease::newest(
+                            tables
+                                .iter()
+                                .filter_map(|t| t.tags.get(LEASE_TAG))
+                                .map(String::as_str),
+                        )
+                        .as_ref(),
+                    );
+                    let value = lease::Lease {
+                        holder: self.identity.instance_id.clone(),
+                        epoch: next,
+                        unix_ms: routes::unix_ms(),
+                    }
+                    .to_string();
+                    Some((next, value))
                 }
-                .to_string();
-                let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                let lease_tag = [(LEASE_TAG, value.as_str())];
-                retry(self.deadline, || {
-                    self.ec2.create_tags(&table_ids, &lease_tag)
-                })
-                .await?;
-                self.writes += 1;
-                info!(lease = %value, "zone claimed: lease written before the route writes");
-                epoch = Some(next);
-            }
-            let ec2 = self.ec2;
-            let writes = intents.iter().map(|intent| async move {
-                let result = match intent.op {
-                    Op::Replace => {
-                        ec2.replace_route(&intent.table, &intent.destination, eni_id)
-                            .await
-                    }
-                    Op::Create => {
-                        ec2.create_route(&intent.table, &intent.destination, eni_id)
-                            .await
-                    }
-                };
-                (intent, result)
-            });
+            };
+            let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let batch = Batch {
+                label: self.zone(),
+                tables: &table_ids,
+                lease: claim.as_ref().map(|(_, v)| (v.as_str(), LeaseAt::Before)),
+                fresh: Some(&tables),
+            };
             let mut last_error = None;
-            for (intent, result) in futures::future::join_all(writes).await {
-                match result {
-                    Ok(()) => {
+            match routes::execute(self.ec2, &batch, &intents).await {
+                Ok(done) => {
+                    if let Some((next, _)) = claim {
                         self.writes += 1;
-                        info!(table = %intent.table, destination = %intent.destination, target = %eni_id, reason = %intent.reason, "route reclaimed");
+                        epoch = Some(next);
                     }
-                    Err(e) if e.is_retryable() || e.code() == Some("RouteAlreadyExists") => {
-                        warn!(error = %e, "route write failed; reading again");
-                        last_error = Some(e);
+                    self.writes += u32::try_from(done.written.len()).unwrap_or(u32::MAX);
+                    if done.complete() && done.skipped.is_empty() {
+                        info!(tables = %ids.join(", "), "every managed route of the zone points at {eni_id}");
+                        return Ok((ids, epoch));
                     }
-                    Err(e) => return Err(e.into()),
+                    for (_, e) in done.failed {
+                        if e.is_retryable() || e.code() == Some("RouteAlreadyExists") {
+                            last_error = Some(e);
+                        } else {
+                            return Err(e.into());
+                        }
+                    }
+                }
+                Err(stopped) => {
+                    let e = match stopped {
+                        Stopped::Lease(e) | Stopped::Confirm(e) | Stopped::Reread(e) => e,
+                    };
+                    if !e.is_retryable() {
+                        return Err(e.into());
+                    }
+                    warn!(error = %e, "reclaim interrupted; reading again");
+                    last_error = Some(e);
                 }
             }
             if let Some(e) = last_error {
@@ -516,69 +518,10 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     return Err(e.into());
                 }
                 sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
+                backoff = retry::next(backoff);
             }
         }
     }
-}
-
-pub fn table_fact(table: &RouteTable) -> TableFact {
-    TableFact {
-        id: table.id.clone(),
-        routes: table
-            .routes
-            .iter()
-            .map(|r| RouteFact {
-                destination: r.destination.clone(),
-                target: match &r.target {
-                    RouteTarget::Eni(id) => Target::Eni(id.clone()),
-                    other => Target::Other(other.to_string()),
-                },
-                blackhole: r.state == RouteState::Blackhole,
-            })
-            .collect(),
-    }
-}
-
-/// Calls `op` until it succeeds, fails for good, or `deadline` passes; retryable failures
-/// (throttling, 5xx, timeouts, unreachable) wait with jittered exponential backoff. The SDK
-/// has already retried inside each call; this outer loop spans a longer outage.
-pub async fn retry<T, F, Fut>(deadline: Instant, mut op: F) -> cloud::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = cloud::Result<T>>,
-{
-    let mut backoff = RETRY_BACKOFF;
-    let mut failures = 0u32;
-    loop {
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
-                failures += 1;
-                // The first failure and then every fourth: a long outage stays readable.
-                if failures % 4 == 1 {
-                    warn!(error = %e, failures, "API call failed; retrying");
-                }
-                sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(MAX_RETRY_BACKOFF);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Between half and all of `d`, so a fleet booting together spreads its retries.
-fn jitter(d: Duration) -> Duration {
-    let random = RandomState::new().hash_one(Instant::now());
-    let fraction = 0.5 + (random % 1000) as f64 / 2000.0;
-    d.mul_f64(fraction)
-}
-
-/// Wall-clock milliseconds for the lease tag, which operators read; no decision uses it.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `0a:1b:2c:3d:4e:5f` (either case) → bytes.
@@ -616,46 +559,5 @@ mod tests {
             Some((Ipv4Addr::new(10, 0, 1, 0), 24))
         );
         assert_eq!(parse_v4_cidr("10.0.1.0/33"), None);
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_whole() {
-        for _ in 0..100 {
-            let d = jitter(Duration::from_millis(1000));
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000));
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_gives_up_at_the_deadline_and_not_on_final_errors() {
-        use crate::cloud::Call;
-        let api = |code: &str| CloudError::Api {
-            call: Call::new("ec2", "DescribeNetworkInterfaces", "eni-1"),
-            code: Some(code.to_owned()),
-            message: None,
-            status: Some(503),
-        };
-        let start = Instant::now();
-        let mut calls = 0;
-        let result: cloud::Result<()> = retry(start + Duration::from_secs(10), || {
-            calls += 1;
-            async { Err(api("Unavailable")) }
-        })
-        .await;
-        assert!(result.is_err());
-        assert!(calls >= 4, "{calls} calls");
-        assert!(start.elapsed() <= Duration::from_secs(10));
-        let mut calls = 0;
-        let result: cloud::Result<()> = retry(start + Duration::from_secs(60), || {
-            calls += 1;
-            let mut e = api("InvalidParameterValue");
-            if let CloudError::Api { status, .. } = &mut e {
-                *status = Some(400);
-            }
-            async move { Err(e) }
-        })
-        .await;
-        assert!(result.is_err());
-        assert_eq!(calls, 1);
     }
 }

@@ -42,7 +42,8 @@ pub async fn pending_launch<A: Autoscaling>(
         return Ok(None);
     }
     let me = &identity.instance_id;
-    let Some(instance) = super::boot::retry(deadline, || asg.asg_instance(me)).await? else {
+    let Some(instance) = crate::cloud::retry::retry(deadline, || asg.asg_instance(me)).await?
+    else {
         info!("the Auto Scaling API does not know this instance: no lifecycle action to complete");
         return Ok(None);
     };
@@ -54,7 +55,8 @@ pub async fn pending_launch<A: Autoscaling>(
         Some(hook) => hook.clone(),
         None => {
             let hooks =
-                super::boot::retry(deadline, || asg.lifecycle_hooks(&instance.group)).await?;
+                crate::cloud::retry::retry(deadline, || asg.lifecycle_hooks(&instance.group))
+                    .await?;
             let Some(hook) = hooks
                 .into_iter()
                 .find(|h| h.transition == LifecycleTransition::Launching)
@@ -84,14 +86,16 @@ pub async fn pending_termination<A: Autoscaling>(
         return Ok(None);
     }
     let me = &identity.instance_id;
-    let Some(instance) = super::boot::retry(deadline, || asg.asg_instance(me)).await? else {
+    let Some(instance) = crate::cloud::retry::retry(deadline, || asg.asg_instance(me)).await?
+    else {
         return Ok(None);
     };
     if instance.lifecycle_state != TERMINATING_WAIT {
         info!(group = %instance.group, state = %instance.lifecycle_state, "no termination action waits for this instance");
         return Ok(None);
     }
-    let hooks = super::boot::retry(deadline, || asg.lifecycle_hooks(&instance.group)).await?;
+    let hooks =
+        crate::cloud::retry::retry(deadline, || asg.lifecycle_hooks(&instance.group)).await?;
     let Some(hook) = hooks
         .into_iter()
         .find(|h| h.transition == LifecycleTransition::Terminating)
@@ -141,7 +145,7 @@ pub async fn complete<A: Autoscaling>(
     result: LifecycleResult,
     deadline: Instant,
 ) -> cloud::Result<()> {
-    super::boot::retry(deadline, || {
+    crate::cloud::retry::retry(deadline, || {
         asg.complete_lifecycle_action(&action.group, &action.hook, &action.instance_id, result)
     })
     .await?;

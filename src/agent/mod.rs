@@ -8,10 +8,10 @@
 //! hand-over is not built yet: a stop hands nothing over.
 
 pub mod boot;
-pub mod conditional;
 pub mod drain;
 pub mod exit;
 pub mod lifecycle;
+pub mod routes;
 pub mod watch;
 
 use std::future::Future;

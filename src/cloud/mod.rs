@@ -33,6 +33,7 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 pub mod autoscaling;
 pub mod ec2;
+pub mod retry;
 mod timing;
 
 pub use autoscaling::SdkAutoscaling;
@@ -220,6 +221,26 @@ impl RouteTable {
     /// The route for exactly `destination` (a CIDR as AWS writes it), if any.
     pub fn route(&self, destination: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.destination == destination)
+    }
+
+    /// The table as the decision core sees it.
+    pub fn fact(&self) -> crate::decide::route::TableFact {
+        use crate::decide::route::{RouteFact, TableFact, Target};
+        TableFact {
+            id: self.id.clone(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteFact {
+                    destination: r.destination.clone(),
+                    target: match &r.target {
+                        RouteTarget::Eni(id) => Target::Eni(id.clone()),
+                        other => Target::Other(other.to_string()),
+                    },
+                    blackhole: r.state == RouteState::Blackhole,
+                })
+                .collect(),
+        }
     }
 }
 

@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use super::failover::Probe;
-use super::reclaim::{TableFact, Target};
+use super::route::{Expect, Probe, RouteWrite, TableFact, Target};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -25,21 +24,9 @@ pub struct Rule {
     pub recent_activations: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Point the route at this ENI; `create` when there is none yet.
-    Add {
-        table: String,
-        destination: String,
-        create: bool,
-    },
-    /// Remove the route, which points at this ENI.
-    Remove { table: String, destination: String },
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub actions: Vec<Action>,
+    pub actions: Vec<RouteWrite>,
     /// Why nothing (or not everything) is done, for the log.
     pub notes: Vec<String>,
 }
@@ -63,14 +50,14 @@ pub fn plan(own_eni: &str, rule: &Rule, hold_down: Duration, max: Duration) -> P
             for t in &rule.tables {
                 for dest in &rule.destinations {
                     let route = t.routes.iter().find(|r| &r.destination == dest);
-                    let add = |create| Action::Add {
-                        table: t.id.clone(),
-                        destination: dest.clone(),
-                        create,
-                    };
+                    let why = format!(
+                        "{}: {dest} via this gateway while the target is silent",
+                        rule.name
+                    );
+                    let add = |expect| RouteWrite::point(&t.id, dest, expect, own_eni, &why);
                     match route {
-                        None => out.actions.push(add(true)),
-                        Some(r) if r.blackhole => out.actions.push(add(false)),
+                        None => out.actions.push(add(Expect::Missing)),
+                        Some(r) if r.blackhole => out.actions.push(add(Expect::Blackhole)),
                         Some(r) if r.target == Target::Eni(own_eni.to_owned()) => {}
                         Some(r) => out.notes.push(format!(
                             "{}: {dest} in {} points at {}, a static route this rule did not \
@@ -87,7 +74,7 @@ pub fn plan(own_eni: &str, rule: &Rule, hold_down: Duration, max: Duration) -> P
         }
         Probe::Up => {
             let hold = removal_hold(hold_down, max, rule.recent_activations);
-            let ours: Vec<Action> = rule
+            let ours: Vec<RouteWrite> = rule
                 .tables
                 .iter()
                 .flat_map(|t| {
@@ -96,9 +83,16 @@ pub fn plan(own_eni: &str, rule: &Rule, hold_down: Duration, max: Duration) -> P
                             .iter()
                             .find(|r| &r.destination == dest)
                             .filter(|r| r.target == Target::Eni(own_eni.to_owned()))
-                            .map(|_| Action::Remove {
-                                table: t.id.clone(),
-                                destination: dest.clone(),
+                            .map(|_| {
+                                RouteWrite::delete(
+                                    &t.id,
+                                    dest,
+                                    own_eni,
+                                    &format!(
+                                        "{}: {dest} removed: the target answers again",
+                                        rule.name
+                                    ),
+                                )
                             })
                     })
                 })
@@ -126,7 +120,7 @@ pub fn plan(own_eni: &str, rule: &Rule, hold_down: Duration, max: Duration) -> P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::reclaim::RouteFact;
+    use crate::decide::route::{Op, RouteFact};
 
     const DEST: &str = "10.1.0.0/16";
     const HOLD: Duration = Duration::from_secs(30);
@@ -159,18 +153,9 @@ mod tests {
 
     #[test]
     fn table() {
-        let add = |create| {
-            vec![Action::Add {
-                table: "rtb-1".into(),
-                destination: DEST.into(),
-                create,
-            }]
-        };
-        let remove = vec![Action::Remove {
-            table: "rtb-1".into(),
-            destination: DEST.into(),
-        }];
-        let cases: Vec<(&str, Rule, Vec<Action>)> = vec![
+        let add = |create| vec![if create { Op::Create } else { Op::Replace }];
+        let remove = vec![Op::Delete];
+        let cases: Vec<(&str, Rule, Vec<Op>)> = vec![
             ("down, no route: create", rule(Probe::Down, None), add(true)),
             (
                 "down, already ours",
@@ -205,7 +190,12 @@ mod tests {
             ),
         ];
         for (name, r, want) in cases {
-            assert_eq!(plan("eni-me", &r, HOLD, MAX).actions, want, "{name}");
+            let got: Vec<Op> = plan("eni-me", &r, HOLD, MAX)
+                .actions
+                .iter()
+                .map(RouteWrite::op)
+                .collect();
+            assert_eq!(got, want, "{name}");
         }
     }
 

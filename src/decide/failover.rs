@@ -22,19 +22,11 @@
 //! - every write names the target it expects to replace; the executor re-reads and skips any
 //!   route that no longer matches (never overwrite a third party or a fresh reclaim).
 
-use std::fmt;
 use std::time::Duration;
 
-use super::reclaim::{TableFact, Target};
+pub use super::route::{Expect, Probe, RouteWrite};
+use super::route::{TableFact, Target};
 use crate::config::{Confirm, Failback};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
-    /// Not enough probes yet to say either way.
-    Unknown,
-    Up,
-    Down,
-}
 
 /// What a peer agent said about itself on `/health`, if it answered recently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,34 +108,6 @@ pub struct Facts {
     pub failback_now: bool,
 }
 
-/// What a write expects to find, re-checked right before it is made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect {
-    /// The route points at this ENI (active or not).
-    Eni(String),
-    /// The route reads blackhole, whatever it points at.
-    Blackhole,
-    /// There is no route for the destination (a create).
-    Missing,
-}
-
-impl fmt::Display for Expect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Eni(id) => write!(f, "via {id}"),
-            Self::Blackhole => f.write_str("blackhole"),
-            Self::Missing => f.write_str("missing"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Write {
-    pub table: String,
-    pub destination: String,
-    pub expect: Expect,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// This gateway's own zone, dead routes: at once.
@@ -173,7 +137,7 @@ impl Kind {
 pub struct Decision {
     pub zone: String,
     pub kind: Kind,
-    pub writes: Vec<Write>,
+    pub writes: Vec<RouteWrite>,
     pub evidence: String,
     /// The carrier whose routes are taken, if one (a peer's ENI).
     pub from: Option<String>,
@@ -183,11 +147,46 @@ pub struct Decision {
     pub target_instance: Option<String>,
 }
 
+/// Why a rule said no, as a kind the agent can act on (`status`, a blocked drain); the text
+/// beside it is what the log says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitKind {
+    /// Leaving or sick, and no healthy gateway to hand the zone to: its routes stay here.
+    NoHandoverTarget,
+    /// This gateway's self-check fails: it takes nothing.
+    OwnSick,
+    /// The zone changed hands recently; a move the API does not vouch for waits.
+    Damping,
+    /// Own zone held by a live peer, `failback = manual`.
+    ManualFailback,
+    /// Own zone held by a live peer, inside the (damped) hold-down.
+    HoldDown,
+    /// A peer is silent to ICMP but nothing confirms it dead.
+    Unconfirmed,
+    /// Dead routes in a peer zone whose own gateway is healthy (its reclaim).
+    OwnerHealthy,
+    /// Dead routes in a peer zone that another zone is the successor for.
+    NotSuccessor,
+    /// Dead routes and no eligible successor at all.
+    NoSuccessor,
+}
+
 /// A zone where acting was conceivable but a rule said no (logged when it changes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wait {
     pub zone: String,
+    pub kind: WaitKind,
     pub reason: String,
+}
+
+impl Wait {
+    fn new(zone: &Zone, kind: WaitKind, reason: String) -> Self {
+        Self {
+            zone: zone.zone.clone(),
+            kind,
+            reason,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,19 +233,15 @@ pub fn decide(f: &Facts) -> Outcome {
 /// eligible, else to the zone's successor; never to nobody (a gateway with no healthier peer
 /// keeps its routes: a failing gateway still beats a black hole).
 fn hand_over(f: &Facts, zone: &Zone, out: &mut Outcome) {
-    let mut writes = Vec::new();
+    let mut mine = Vec::new();
     for table in &zone.tables {
         for (dest, _) in managed(f) {
             if let Standing::Mine = standing(f, zone, table, dest) {
-                writes.push(Write {
-                    table: table.id.clone(),
-                    destination: dest.clone(),
-                    expect: Expect::Eni(f.me.eni.clone()),
-                });
+                mine.push((&table.id, dest));
             }
         }
     }
-    if writes.is_empty() {
+    if mine.is_empty() {
         return;
     }
     let why = if f.me.draining {
@@ -259,15 +254,28 @@ fn hand_over(f: &Facts, zone: &Zone, out: &mut Outcome) {
         successor_among(f, &zone.zone, false).and_then(|z| f.peers.iter().find(|g| g.zone == z))
     });
     let Some(to) = to else {
-        out.waits.push(Wait {
-            zone: zone.zone.clone(),
-            reason: format!(
+        out.waits.push(Wait::new(
+            zone,
+            WaitKind::NoHandoverTarget,
+            format!(
                 "{why}, but no healthy gateway to hand {} to: keeping its routes",
                 zone.zone
             ),
-        });
+        ));
         return;
     };
+    let writes = mine
+        .into_iter()
+        .map(|(table, dest)| {
+            RouteWrite::point(
+                table,
+                dest,
+                Expect::Eni(f.me.eni.clone()),
+                &to.eni,
+                Kind::Handover.as_str(),
+            )
+        })
+        .collect();
     out.decisions.push(Decision {
         zone: zone.zone.clone(),
         kind: Kind::Handover,
@@ -354,29 +362,27 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut api_confirmed = true;
     for table in &zone.tables {
         for (dest, optional) in managed(f) {
-            let write = |expect| Write {
-                table: table.id.clone(),
-                destination: dest.clone(),
-                expect,
+            let write = |expect, kind: Kind| {
+                RouteWrite::point(&table.id, dest, expect, &f.me.eni, kind.as_str())
             };
             match standing(f, zone, table, dest) {
                 Standing::Mine | Standing::Foreign => {}
                 Standing::Missing if optional => {}
                 Standing::Missing => {
-                    dead.push(write(Expect::Missing));
+                    dead.push(write(Expect::Missing, Kind::Reclaim));
                     push_unique(&mut evidence, "route missing".into());
                 }
                 Standing::Blackhole(_) => {
-                    dead.push(write(Expect::Blackhole));
+                    dead.push(write(Expect::Blackhole, Kind::Reclaim));
                     push_unique(&mut evidence, "route reads blackhole".into());
                 }
                 Standing::Dead(eni, why) => {
                     api_confirmed &= f.peers.iter().any(|g| g.eni == eni && g.api_gone.is_some());
-                    dead.push(write(Expect::Eni(eni.to_owned())));
+                    dead.push(write(Expect::Eni(eni.to_owned()), Kind::Reclaim));
                     push_unique(&mut evidence, format!("held by a dead gateway: {why}"));
                 }
                 Standing::Unconfirmed(eni) | Standing::Live(eni) => {
-                    held.push(write(Expect::Eni(eni.to_owned())));
+                    held.push(write(Expect::Eni(eni.to_owned()), Kind::Failback));
                     holder.get_or_insert(eni);
                 }
             }
@@ -386,20 +392,18 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         return;
     }
     if !f.me.healthy {
-        out.waits.push(Wait {
-            zone: zone.zone.clone(),
-            reason: "own self-check failing: not taking traffic back".into(),
-        });
+        out.waits.push(Wait::new(
+            zone,
+            WaitKind::OwnSick,
+            "own self-check failing: not taking traffic back".into(),
+        ));
         return;
     }
     if !dead.is_empty()
         && !api_confirmed
         && let Some(reason) = damped(&f.policy, zone)
     {
-        out.waits.push(Wait {
-            zone: zone.zone.clone(),
-            reason,
-        });
+        out.waits.push(Wait::new(zone, WaitKind::Damping, reason));
     } else if !dead.is_empty() {
         out.decisions.push(Decision {
             zone: zone.zone.clone(),
@@ -413,12 +417,13 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     }
     let Some(holder) = holder else { return };
     if f.policy.failback == Failback::Manual && !f.failback_now {
-        out.waits.push(Wait {
-            zone: zone.zone.clone(),
-            reason: format!(
+        out.waits.push(Wait::new(
+            zone,
+            WaitKind::ManualFailback,
+            format!(
                 "held by {holder}; failback = manual: run `gateway-agent failback` to take it back"
             ),
-        });
+        ));
         return;
     }
     let hold = damped_hold_down(&f.policy, zone.recent_changes);
@@ -428,15 +433,16 @@ fn own_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         f.me.healthy_for
             .min(zone.since_last_change.unwrap_or(Duration::MAX));
     if healthy_for < hold && !f.failback_now {
-        out.waits.push(Wait {
-            zone: zone.zone.clone(),
-            reason: format!(
+        out.waits.push(Wait::new(
+            zone,
+            WaitKind::HoldDown,
+            format!(
                 "held by {holder}; failback after {} s of continuous health ({} s so far, {} recent change(s))",
                 hold.as_secs(),
                 healthy_for.as_secs(),
                 zone.recent_changes
             ),
-        });
+        ));
         return;
     }
     out.decisions.push(Decision {
@@ -466,11 +472,7 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut unconfirmed = None;
     for table in &zone.tables {
         for (dest, _) in managed(f) {
-            let write = |expect| Write {
-                table: table.id.clone(),
-                destination: dest.clone(),
-                expect,
-            };
+            let write = |expect| RouteWrite::point(&table.id, dest, expect, &f.me.eni, "takeover");
             match standing(f, zone, table, dest) {
                 Standing::Blackhole(eni) => {
                     dead.push(write(Expect::Blackhole));
@@ -496,22 +498,21 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     }
     if dead.is_empty() {
         if let Some(eni) = unconfirmed {
-            out.waits.push(Wait {
-                zone: zone.zone.clone(),
-                reason: format!(
+            out.waits.push(Wait::new(
+                zone,
+                WaitKind::Unconfirmed,
+                format!(
                     "{eni} does not answer ICMP, but nothing confirms it is dead (its lease is \
                      being renewed, the API says it runs): a partition, not a death; not acting"
                 ),
-            });
+            ));
         }
         return;
     }
-    let wait = |reason: String| Wait {
-        zone: zone.zone.clone(),
-        reason,
-    };
+    let wait = |kind, reason: String| Wait::new(zone, kind, reason);
     if !f.me.healthy {
         out.waits.push(wait(
+            WaitKind::OwnSick,
             "dead routes, but own self-check failing: not taking traffic it cannot carry".into(),
         ));
         return;
@@ -519,29 +520,34 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     if let Some(owner) = f.peers.iter().find(|g| g.zone == zone.zone)
         && owner.eligible()
     {
-        out.waits.push(wait(format!(
-            "dead routes, but the zone's own gateway ({}) is healthy: its reclaim",
-            owner.eni
-        )));
+        out.waits.push(wait(
+            WaitKind::OwnerHealthy,
+            format!(
+                "dead routes, but the zone's own gateway ({}) is healthy: its reclaim",
+                owner.eni
+            ),
+        ));
         return;
     }
     match successor(f, &zone.zone) {
         Some(s) if s == f.me.zone => {}
         Some(s) => {
-            out.waits.push(wait(format!(
-                "dead routes; the designated successor is {s}, not this gateway"
-            )));
+            out.waits.push(wait(
+                WaitKind::NotSuccessor,
+                format!("dead routes; the designated successor is {s}, not this gateway"),
+            ));
             return;
         }
         None => {
             out.waits.push(wait(
+                WaitKind::NoSuccessor,
                 "dead routes; no eligible successor (this gateway is not in the ring?)".into(),
             ));
             return;
         }
     }
     if !api_confirmed && let Some(reason) = damped(&f.policy, zone) {
-        out.waits.push(wait(reason));
+        out.waits.push(wait(WaitKind::Damping, reason));
         return;
     }
     out.decisions.push(Decision {
@@ -553,6 +559,64 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         target: f.me.eni.clone(),
         target_instance: None,
     });
+}
+
+/// `gateway-agent failover ZONE`: the zone's routes that point at another gateway (or read
+/// blackhole) come here now; a third party's route is never taken, and a draining or (without
+/// `force`) sick gateway refuses.
+pub fn manual(f: &Facts, zone: &str, force: bool) -> Result<Decision, String> {
+    if zone == f.me.zone {
+        return Err(format!(
+            "{zone} is this gateway's own zone: use `gateway-agent failback`"
+        ));
+    }
+    if f.me.draining {
+        return Err("this gateway is draining: undrain it first".into());
+    }
+    if !f.me.healthy && !force {
+        return Err("the own self-check fails: this gateway may not carry the traffic; add --force to take it anyway".into());
+    }
+    let mut writes = Vec::new();
+    let mut from = None;
+    for table in f
+        .zones
+        .iter()
+        .filter(|z| z.zone == zone)
+        .flat_map(|z| &z.tables)
+    {
+        for dest in &f.destinations {
+            let Some(r) = table.route(dest) else { continue };
+            let expect = match &r.target {
+                _ if r.blackhole => Expect::Blackhole,
+                Target::Eni(id) if *id == f.me.eni => continue,
+                Target::Eni(id) => {
+                    from.get_or_insert(id.clone());
+                    Expect::Eni(id.clone())
+                }
+                Target::Other(_) => continue,
+            };
+            writes.push(RouteWrite::point(
+                &table.id, dest, expect, &f.me.eni, "takeover",
+            ));
+        }
+    }
+    if writes.is_empty() {
+        return Err(format!(
+            "nothing to take in {zone}: no managed route there points at another gateway (unknown zone, or already here)"
+        ));
+    }
+    Ok(Decision {
+        zone: zone.to_owned(),
+        kind: Kind::TakeOver,
+        writes,
+        evidence: format!(
+            "manual failover requested by an operator{}",
+            if force { " (--force)" } else { "" }
+        ),
+        from,
+        target: f.me.eni.clone(),
+        target_instance: None,
+    })
 }
 
 /// Why a move the API does not vouch for (lease, self-report or ICMP-only evidence) must wait:

@@ -53,9 +53,90 @@ pub fn newest<'a>(tags: impl IntoIterator<Item = &'a str>) -> Option<Lease> {
         .max_by_key(|l| (l.epoch, l.unix_ms))
 }
 
+/// What a carrier does with a zone's lease this cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    /// Rewrite the lease with this epoch.
+    Renew(u64),
+    /// Someone claimed the zone since with a newer epoch: stop renewing, let them have it.
+    LetGo { holder: String, epoch: u64 },
+}
+
+/// The epoch a carrier renews a zone's lease with, from the newest lease on the zone's tables
+/// and the epoch this gateway claimed it with (if it remembers one).
+pub fn renewal(me: &str, newest: Option<&Lease>, mine: Option<u64>) -> Renewal {
+    match (newest, mine) {
+        (Some(l), Some(e)) if l.holder != me && l.epoch > e => Renewal::LetGo {
+            holder: l.holder.clone(),
+            epoch: l.epoch,
+        },
+        (_, Some(e)) => Renewal::Renew(e),
+        // A hand-over names its receiver as the holder: the receiver adopts that epoch.
+        (Some(l), None) if l.holder == me => Renewal::Renew(l.epoch),
+        (Some(l), None) => Renewal::Renew(l.epoch + 1),
+        (None, None) => Renewal::Renew(1),
+    }
+}
+
+/// The epoch a claim (a takeover, a reclaim, a hand-over) is written with: larger than any
+/// seen on the zone, so a reader that finds routes and lease disagreeing knows who claimed last.
+pub fn claim_epoch(newest: Option<&Lease>) -> u64 {
+    newest.map_or(1, |l| l.epoch + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_keeps_its_epoch_adopts_a_handover_and_lets_go_of_newer_claims() {
+        let l = |holder: &str, epoch| Lease {
+            holder: holder.into(),
+            epoch,
+            unix_ms: 0,
+        };
+        let cases: Vec<(&str, Option<Lease>, Option<u64>, Renewal)> = vec![
+            ("nothing known: epoch 1", None, None, Renewal::Renew(1)),
+            (
+                "own claim remembered",
+                Some(l("i-me", 4)),
+                Some(4),
+                Renewal::Renew(4),
+            ),
+            (
+                "an older foreign lease does not move a remembered claim",
+                Some(l("i-peer", 3)),
+                Some(4),
+                Renewal::Renew(4),
+            ),
+            (
+                "a newer foreign claim: let go",
+                Some(l("i-peer", 5)),
+                Some(4),
+                Renewal::LetGo {
+                    holder: "i-peer".into(),
+                    epoch: 5,
+                },
+            ),
+            (
+                "a hand-over to this gateway: adopt its epoch",
+                Some(l("i-me", 7)),
+                None,
+                Renewal::Renew(7),
+            ),
+            (
+                "routes here under someone else's lease, no claim remembered: one above",
+                Some(l("i-peer", 7)),
+                None,
+                Renewal::Renew(8),
+            ),
+        ];
+        for (name, newest, mine, want) in cases {
+            assert_eq!(renewal("i-me", newest.as_ref(), mine), want, "{name}");
+        }
+        assert_eq!(claim_epoch(None), 1);
+        assert_eq!(claim_epoch(Some(&l("i-peer", 9))), 10);
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {

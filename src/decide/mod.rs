@@ -8,3 +8,4 @@ pub mod conditional;
 pub mod failover;
 pub mod lease;
 pub mod reclaim;
+pub mod route;

@@ -1,56 +1,6 @@
 //! Reclaiming this zone's route tables: every managed destination must point at our ENI.
 
-use std::fmt;
-
-/// What a route currently points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    Eni(String),
-    /// An internet/NAT/transit gateway, peering, instance...: a third party's route.
-    Other(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteFact {
-    pub destination: String,
-    pub target: Target,
-    pub blackhole: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableFact {
-    pub id: String,
-    pub routes: Vec<RouteFact>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    Create,
-    Replace,
-}
-
-/// One route write, with the reason logged beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteIntent {
-    pub table: String,
-    pub destination: String,
-    pub op: Op,
-    pub reason: String,
-}
-
-impl fmt::Display for RouteIntent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verb = match self.op {
-            Op::Create => "create",
-            Op::Replace => "replace",
-        };
-        write!(
-            f,
-            "{verb} route {} in {}: {}",
-            self.destination, self.table, self.reason
-        )
-    }
-}
+pub use super::route::{Expect, Op, RouteFact, RouteWrite, TableFact, Target};
 
 /// A route we leave alone, and why (logged; an operator may have a reason for it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,26 +21,30 @@ pub fn reclaim(
     destinations: &[String],
     tables: &[TableFact],
     manual_failback: bool,
-) -> (Vec<RouteIntent>, Vec<Skipped>) {
+) -> (Vec<RouteWrite>, Vec<Skipped>) {
     let mut intents = Vec::new();
     let mut skipped = Vec::new();
     for table in tables {
         for dest in destinations {
             let Some(route) = table.routes.iter().find(|r| &r.destination == dest) else {
-                intents.push(RouteIntent {
-                    table: table.id.clone(),
-                    destination: dest.clone(),
-                    op: Op::Create,
-                    reason: "missing".into(),
-                });
+                intents.push(RouteWrite::point(
+                    &table.id,
+                    dest,
+                    Expect::Missing,
+                    own_eni,
+                    "missing",
+                ));
                 continue;
             };
-            let reason = match &route.target {
+            let (expect, reason) = match &route.target {
                 Target::Eni(id) if id == own_eni && !route.blackhole => continue,
-                Target::Eni(id) if id == own_eni => {
-                    "points at our ENI but reads blackhole".to_string()
+                Target::Eni(id) if id == own_eni => (
+                    Expect::Blackhole,
+                    "points at our ENI but reads blackhole".to_string(),
+                ),
+                Target::Eni(id) if route.blackhole => {
+                    (Expect::Blackhole, format!("blackhole via {id}"))
                 }
-                Target::Eni(id) if route.blackhole => format!("blackhole via {id}"),
                 Target::Eni(id) if manual_failback => {
                     skipped.push(Skipped {
                         table: table.id.clone(),
@@ -102,8 +56,8 @@ pub fn reclaim(
                     });
                     continue;
                 }
-                Target::Eni(id) => format!("held by {id}"),
-                Target::Other(_) if route.blackhole => "blackhole".to_string(),
+                Target::Eni(id) => (Expect::Eni(id.clone()), format!("held by {id}")),
+                Target::Other(_) if route.blackhole => (Expect::Blackhole, "blackhole".to_string()),
                 Target::Other(other) => {
                     skipped.push(Skipped {
                         table: table.id.clone(),
@@ -113,12 +67,7 @@ pub fn reclaim(
                     continue;
                 }
             };
-            intents.push(RouteIntent {
-                table: table.id.clone(),
-                destination: dest.clone(),
-                op: Op::Replace,
-                reason,
-            });
+            intents.push(RouteWrite::point(&table.id, dest, expect, own_eni, &reason));
         }
     }
     (intents, skipped)
@@ -212,7 +161,7 @@ mod tests {
             let (intents, skipped) = reclaim("eni-me", &dests, &tables, manual);
             let got: Vec<(&str, Op)> = intents
                 .iter()
-                .map(|i| (i.destination.as_str(), i.op.clone()))
+                .map(|i| (i.destination.as_str(), i.op()))
                 .collect();
             assert_eq!(got, want, "{name}");
             assert_eq!(skipped.len(), want_skipped, "{name}");
@@ -232,7 +181,7 @@ mod tests {
         assert_eq!(intents.len(), 3);
         assert_eq!(
             intents[2].to_string(),
-            "replace route 0.0.0.0/0 in rtb-2: held by eni-peer"
+            "replace route 0.0.0.0/0 in rtb-2 via eni-me: held by eni-peer"
         );
     }
 }

@@ -10,14 +10,41 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::boot::table_fact;
-use super::watch::{Event, probe_loop};
+use super::sensors::Event;
+use crate::agent::routes::{self, Batch};
 use crate::cloud::{Ec2, RouteTable};
-use crate::config::{Conditional, Events, Failover};
-use crate::decide::conditional::{self, Action, Rule};
-use crate::decide::failover::Probe;
-use crate::probe::Icmp;
+use crate::config::{Conditional, Config, Events, Failover};
+use crate::decide::conditional::{self, Rule};
+use crate::decide::route::{Op, Probe};
+use crate::probe::{Icmp, probe_loop};
 use crate::{hook, metrics};
+
+/// Starts one probe per conditional rule, from the ENI address `own_ip`.
+pub fn start(
+    config: &Config,
+    own_ip: Ipv4Addr,
+    tx: &mpsc::Sender<Event>,
+) -> Result<Vec<RuleWatch>, crate::probe::Error> {
+    if config.conditional.is_empty() {
+        return Ok(Vec::new());
+    }
+    let icmp = Arc::new(Icmp::bound(own_ip)?);
+    let mut rules = Vec::new();
+    for rule in &config.conditional {
+        let Some(target) = rule.target() else {
+            continue;
+        };
+        info!(rule = %rule.label(), %target, destinations = ?rule.destinations, "watching a conditional route's target");
+        rules.push(RuleWatch::start(
+            rule.clone(),
+            target,
+            Arc::clone(&icmp),
+            &config.failover,
+            tx.clone(),
+        ));
+    }
+    Ok(rules)
+}
 
 #[derive(Debug, Clone, Copy)]
 struct TargetView {
@@ -123,7 +150,7 @@ impl RuleWatch {
         let rule = Rule {
             name: self.config.label(),
             destinations: self.config.destinations.clone(),
-            tables: tables.iter().map(|t| table_fact(t)).collect(),
+            tables: tables.iter().map(|t| t.fact()).collect(),
             target: view.state,
             up_for: view
                 .up_since
@@ -142,50 +169,31 @@ impl RuleWatch {
         } else if view.state == Probe::Up {
             self.active = false;
         }
-        let writes = plan.actions.iter().map(|a| async move {
-            let result = match a {
-                Action::Add {
-                    table,
-                    destination,
-                    create: true,
-                } => ec2.create_route(table, destination, own_eni).await,
-                Action::Add {
-                    table, destination, ..
-                } => ec2.replace_route(table, destination, own_eni).await,
-                Action::Remove { table, destination } => ec2.delete_route(table, destination).await,
-            };
-            (a, result)
-        });
-        let mut ok = true;
-        let probe = self.config.probe.as_str();
-        for (a, result) in futures::future::join_all(writes).await {
-            let (table, destination, added) = match a {
-                Action::Add {
-                    table, destination, ..
-                } => (table, destination, true),
-                Action::Remove { table, destination } => (table, destination, false),
-            };
-            if let Err(e) = result {
-                warn!(rule = %rule.name, error = %e, "conditional route write failed; the next cycle decides again");
-                ok = false;
-                continue;
+        if plan.actions.is_empty() {
+            return true;
+        }
+        let mut ids: Vec<&str> = plan.actions.iter().map(|w| w.table.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let batch = Batch {
+            label: &rule.name,
+            tables: &ids,
+            lease: None,
+            fresh: None,
+        };
+        let done = match routes::execute(ec2, &batch, &plan.actions).await {
+            Ok(done) => done,
+            Err(stopped) => {
+                warn!(rule = %rule.name, error = %stopped.error(), doing = stopped.doing(), "conditional route not written; the next cycle decides again");
+                return false;
             }
+        };
+        for w in &done.written {
             metrics::inc(
                 "gateway_agent_route_changes_total",
                 &[("kind", "conditional")],
             );
-            let reason = if added {
-                format!(
-                    "{}: {destination} in {table} via this gateway while {probe} is silent",
-                    rule.name
-                )
-            } else {
-                format!(
-                    "{}: {destination} removed from {table}: {probe} answers again",
-                    rule.name
-                )
-            };
-            info!(rule = %rule.name, %table, %destination, target = %own_eni, %reason, "{}", if added { "route switched" } else { "route removed" });
+            let added = w.op() != Op::Delete;
             hook::emit(
                 events,
                 &hook::Event {
@@ -194,13 +202,13 @@ impl RuleWatch {
                     } else {
                         "conditional-remove"
                     },
-                    zone: table,
+                    zone: &w.table,
                     from: if added { "-" } else { own_eni },
                     to: if added { own_eni } else { "-" },
-                    reason: &reason,
+                    reason: &w.reason,
                 },
             );
         }
-        ok
+        done.complete()
     }
 }

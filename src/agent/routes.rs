@@ -1,0 +1,221 @@
+//! The one route executor: every route write the agent makes (boot reclaim, takeover,
+//! hand-back, hand-over, conditional routes, a manual failover, a drain) goes through
+//! [`execute`], so each is made the same careful way:
+//!
+//! 1. re-read the tables (unless the caller has just read them) and drop every write whose
+//!    route no longer reads as the decision expected: a route that changed since belongs to
+//!    whoever changed it;
+//! 2. write, tables that carry traffic (associated with a subnet) first, the rest after;
+//! 3. the lease tag: before the writes for a boot claim (a peer that sees it lets go instead of
+//!    repairing "drift"), alongside the second wave for a takeover (it informs; the carrying
+//!    tables' traffic should not wait for it);
+//! 4. confirm by reading again: success codes are not evidence enough.
+//!
+//! It returns what was written and confirmed; callers record metrics, events and history.
+
+use tracing::{info, warn};
+
+use crate::cloud::{CloudError, Ec2, RouteTable};
+use crate::decide::route::{Op, RouteWrite};
+
+/// When the lease tag is written, if at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseAt {
+    /// Before any route write; a failure stops the batch (the claim must be visible first).
+    Before,
+    /// With the second wave of writes; a failure is logged, the routes go anyway.
+    Alongside,
+}
+
+/// One batch of writes for one zone (or one conditional rule).
+pub struct Batch<'a> {
+    /// For the log: the zone or rule the writes are for.
+    pub label: &'a str,
+    /// The tables to re-read, confirm and tag: every table the writes touch (and, for a zone,
+    /// all of its tables, so the lease covers them all).
+    pub tables: &'a [&'a str],
+    /// The lease tag value and when to write it.
+    pub lease: Option<(&'a str, LeaseAt)>,
+    /// The tables as the caller read them just now: no re-read before writing.
+    pub fresh: Option<&'a [RouteTable]>,
+}
+
+/// What a batch did.
+#[derive(Debug, Default)]
+pub struct Executed<'w> {
+    /// Writes dropped because their route changed since the decision (with what it reads now).
+    pub skipped: Vec<(&'w RouteWrite, String)>,
+    /// Writes the API accepted.
+    pub written: Vec<&'w RouteWrite>,
+    pub failed: Vec<(&'w RouteWrite, CloudError)>,
+    /// Of the attempted writes, how many the confirming read shows in effect.
+    pub confirmed: usize,
+    /// The confirming read, for the caller's view of the tables.
+    pub after: Vec<RouteTable>,
+    /// The lease tag write failed (alongside: logged, not fatal).
+    pub lease_error: Option<CloudError>,
+}
+
+impl Executed<'_> {
+    /// Every write that was still wanted is written and confirmed.
+    pub fn complete(&self) -> bool {
+        self.failed.is_empty() && self.confirmed == self.attempted()
+    }
+
+    pub fn attempted(&self) -> usize {
+        self.written.len() + self.failed.len()
+    }
+}
+
+/// Why a batch stopped before its confirming read.
+#[derive(Debug)]
+pub enum Stopped {
+    /// The re-read before writing failed: nothing was written.
+    Reread(CloudError),
+    /// The lease tag (`LeaseAt::Before`) failed: nothing was written.
+    Lease(CloudError),
+    /// The confirming read failed: the writes went out, their effect is unknown.
+    Confirm(CloudError),
+}
+
+impl Stopped {
+    pub fn error(&self) -> &CloudError {
+        match self {
+            Self::Reread(e) | Self::Lease(e) | Self::Confirm(e) => e,
+        }
+    }
+
+    /// What the executor was doing, for the caller's log.
+    pub fn doing(&self) -> &'static str {
+        match self {
+            Self::Reread(_) => "re-reading before a route write",
+            Self::Lease(_) => "writing the lease tag before the route writes",
+            Self::Confirm(_) => "confirming route writes",
+        }
+    }
+}
+
+pub async fn execute<'w, E: Ec2>(
+    ec2: &E,
+    batch: &Batch<'_>,
+    writes: &'w [RouteWrite],
+) -> Result<Executed<'w>, Stopped> {
+    let reread;
+    let fresh: &[RouteTable] = match batch.fresh {
+        Some(f) => f,
+        None => {
+            reread = ec2
+                .describe_route_tables(batch.tables)
+                .await
+                .map_err(Stopped::Reread)?;
+            &reread
+        }
+    };
+    let mut out = Executed::default();
+    let mut wanted = Vec::new();
+    for w in writes {
+        let table = fresh.iter().find(|t| t.id == w.table);
+        let fact = table.map(RouteTable::fact);
+        let current = fact.as_ref().and_then(|t| t.route(&w.destination));
+        if table.is_some() && w.expect.holds(current) {
+            wanted.push(w);
+        } else {
+            let now = current.map_or("missing".to_owned(), |r| match &r.target {
+                _ if r.blackhole => "blackhole".to_owned(),
+                crate::decide::route::Target::Eni(id) | crate::decide::route::Target::Other(id) => {
+                    id.clone()
+                }
+            });
+            info!(for_ = %batch.label, table = %w.table, destination = %w.destination, expected = %w.expect, now = %now, "route changed since the decision: left alone");
+            out.skipped.push((w, now));
+        }
+    }
+    let tag = |value: &str| {
+        let tags = [(crate::decide::lease::LEASE_TAG, value.to_owned())];
+        async move {
+            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            ec2.create_tags(batch.tables, &tags).await
+        }
+    };
+    if let Some((value, LeaseAt::Before)) = batch.lease
+        && !wanted.is_empty()
+    {
+        tag(value).await.map_err(Stopped::Lease)?;
+        info!(for_ = %batch.label, lease = %value, "zone claimed: lease written before the route writes");
+    }
+    let carrying = |w: &&RouteWrite| {
+        fresh
+            .iter()
+            .find(|t| t.id == w.table)
+            .is_some_and(|t| t.associated)
+    };
+    let (first, rest): (Vec<&RouteWrite>, Vec<&RouteWrite>) =
+        wanted.iter().copied().partition(carrying);
+    let mut results = futures::future::join_all(first.into_iter().map(|w| write(ec2, w))).await;
+    let alongside = match batch.lease {
+        Some((value, LeaseAt::Alongside)) if !wanted.is_empty() => Some(value),
+        _ => None,
+    };
+    let (tagged, rest) = tokio::join!(
+        async {
+            match alongside {
+                Some(value) => tag(value).await,
+                None => Ok(()),
+            }
+        },
+        futures::future::join_all(rest.into_iter().map(|w| write(ec2, w)))
+    );
+    if let Err(e) = tagged {
+        warn!(for_ = %batch.label, error = %e, "lease tag not written; the routes are written anyway (the lease only informs)");
+        out.lease_error = Some(e);
+    }
+    results.extend(rest);
+    for (w, r) in results {
+        match r {
+            Ok(()) => {
+                info!(for_ = %batch.label, table = %w.table, destination = %w.destination, target = %w.to.as_deref().unwrap_or("-"), was = %w.expect, reason = %w.reason, "{}", if w.op() == Op::Delete { "route removed" } else { "route switched" });
+                out.written.push(w);
+            }
+            Err(e) => {
+                warn!(for_ = %batch.label, table = %w.table, destination = %w.destination, error = %e, "route write failed; the next cycle decides again");
+                out.failed.push((w, e));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let after = ec2
+        .describe_route_tables(batch.tables)
+        .await
+        .map_err(Stopped::Confirm)?;
+    out.confirmed = wanted
+        .iter()
+        .filter(|w| {
+            after
+                .iter()
+                .find(|t| t.id == w.table)
+                .is_some_and(|t| w.done(t.fact().route(&w.destination)))
+        })
+        .count();
+    out.after = after;
+    Ok(out)
+}
+
+async fn write<'w, E: Ec2>(ec2: &E, w: &'w RouteWrite) -> (&'w RouteWrite, Result<(), CloudError>) {
+    let to = w.to.as_deref().unwrap_or_default();
+    let r = match w.op() {
+        Op::Create => ec2.create_route(&w.table, &w.destination, to).await,
+        Op::Replace => ec2.replace_route(&w.table, &w.destination, to).await,
+        Op::Delete => ec2.delete_route(&w.table, &w.destination).await,
+    };
+    (w, r)
+}
+
+/// Wall-clock milliseconds for the lease tag and the decision history, which operators read;
+/// no decision uses it.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,202 @@
+//! A failover decision carried out: the claim (a lease with a larger epoch), the writes
+//! through the route executor, and what follows a confirmed move (metrics, the event hook,
+//! STATUS, the history, asking for a replacement after a demotion).
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::Watch;
+use crate::agent::routes::{self, Batch, LeaseAt, Stopped, unix_ms};
+use crate::cloud::{Autoscaling, Ec2, RouteTable};
+use crate::decide::failover::{Decision, Kind};
+use crate::decide::lease::{self, LEASE_TAG, Lease};
+use crate::{hook, metrics};
+
+impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
+    /// Claims the zone, re-reads, writes what still matches, confirms. `false` when
+    /// something is left for the next cycle.
+    pub(super) async fn execute(&mut self, d: &Decision) -> bool {
+        // A decision retried after a failed write is timed from its first attempt.
+        let decided = *self
+            .zones
+            .entry(d.zone.clone())
+            .or_default()
+            .deciding
+            .get_or_insert_with(Instant::now);
+        let zone_tables: Vec<&RouteTable> = self
+            .tables
+            .iter()
+            .filter(|t| super::zone_of(&self.config, t).as_deref() == Some(d.zone.as_str()))
+            .collect();
+        let ids: Vec<String> = zone_tables.iter().map(|t| t.id.clone()).collect();
+        let epoch = lease::claim_epoch(
+            lease::newest(
+                zone_tables
+                    .iter()
+                    .filter_map(|t| t.tags.get(LEASE_TAG))
+                    .map(String::as_str),
+            )
+            .as_ref(),
+        );
+        let value = Lease {
+            // This gateway's claims carry its instance; a hand-over names the receiver (its
+            // instance from /health, else its ENI) so the receiver adopts the epoch.
+            holder: if d.target == self.own.eni {
+                self.own.instance_id.clone()
+            } else {
+                d.target_instance
+                    .clone()
+                    .unwrap_or_else(|| d.target.clone())
+            },
+            epoch,
+            unix_ms: unix_ms(),
+        }
+        .to_string();
+        let detection = d.from.as_ref().and_then(|eni| {
+            self.peer_views()
+                .into_iter()
+                .find(|p| &p.eni == eni)
+                .and_then(|p| p.losing_since)
+                .map(|at| decided.saturating_duration_since(at))
+        });
+        info!(
+            zone = %d.zone,
+            kind = d.kind.as_str(),
+            routes = d.writes.len(),
+            from = %d.from.as_deref().unwrap_or("-"),
+            evidence = %d.evidence,
+            lease = %value,
+            "decision: pointing routes at {}", d.target
+        );
+        let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let batch = Batch {
+            label: &d.zone,
+            tables: &table_ids,
+            lease: Some((&value, LeaseAt::Alongside)),
+            fresh: None,
+        };
+        let done = match routes::execute(self.ec2, &batch, &d.writes).await {
+            Ok(done) => done,
+            Err(stopped) => {
+                if matches!(stopped, Stopped::Confirm(_)) {
+                    self.claimed(d, epoch);
+                }
+                self.trouble(stopped.error(), stopped.doing());
+                return false;
+            }
+        };
+        if done.attempted() == 0 {
+            // Every route changed since the decision: nothing was claimed or written; the
+            // next cycle decides from what is there now.
+            self.record(d, "skipped: every route changed since the decision", 0);
+            return true;
+        }
+        self.claimed(d, epoch);
+        let confirmed = done.confirmed;
+        let wanted = done.attempted();
+        let complete = done.complete();
+        for t in done.after {
+            if let Some(old) = self.tables.iter_mut().find(|x| x.id == t.id) {
+                *old = t;
+            }
+        }
+        let switched = decided.elapsed();
+        metrics::add(
+            "gateway_agent_route_changes_total",
+            &[("kind", d.kind.as_str())],
+            confirmed as f64,
+        );
+        if !complete {
+            warn!(zone = %d.zone, confirmed, wanted, "not every route confirmed; trying again");
+            self.record(d, "partial: trying again", confirmed);
+            return false;
+        }
+        if let Some(st) = self.zones.get_mut(&d.zone) {
+            st.deciding = None;
+        }
+        self.record(d, "complete", confirmed);
+        let event = if d.kind == Kind::Handover && !self.draining {
+            "demotion"
+        } else {
+            d.kind.as_str()
+        };
+        hook::emit(
+            &self.config.events,
+            &hook::Event {
+                event,
+                zone: &d.zone,
+                from: d.from.as_deref().unwrap_or("-"),
+                to: &d.target,
+                reason: &d.evidence,
+            },
+        );
+        metrics::inc(
+            "gateway_agent_decisions_total",
+            &[("kind", d.kind.as_str()), ("zone", d.zone.as_str())],
+        );
+        metrics::observe(
+            "gateway_agent_decision_to_switched_seconds",
+            &[],
+            switched.as_secs_f64(),
+        );
+        if let Some(t) = detection {
+            metrics::observe("gateway_agent_detection_seconds", &[], t.as_secs_f64());
+        }
+        info!(
+            zone = %d.zone,
+            kind = d.kind.as_str(),
+            detection_ms = detection.map_or(-1.0, |t| t.as_secs_f64() * 1e3),
+            decision_to_switched_ms = switched.as_secs_f64() * 1e3,
+            routes = confirmed,
+            epoch,
+            "{} complete", d.kind.as_str()
+        );
+        if d.kind == Kind::TakeOver {
+            crate::systemd::status(&format!(
+                "carrying {} and {} (took over: {})",
+                self.own.zone, d.zone, d.evidence
+            ));
+        }
+        if d.kind == Kind::Handover && !self.draining {
+            crate::systemd::status(&format!(
+                "demoted: {} handed to {} ({})",
+                d.zone, d.target, d.evidence
+            ));
+            self.ask_for_replacement().await;
+        }
+        true
+    }
+
+    /// The claim went out: a hand-over forgets the zone's epoch (the receiver renews), any
+    /// other claim remembers it.
+    fn claimed(&mut self, d: &Decision, epoch: u64) {
+        let st = self.zones.entry(d.zone.clone()).or_default();
+        if d.kind == Kind::Handover {
+            st.epoch = None;
+        } else {
+            st.epoch = Some(epoch);
+            st.let_go = None;
+        }
+    }
+
+    /// After a demotion, with `drain.set_unhealthy`: tell the ASG this instance is unhealthy,
+    /// so it is replaced rather than left sick (once; the ASG takes it from there).
+    async fn ask_for_replacement(&mut self) {
+        if !self.config.drain.set_unhealthy || self.reported_unhealthy || self.config.dry_run {
+            return;
+        }
+        match self
+            .asg
+            .set_instance_health(&self.own.instance_id, false)
+            .await
+        {
+            Ok(()) => {
+                warn!(instance = %self.own.instance_id, "SetInstanceHealth Unhealthy: the Auto Scaling group will replace this gateway");
+                self.reported_unhealthy = true;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot report this instance unhealthy; retrying after the next hand-over")
+            }
+        }
+    }
+}

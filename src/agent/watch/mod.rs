@@ -1,0 +1,644 @@
+//! The run loop's failover half, as a small reconcile: each cycle observes (the sensors' latest
+//! views, the group's route tables, the API's word on silent peers), turns that into facts,
+//! asks [`crate::decide::failover`], executes its decisions through the one route executor
+//! ([`crate::agent::routes`]), reports, and says when it wants to run next.
+//!
+//! - [`sensors`]: the own self-check, one ICMP and one `/health` task per peer, discovery;
+//! - [`zone`]: what is remembered about each zone between cycles;
+//! - [`execute`]: a decision carried out (lease, writes, confirmation, metrics, events);
+//! - [`commands`]: what an operator asks over the control socket;
+//! - [`report`]: `/health`, `status`, metrics, the role, the decision history;
+//! - [`conditional`]: conditional routes, one probe per rule.
+//!
+//! Failures are not remembered as work to redo: the next cycle (soon, with backoff) decides
+//! again from fresh facts, so a partial takeover is finished and a stale one is dropped.
+
+pub mod commands;
+pub mod conditional;
+pub mod execute;
+pub mod report;
+pub mod sensors;
+pub mod zone;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::cloud::{Autoscaling, CloudError, Ec2, RouteTable};
+use crate::config::{Config, GROUP_TAG, ZONE_TAG};
+use crate::decide::failover::{self, Facts, Gateway, Me, Policy, SelfReport};
+use crate::decide::lease::{self, LEASE_TAG, Lease, Renewal};
+use crate::decide::route::{Probe, TableFact, carrier};
+use crate::health::Report;
+use crate::{hook, metrics};
+
+pub use report::DecisionRecord;
+pub use sensors::{Event, OwnHealth, PeerView};
+use sensors::{Feed, Peer, Task};
+use zone::ZoneState;
+
+/// A `/health` answer older than this no longer describes the peer.
+const REPORT_FRESH: Duration = Duration::from_secs(2);
+/// After a failed or unconfirmed write, the next cycle comes this soon (doubling per failure,
+/// up to the lease period), not a whole period later.
+const RETRY_SOON: Duration = Duration::from_millis(100);
+/// Peers (the group's ENIs) are looked up again this often, in case one was added.
+const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// A failing API is reported once a minute, not every cycle.
+const API_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// This gateway, as the loop needs it.
+pub struct Own {
+    pub instance_id: String,
+    pub zone: String,
+    pub eni: String,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Watch<'a, E, A> {
+    config: Arc<Config>,
+    ec2: &'a E,
+    asg: &'a A,
+    own: Own,
+    /// Whether discovered peers get probe tasks (unit tests play the probes themselves).
+    probing: bool,
+    peers: BTreeMap<String, Peer>,
+    own_health: watch::Receiver<OwnHealth>,
+    own_feed: Feed<OwnHealth>,
+    _own_task: Option<Task>,
+    events_tx: mpsc::Sender<Event>,
+    discovered_at: Option<Instant>,
+    report: watch::Sender<Report>,
+    zones: BTreeMap<String, ZoneState>,
+    /// The group's tables as last read.
+    tables: Vec<RouteTable>,
+    last_api_error: Option<Instant>,
+    failures: u32,
+    /// `gateway-agent failback` asked for the own zone back in the cycle under way.
+    failback_requested: bool,
+    rules: Vec<conditional::RuleWatch>,
+    /// A planned exit is under way: hand everything over, take nothing.
+    draining: bool,
+    /// SetInstanceHealth Unhealthy was sent (`drain.set_unhealthy`).
+    reported_unhealthy: bool,
+    /// The ASG lifecycle state IMDS last gave (kept current by the planned-exit watcher).
+    lifecycle: super::exit::LifecycleState,
+    /// `gateway-agent pause`: decide, log, write nothing.
+    paused: bool,
+    /// Decisions skipped while paused (or dry-run), logged once each.
+    paused_logged: std::collections::BTreeSet<String>,
+    /// The last decisions and how they ended, newest last (for `gateway-agent status`).
+    history: std::collections::VecDeque<DecisionRecord>,
+}
+
+impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
+    pub fn new(
+        config: Arc<Config>,
+        ec2: &'a E,
+        asg: &'a A,
+        own: Own,
+        claimed_epoch: Option<u64>,
+    ) -> (Self, mpsc::Receiver<Event>, watch::Receiver<Report>) {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (report, report_rx) = watch::channel(Report {
+            instance_id: own.instance_id.clone(),
+            zone: own.zone.clone(),
+            eni: own.eni.clone(),
+            healthy: true,
+            draining: false,
+            role: "active".into(),
+            carries: vec![own.zone.clone()],
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
+        let mut zones: BTreeMap<String, ZoneState> = BTreeMap::new();
+        zones.entry(own.zone.clone()).or_default().epoch = claimed_epoch;
+        let (own_feed, own_health) = watch::channel(OwnHealth {
+            healthy: true,
+            since: Instant::now(),
+            detail: "passed at boot".into(),
+        });
+        let watch = Self {
+            config,
+            ec2,
+            asg,
+            own,
+            probing: true,
+            peers: BTreeMap::new(),
+            own_health,
+            own_feed: Arc::new(own_feed),
+            _own_task: None,
+            events_tx,
+            discovered_at: None,
+            report,
+            zones,
+            tables: Vec::new(),
+            last_api_error: None,
+            failures: 0,
+            failback_requested: false,
+            rules: Vec::new(),
+            draining: false,
+            reported_unhealthy: false,
+            lifecycle: Arc::default(),
+            paused: false,
+            paused_logged: std::collections::BTreeSet::new(),
+            history: std::collections::VecDeque::new(),
+        };
+        (watch, events_rx, report_rx)
+    }
+
+    /// Starts the own self-check task.
+    pub fn start_own_health(&mut self) -> Result<(), crate::probe::Error> {
+        self._own_task = sensors::start_own_health(
+            &self.config,
+            Arc::clone(&self.own_feed),
+            self.events_tx.clone(),
+        )?;
+        Ok(())
+    }
+
+    /// Starts probing every conditional route's target, from the ENI address.
+    pub fn start_conditional(&mut self) -> Result<(), crate::probe::Error> {
+        self.rules = conditional::start(&self.config, self.own.ip, &self.events_tx)?;
+        Ok(())
+    }
+
+    /// Finds the group's other gateways and starts watching new ones.
+    async fn discover(&mut self) -> Result<(), CloudError> {
+        for (zone, eni, ip) in sensors::discover(self.ec2, &self.config, &self.own.zone).await? {
+            if self.peers.contains_key(&zone) {
+                continue;
+            }
+            info!(%zone, %eni, %ip, "watching peer gateway");
+            self.add_peer(&zone, &eni, ip);
+        }
+        self.discovered_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Watches a peer: its view's feed, and (unless a test plays them) its probe tasks.
+    pub fn add_peer(&mut self, zone: &str, eni: &str, ip: Ipv4Addr) -> Feed<PeerView> {
+        let (feed, view) = watch::channel(PeerView::new(zone, eni, ip));
+        let feed = Arc::new(feed);
+        let tasks = if self.probing {
+            sensors::start_peer(&self.config, self.own.ip, &feed, &self.events_tx)
+        } else {
+            Vec::new()
+        };
+        self.peers.insert(
+            zone.to_owned(),
+            Peer {
+                view,
+                _feed: Arc::clone(&feed),
+                _tasks: tasks,
+            },
+        );
+        feed
+    }
+
+    /// One observe → decide → act round. Returns how soon the next one should come, if sooner
+    /// than the regular tick.
+    pub async fn cycle(&mut self) -> Option<Duration> {
+        if self.config.failover.enabled
+            && self
+                .discovered_at
+                .is_none_or(|at| at.elapsed() >= REDISCOVER_EVERY)
+            && let Err(e) = self.discover().await
+        {
+            return Some(self.trouble(&e, "looking up the group's gateways"));
+        }
+        let tables = match self.observe().await {
+            Ok(tables) => tables,
+            // Without the arbiter, doing nothing is the safe choice.
+            Err(e) => {
+                return Some(self.trouble(
+                    &e,
+                    "reading the route tables (changing nothing until it answers)",
+                ));
+            }
+        };
+        if self.last_api_error.take().is_some() {
+            info!("EC2 API answering again");
+        }
+        let now = Instant::now();
+        self.remember(&tables, now);
+        self.tables = tables;
+        let outcome = failover::decide(&self.facts(now, false));
+        self.log_waits(&outcome.waits);
+        for (zone, st) in &mut self.zones {
+            if !outcome.decisions.iter().any(|d| &d.zone == zone) {
+                st.deciding = None;
+            }
+        }
+        let mut again = false;
+        for d in &outcome.decisions {
+            if self.held_back(d) {
+                continue;
+            }
+            if !self.execute(d).await {
+                again = true;
+            }
+        }
+        if !self.paused && !self.config.dry_run && !self.apply_conditional().await {
+            again = true;
+        }
+        self.publish();
+        if again {
+            Some(self.backoff())
+        } else {
+            self.failures = 0;
+            None
+        }
+    }
+
+    /// Renews the leases this gateway holds, reads every route table of the group and asks
+    /// the API about silent peers, all at once.
+    async fn observe(&mut self) -> Result<Vec<RouteTable>, CloudError> {
+        let renewals = if self.config.dry_run {
+            Vec::new()
+        } else {
+            self.renewals()
+        };
+        let down: Vec<(String, String)> = self
+            .peer_views()
+            .into_iter()
+            .filter(|p| p.icmp == Probe::Down)
+            .map(|p| (p.zone, p.eni))
+            .collect();
+        let (ec2, asg) = (self.ec2, self.asg);
+        let renew = futures::future::join_all(renewals.iter().map(|(zone, ids, value)| {
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            async move {
+                let tags = [(LEASE_TAG, value.as_str())];
+                (zone, value, ec2.create_tags(&ids, &tags).await)
+            }
+        }));
+        let evidence =
+            futures::future::join_all(down.iter().map(|(zone, eni)| async move {
+                (zone.clone(), sensors::gone(ec2, asg, eni).await)
+            }));
+        let (renewed, read, evidence) = tokio::join!(renew, self.read_tables(), evidence);
+        for (zone, value, result) in renewed {
+            match result {
+                Ok(()) => debug!(%zone, lease = %value, "lease renewed"),
+                Err(e) => {
+                    self.trouble(&e, "renewing a lease");
+                }
+            }
+        }
+        let now = Instant::now();
+        for (zone, result) in evidence {
+            match result {
+                Ok(why) => self.zones.entry(zone).or_default().api_says = Some((why, now)),
+                Err(e) => {
+                    self.trouble(&e, "asking the API about a silent peer");
+                }
+            }
+        }
+        read
+    }
+
+    /// A decision this agent does not carry out: dry-run or paused (logged once each).
+    fn held_back(&mut self, d: &failover::Decision) -> bool {
+        let (key, dry) = if self.config.dry_run {
+            (format!("dry:{}:{}", d.zone, d.kind.as_str()), true)
+        } else if self.paused {
+            (format!("{}:{}", d.zone, d.kind.as_str()), false)
+        } else {
+            return false;
+        };
+        if self.paused_logged.insert(key) {
+            if dry {
+                for w in &d.writes {
+                    warn!(zone = %d.zone, kind = d.kind.as_str(), table = %w.table, destination = %w.destination, was = %w.expect, target = %d.target, evidence = %d.evidence, "dry-run: would {} route", d.kind.as_str());
+                }
+                self.record(d, "dry-run: not executed", 0);
+            } else {
+                warn!(zone = %d.zone, kind = d.kind.as_str(), evidence = %d.evidence, target = %d.target, "automation paused: would point routes at {}", d.target);
+                self.record(d, "paused: not executed", 0);
+            }
+        }
+        true
+    }
+
+    async fn apply_conditional(&mut self) -> bool {
+        let mut ok = true;
+        let mut rules = std::mem::take(&mut self.rules);
+        let f = &self.config.failover;
+        for rule in &mut rules {
+            let tables: Vec<&RouteTable> = if rule.config.tables.is_empty() {
+                self.tables
+                    .iter()
+                    .filter(|t| zone_of(&self.config, t).as_deref() == Some(self.own.zone.as_str()))
+                    .collect()
+            } else {
+                self.tables
+                    .iter()
+                    .filter(|t| rule.config.tables.contains(&t.id))
+                    .collect()
+            };
+            ok &= rule
+                .apply(
+                    self.ec2,
+                    &self.own.eni,
+                    &tables,
+                    (f.hold_down(), f.damping_max()),
+                    &self.config.events,
+                )
+                .await;
+        }
+        self.rules = rules;
+        ok
+    }
+
+    /// The one error policy: an API failure is logged (once a minute while it lasts) and on
+    /// STATUS, routes stay as they are, and the next cycle comes after a backoff.
+    fn trouble(&mut self, e: &CloudError, doing: &str) -> Duration {
+        if self
+            .last_api_error
+            .is_none_or(|at| at.elapsed() >= API_LOG_EVERY)
+        {
+            warn!(error = %e, doing, "EC2 API call failed; retrying, routes stay as they are");
+            crate::systemd::status(&format!("EC2 API failing ({doing}): {e}"));
+            self.last_api_error = Some(Instant::now());
+        }
+        self.backoff()
+    }
+
+    fn backoff(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        RETRY_SOON
+            .saturating_mul(1 << self.failures.min(6))
+            .min(self.config.failover.lease_renew())
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        self.peers
+            .values()
+            .map(|p| p.view.borrow().clone())
+            .collect()
+    }
+
+    async fn read_tables(&self) -> Result<Vec<RouteTable>, CloudError> {
+        let configured = &self.config.routes.tables;
+        let mut tables = if configured.is_empty() {
+            let group = self.config.group.name.as_str();
+            self.ec2.find_route_tables(&[(GROUP_TAG, group)]).await?
+        } else {
+            let ids: Vec<&str> = configured.values().flatten().map(String::as_str).collect();
+            self.ec2.describe_route_tables(&ids).await?
+        };
+        // Tables conditional rules name that the group read did not return.
+        let missing: Vec<&str> = self
+            .config
+            .conditional
+            .iter()
+            .flat_map(|r| r.tables.iter())
+            .filter(|id| !tables.iter().any(|t| &t.id == *id))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            tables.extend(self.ec2.describe_route_tables(&missing).await?);
+        }
+        Ok(tables)
+    }
+
+    /// Updates lease ages and carrier history from a fresh read; logs every change of carrier.
+    fn remember(&mut self, tables: &[RouteTable], now: Instant) {
+        let window = self.config.failover.damping_max();
+        for (zone, ts) in by_zone(&self.config, tables) {
+            let value: Vec<&str> = ts
+                .iter()
+                .map(|t| t.tags.get(LEASE_TAG).map_or("-", String::as_str))
+                .collect();
+            let st = self.zones.entry(zone.clone()).or_default();
+            st.see_lease(value.join(","), now);
+            let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+            let Some(to) = carrier(&facts, &self.config.routes.destinations) else {
+                continue;
+            };
+            let Some(moved) = st.see_carrier(to.clone(), now, window) else {
+                continue;
+            };
+            info!(
+                %zone,
+                from = %moved.from,
+                to = %to,
+                held_for_ms = moved.held_for.as_millis() as u64,
+                "zone changed carrier"
+            );
+            metrics::inc("gateway_agent_flaps_total", &[("zone", zone.as_str())]);
+            if moved.from == self.own.eni && zone != self.own.zone {
+                info!(%zone, to = %to, "zone handed back: this gateway no longer carries it");
+                metrics::inc("gateway_agent_handbacks_total", &[("zone", zone.as_str())]);
+                hook::emit(
+                    &self.config.events,
+                    &hook::Event {
+                        event: "handback",
+                        zone: &zone,
+                        from: &moved.from,
+                        to: &to,
+                        reason: "the zone's routes left this gateway (its owner reclaimed it, or another gateway took it)",
+                    },
+                );
+            }
+        }
+    }
+
+    /// Leases to renew: every zone whose routes point here, unless someone claimed it since
+    /// with a newer epoch (then this gateway lets go and stops renewing).
+    fn renewals(&mut self) -> Vec<(String, Vec<String>, String)> {
+        let mut out = Vec::new();
+        for (zone, ts) in by_zone(&self.config, &self.tables) {
+            let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+            if carrier(&facts, &self.config.routes.destinations).as_deref()
+                != Some(self.own.eni.as_str())
+            {
+                continue;
+            }
+            let newest = lease::newest(
+                ts.iter()
+                    .filter_map(|t| t.tags.get(LEASE_TAG))
+                    .map(String::as_str),
+            );
+            let st = self.zones.entry(zone.clone()).or_default();
+            match lease::renewal(&self.own.instance_id, newest.as_ref(), st.epoch) {
+                Renewal::LetGo { holder, epoch } => {
+                    if st.let_go.replace(epoch) != Some(epoch) {
+                        info!(%zone, claimed_by = %holder, epoch, "zone claimed with a newer epoch: letting go, no longer renewing");
+                    }
+                }
+                Renewal::Renew(epoch) => {
+                    st.epoch = Some(epoch);
+                    let value = Lease {
+                        holder: self.own.instance_id.clone(),
+                        epoch,
+                        unix_ms: crate::agent::routes::unix_ms(),
+                    }
+                    .to_string();
+                    out.push((zone, ts.iter().map(|t| t.id.clone()).collect(), value));
+                }
+            }
+        }
+        out
+    }
+
+    /// The facts of this cycle. With failover off only the own zone is decided on (no peer is
+    /// watched, so every peer zone would look orphaned), unless `all_zones` (a manual failover).
+    fn facts(&self, now: Instant, all_zones: bool) -> Facts {
+        let f = &self.config.failover;
+        let own = self.own_health.borrow().clone();
+        let peers = self
+            .peer_views()
+            .into_iter()
+            .map(|p| Gateway {
+                instance: p
+                    .report
+                    .as_ref()
+                    .map(|(r, _)| r.instance_id.clone())
+                    .filter(|id| !id.is_empty()),
+                report: p.report.as_ref().and_then(|(r, at)| {
+                    (now.saturating_duration_since(*at) <= REPORT_FRESH).then_some(SelfReport {
+                        healthy: r.healthy,
+                        draining: r.draining,
+                    })
+                }),
+                api_gone: if p.icmp == Probe::Down {
+                    self.zones
+                        .get(&p.zone)
+                        .and_then(|z| z.api_says.as_ref())
+                        .and_then(|(why, _)| why.clone())
+                } else {
+                    None
+                },
+                zone: p.zone,
+                eni: p.eni,
+                icmp: p.icmp,
+            })
+            .collect();
+        let empty = ZoneState::default();
+        let zones = by_zone(&self.config, &self.tables)
+            .into_iter()
+            .filter(|(zone, _)| all_zones || f.enabled || *zone == self.own.zone)
+            .map(|(zone, ts)| {
+                let st = self.zones.get(&zone).unwrap_or(&empty);
+                failover::Zone {
+                    lease_unchanged_for: st.lease_unchanged_for(now),
+                    recent_changes: st.recent_changes(now, f.damping_max()),
+                    since_last_change: st.since_last_change(now),
+                    tables: ts.into_iter().map(RouteTable::fact).collect(),
+                    zone,
+                }
+            })
+            .collect();
+        Facts {
+            me: Me {
+                zone: self.own.zone.clone(),
+                eni: self.own.eni.clone(),
+                healthy: own.healthy,
+                healthy_for: if own.healthy {
+                    now.saturating_duration_since(own.since)
+                } else {
+                    Duration::ZERO
+                },
+                draining: self.draining,
+            },
+            ring: f.ring.clone(),
+            peers,
+            zones,
+            destinations: self.config.routes.destinations.clone(),
+            optional: self
+                .config
+                .conditional
+                .iter()
+                .flat_map(|r| r.destinations.iter().cloned())
+                .collect(),
+            policy: Policy {
+                confirm: f.confirm,
+                failback: f.failback,
+                hold_down: f.hold_down(),
+                damping_max: f.damping_max(),
+                lease_ttl: f.lease_ttl(),
+            },
+            failback_now: self.failback_requested,
+        }
+    }
+
+    fn log_waits(&mut self, waits: &[failover::Wait]) {
+        for (zone, st) in &mut self.zones {
+            if !waits.iter().any(|w| &w.zone == zone) {
+                st.set_wait(None);
+            }
+        }
+        for w in waits {
+            let st = self.zones.entry(w.zone.clone()).or_default();
+            if st.set_wait(Some((w.kind, w.reason.clone()))) {
+                info!(zone = %w.zone, reason = %w.reason, "not acting");
+            }
+        }
+    }
+
+    /// Where the planned-exit watcher keeps the ASG lifecycle state for `status`.
+    pub fn lifecycle_state(&self) -> super::exit::LifecycleState {
+        Arc::clone(&self.lifecycle)
+    }
+
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        self.publish();
+    }
+
+    /// A reloaded config (SIGHUP): decision policy, drain and event settings apply from the
+    /// next cycle; probes, sockets and the kernel keep what they started with.
+    pub fn reconfigure(&mut self, config: Arc<Config>) {
+        self.config = config;
+    }
+
+    /// For tests and status: what the probes see.
+    pub fn peers(&self) -> Vec<PeerView> {
+        self.peer_views()
+    }
+
+    /// Unit tests play the probes: no tasks are started for discovered peers.
+    #[cfg(test)]
+    pub fn without_probes(mut self) -> Self {
+        self.probing = false;
+        self
+    }
+
+    /// Unit tests set the own self-check's verdict.
+    #[cfg(test)]
+    pub fn own_feed(&self) -> Feed<OwnHealth> {
+        Arc::clone(&self.own_feed)
+    }
+
+    /// Unit tests: a discovered peer's feed.
+    #[cfg(test)]
+    pub fn peer_feed(&self, zone: &str) -> Option<Feed<PeerView>> {
+        self.peers.get(zone).map(|p| Arc::clone(&p._feed))
+    }
+}
+
+fn zone_of(config: &Config, table: &RouteTable) -> Option<String> {
+    config
+        .routes
+        .tables
+        .iter()
+        .find(|(_, ids)| ids.contains(&table.id))
+        .map(|(z, _)| z.clone())
+        .or_else(|| table.tags.get(ZONE_TAG).cloned())
+}
+
+fn by_zone<'t>(config: &Config, tables: &'t [RouteTable]) -> BTreeMap<String, Vec<&'t RouteTable>> {
+    let mut zones: BTreeMap<String, Vec<&RouteTable>> = BTreeMap::new();
+    for t in tables {
+        if let Some(zone) = zone_of(config, t) {
+            zones.entry(zone).or_default().push(t);
+        }
+    }
+    zones
+}

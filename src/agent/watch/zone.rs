@@ -1,0 +1,132 @@
+//! What the loop remembers about one zone between cycles: its lease and carrier as last seen
+//! (and since when, on this gateway's monotonic clock), recent changes of carrier, the epoch
+//! this gateway claimed it with, why it last waited, the API's word on its gateway, and the
+//! decision under way.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::decide::failover::WaitKind;
+
+#[derive(Debug, Default, Clone)]
+pub struct ZoneState {
+    /// The lease tags of its tables, and when that value was first seen.
+    pub lease: Option<(String, Instant)>,
+    /// The ENI its routes point at (or "blackhole"), and since when.
+    pub carrier: Option<(String, Instant)>,
+    /// When its carrier changed, within the damping window.
+    pub changes: Vec<Instant>,
+    /// The epoch this gateway claimed it with.
+    pub epoch: Option<u64>,
+    /// A newer claim this gateway gave the zone up to (logged once).
+    pub let_go: Option<u64>,
+    /// The last wait, logged when it changes, not each cycle.
+    pub wait: Option<(WaitKind, String)>,
+    /// For a peer zone: what the API said about its gateway, and when it was asked.
+    pub api_says: Option<(Option<String>, Instant)>,
+    /// When the decision under way was first made (until its writes are confirmed).
+    pub deciding: Option<Instant>,
+}
+
+/// A change of carrier seen in a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub from: String,
+    pub held_for: Duration,
+}
+
+impl ZoneState {
+    /// Records the lease value just read; its age restarts only when it changes.
+    pub fn see_lease(&mut self, value: String, now: Instant) {
+        if self.lease.as_ref().is_none_or(|(old, _)| *old != value) {
+            self.lease = Some((value, now));
+        }
+    }
+
+    /// Records the carrier just read; a change is counted (within `window`) and returned.
+    pub fn see_carrier(
+        &mut self,
+        carrier: String,
+        now: Instant,
+        window: Duration,
+    ) -> Option<Moved> {
+        match &self.carrier {
+            Some((old, _)) if *old == carrier => None,
+            Some((old, since)) => {
+                let moved = Moved {
+                    from: old.clone(),
+                    held_for: now.saturating_duration_since(*since),
+                };
+                self.changes.push(now);
+                self.changes
+                    .retain(|at| now.saturating_duration_since(*at) < window);
+                self.carrier = Some((carrier, now));
+                Some(moved)
+            }
+            None => {
+                self.carrier = Some((carrier, now));
+                None
+            }
+        }
+    }
+
+    pub fn lease_unchanged_for(&self, now: Instant) -> Duration {
+        self.lease
+            .as_ref()
+            .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
+    }
+
+    pub fn recent_changes(&self, now: Instant, window: Duration) -> u32 {
+        let n = self
+            .changes
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) < window)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    pub fn since_last_change(&self, now: Instant) -> Option<Duration> {
+        self.changes
+            .last()
+            .map(|at| now.saturating_duration_since(*at))
+    }
+
+    /// Records this cycle's wait (or none); `true` when it differs from the last one.
+    pub fn set_wait(&mut self, wait: Option<(WaitKind, String)>) -> bool {
+        let changed = wait.as_ref().map(|(_, r)| r) != self.wait.as_ref().map(|(_, r)| r);
+        self.wait = wait;
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn carrier_changes_are_counted_within_the_window_and_lease_age_restarts_on_change() {
+        let window = Duration::from_secs(60);
+        let mut z = ZoneState::default();
+        let t0 = Instant::now();
+        assert_eq!(z.see_carrier("eni-a".into(), t0, window), None);
+        z.see_lease("i-a/1/0".into(), t0);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let t1 = Instant::now();
+        z.see_lease("i-a/1/0".into(), t1);
+        assert_eq!(z.lease_unchanged_for(t1), Duration::from_secs(10));
+        let moved = z.see_carrier("eni-b".into(), t1, window).unwrap();
+        assert_eq!(moved.from, "eni-a");
+        assert_eq!(moved.held_for, Duration::from_secs(10));
+        assert_eq!(z.see_carrier("eni-b".into(), t1, window), None);
+        assert_eq!(z.recent_changes(t1, window), 1);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let t2 = Instant::now();
+        assert_eq!(z.recent_changes(t2, window), 0);
+        z.see_lease("i-b/2/0".into(), t2);
+        assert_eq!(z.lease_unchanged_for(t2), Duration::ZERO);
+        assert!(z.set_wait(Some((WaitKind::HoldDown, "x".into()))));
+        assert!(!z.set_wait(Some((WaitKind::HoldDown, "x".into()))));
+        assert!(z.set_wait(None));
+    }
+}
