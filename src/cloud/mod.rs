@@ -33,6 +33,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
 pub mod autoscaling;
 pub mod ec2;
+#[cfg(any(test, feature = "fake-cloud"))]
+pub mod fake;
 pub mod retry;
 mod timing;
 
