@@ -17,19 +17,28 @@
 //!    `READY=1`.
 //! 2. **Run**: probe peer gateways (ICMP and their `/health`) and its own uplink; demote itself
 //!    when unhealthy; repair kernel drift; pet the systemd watchdog.
-//! 3. **Take over** a dead peer's zone, only when the death is confirmed through the EC2 API (a
-//!    lease tag the peer stopped renewing, or the instance or ENI gone), this gateway is healthy,
-//!    and it is the peer's designated successor, so exactly one gateway acts.
-//! 4. **Hand back** when the peer recovers: it reclaims its own routes at boot.
-//! 5. **Planned exits** (scale-in, spot interruption, `systemctl stop`) hand routes to the
-//!    successor before the instance goes.
+//! 3. **Take over** a dead peer's zone, only when the death is confirmed (the EC2 API says the
+//!    instance or ENI is gone, the lease tag the peer renews stopped changing, or the peer's own
+//!    last `/health` said so), this gateway is healthy, and it is the peer's designated
+//!    successor, so exactly one gateway acts.
+//! 4. **Hand back** when the peer recovers: a replaced peer reclaims its own routes at boot; one
+//!    that recovers without a reboot takes them back after a hold-down.
+//! 5. **Planned exits** (ASG termination, spot interruption, rebalance recommendation, scheduled
+//!    maintenance, `systemctl stop`) hand routes to a healthy peer before the gateway stops
+//!    forwarding (make-before-break), then complete the termination lifecycle action.
 //!
-//! ## What exists today
-//! Boot ([`agent::boot`]), peer failover and hand-back ([`agent::watch`] over the pure rules of
-//! [`decide::failover`] and the lease of [`decide::lease`]), conditional routes
-//! ([`decide::conditional`]), `/health` for peers ([`health`]), the local control socket
-//! ([`control`], `gateway-agent failback`), and kernel drift repair ([`netconf`]). Planned-exit
-//! hand-over (a stop hands nothing over yet) and the status/metrics surface are not built.
+//! ## Where each part is
+//! Boot ([`agent::boot`]) and lifecycle actions ([`agent::lifecycle`]); peer failover,
+//! hand-back and stepping aside ([`agent::watch`] over the pure rules of [`decide::failover`]
+//! and the lease of [`decide::lease`]); planned exits, noticed by [`agent::exit`] from the IMDS
+//! notices [`events`] parses and carried out by [`agent::drain`]; conditional routes
+//! ([`decide::conditional`]); kernel drift repair ([`netconf`]). For operators: `/health` for
+//! peers ([`health`]), the local control socket ([`control`]: status, failback, failover,
+//! drain, pause), `gateway-agent status` ([`status`]), Prometheus `/metrics` ([`metrics`]), and
+//! state-change events with an optional hook command ([`hook`]).
+//!
+//! How a zone changes hands, the invariants the code keeps and the module map are in
+//! `docs/design.md`.
 //!
 //! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes.
 

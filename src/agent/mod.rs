@@ -1,11 +1,18 @@
-//! The agent's life: boot (see [`boot`]), then the run loop, then a clean stop.
+//! The agent's life: boot (see [`boot`]), then the run loop, then a drain or a clean stop.
 //!
 //! Boot claims the zone's persistent ENI, configures the kernel, self-checks, reclaims the
-//! zone's routes, completes the launch lifecycle action and only then sends `READY=1`. The run
-//! loop ([`watch`]) watches peers and route tables, takes over a dead peer's zone, lets go when
-//! its owner comes back, keeps conditional routes ([`conditional`]), answers the control socket,
-//! repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog. Planned-exit
-//! hand-over is not built yet: a stop hands nothing over.
+//! zone's routes, completes the launch lifecycle action ([`lifecycle`]) and only then sends
+//! `READY=1`. The run loop ([`watch`]) watches peers and route tables, takes over a dead peer's
+//! zone, lets go when its owner comes back, steps aside when its own self-check fails, keeps
+//! conditional routes ([`conditional`]), answers the control socket, applies a SIGHUP reload,
+//! repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog.
+//!
+//! A planned exit ends the loop: a notice in IMDS ([`exit`]: ASG termination, spot
+//! interruption, rebalance recommendation, scheduled maintenance) or a SIGTERM. The [`drain`]
+//! then hands every route this gateway carries to a healthy peer before it stops forwarding
+//! (make-before-break) and completes the termination lifecycle action. A SIGTERM while the
+//! restart marker exists (a package upgrade), or with `drain.handover_on_stop = false`, moves
+//! no route.
 
 pub mod boot;
 pub mod drain;
