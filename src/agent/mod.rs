@@ -4,7 +4,7 @@
 //! zone's routes, completes the launch lifecycle action ([`lifecycle`]) and only then sends
 //! `READY=1`. The run loop ([`watch`]) watches peers and route tables, takes over a dead peer's
 //! zone, lets go when its owner comes back, steps aside when its own self-check fails, keeps
-//! conditional routes ([`conditional`]), answers the control socket, applies a SIGHUP reload,
+//! conditional routes ([`watch::conditional`]), answers the control socket, applies a SIGHUP reload,
 //! repairs kernel drift every `kernel.reconcile_interval_ms` and pets the watchdog.
 //!
 //! A planned exit ends the loop: a notice in IMDS ([`exit`]: ASG termination, spot

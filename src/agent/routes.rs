@@ -219,3 +219,153 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::RouteTarget;
+    use crate::cloud::fake::{DEFAULT_ROUTE, FakeCloud, Fault};
+    use crate::decide::route::Expect;
+
+    fn takeover(cloud: &FakeCloud, zone: &str, expect: Expect) -> RouteWrite {
+        RouteWrite::point(
+            &cloud.table_of(zone),
+            DEFAULT_ROUTE,
+            expect,
+            &cloud.eni_of("a"),
+            "takeover",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_route_changed_since_the_decision_is_left_alone() {
+        let cloud = FakeCloud::two_zones();
+        let table = cloud.table_of("b");
+        cloud.kill(&cloud.instance_of("b"));
+        // Decided on a blackhole; a third party pointed the route elsewhere since.
+        cloud.set_route_target(&table, DEFAULT_ROUTE, RouteTarget::Other("igw-1".into()));
+        let writes = [takeover(&cloud, "b", Expect::Blackhole)];
+        let tables = [table.as_str()];
+        let batch = Batch {
+            label: "b",
+            tables: &tables,
+            lease: Some(("i-a/2/0", LeaseAt::Alongside)),
+            fresh: None,
+        };
+        let done = execute(&cloud, &batch, &writes).await.unwrap();
+        assert_eq!(done.skipped.len(), 1);
+        assert_eq!(done.attempted(), 0);
+        assert_eq!(cloud.count("ReplaceRoute", &table), 0);
+        assert_eq!(
+            cloud.count("CreateTags", &table),
+            0,
+            "no claim without a write"
+        );
+        assert_eq!(
+            cloud.route_target(&table, DEFAULT_ROUTE),
+            Some(RouteTarget::Other("igw-1".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_are_confirmed_by_a_read_and_the_lease_goes_first_when_asked() {
+        let cloud = FakeCloud::two_zones();
+        let table = cloud.table_of("b");
+        let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
+        let tables = [table.as_str()];
+        let batch = Batch {
+            label: "b",
+            tables: &tables,
+            lease: Some(("i-a/2/0", LeaseAt::Before)),
+            fresh: None,
+        };
+        let done = execute(&cloud, &batch, &writes).await.unwrap();
+        assert!(done.complete());
+        assert_eq!(done.confirmed, 1);
+        let ops: Vec<String> = cloud
+            .calls()
+            .into_iter()
+            .map(|c| c.operation.to_string())
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                "DescribeRouteTables",
+                "CreateTags",
+                "ReplaceRoute",
+                "DescribeRouteTables"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_lease_before_the_writes_stops_the_batch() {
+        let cloud = FakeCloud::two_zones();
+        let table = cloud.table_of("b");
+        cloud.fail_next("CreateTags", 1, Fault::Throttle);
+        let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
+        let tables = [table.as_str()];
+        let batch = Batch {
+            label: "b",
+            tables: &tables,
+            lease: Some(("i-a/2/0", LeaseAt::Before)),
+            fresh: None,
+        };
+        let stopped = execute(&cloud, &batch, &writes).await.unwrap_err();
+        assert!(matches!(stopped, Stopped::Lease(_)));
+        assert_eq!(cloud.count("ReplaceRoute", &table), 0);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_reads_do_not_show_yet_is_not_confirmed() {
+        let cloud = FakeCloud::two_zones();
+        let table = cloud.table_of("b");
+        let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
+        let tables = [table.as_str()];
+        let batch = Batch {
+            label: "b",
+            tables: &tables,
+            lease: None,
+            fresh: None,
+        };
+        // The re-read is current; the confirming read lags behind the write.
+        let done = {
+            let reread = cloud.describe_route_tables(&tables).await.unwrap();
+            let fresh = Batch {
+                fresh: Some(&reread),
+                ..batch
+            };
+            cloud.lag_reads(1);
+            execute(&cloud, &fresh, &writes).await.unwrap()
+        };
+        assert_eq!(done.attempted(), 1);
+        assert_eq!(done.confirmed, 0);
+        assert!(!done.complete());
+    }
+
+    #[tokio::test]
+    async fn deletes_and_creates_are_confirmed_by_absence_and_presence() {
+        let cloud = FakeCloud::two_zones();
+        let table = cloud.table_of("a");
+        let eni = cloud.eni_of("a");
+        let writes = [
+            RouteWrite::point(&table, "10.99.0.0/16", Expect::Missing, &eni, "conditional"),
+            RouteWrite::delete(&table, DEFAULT_ROUTE, &eni, "gone"),
+        ];
+        let tables = [table.as_str()];
+        let batch = Batch {
+            label: "a",
+            tables: &tables,
+            lease: None,
+            fresh: None,
+        };
+        let done = execute(&cloud, &batch, &writes).await.unwrap();
+        assert!(done.complete(), "{done:?}");
+        assert_eq!(done.confirmed, 2);
+        assert_eq!(cloud.route_target(&table, DEFAULT_ROUTE), None);
+        assert_eq!(
+            cloud.route_target(&table, "10.99.0.0/16"),
+            Some(RouteTarget::Eni(eni))
+        );
+    }
+}

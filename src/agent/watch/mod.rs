@@ -642,3 +642,6 @@ fn by_zone<'t>(config: &Config, tables: &'t [RouteTable]) -> BTreeMap<String, Ve
     }
     zones
 }
+
+#[cfg(test)]
+mod tests;

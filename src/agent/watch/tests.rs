@@ -1,0 +1,338 @@
+//! The cycle end to end on the in-memory cloud, under tokio's paused clock: the probes are
+//! played through the sensors' feeds, the cloud answers at once, and every assertion is on
+//! what the cloud ends up holding and the calls it received.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::{Instant, advance};
+
+use super::{Own, PeerView, Watch};
+use crate::cloud::RouteTarget;
+use crate::cloud::fake::{DEFAULT_ROUTE, FakeCloud, Fault};
+use crate::config::Config;
+use crate::control::Command;
+use crate::decide::failover::WaitKind;
+use crate::decide::lease::{LEASE_TAG, Lease};
+use crate::decide::route::Probe;
+use crate::health::Report;
+
+struct Rig {
+    cloud: &'static FakeCloud,
+    watch: Watch<'static, FakeCloud, FakeCloud>,
+}
+
+const HOLD_DOWN_S: u64 = 30;
+
+fn config(extra: &str) -> Arc<Config> {
+    let text = format!(
+        "version = 1\n[group]\nname = \"lab\"\n[failover]\nhold_down_s = {HOLD_DOWN_S}\nlease_renew_ms = 1000\nlease_ttl_ms = 2500\n{extra}"
+    );
+    Arc::new(Config::parse(&text, Path::new("test.toml")).expect("test config"))
+}
+
+impl Rig {
+    /// Zone a's gateway, the one under test, in a two-zone group whose peer (b) is up.
+    async fn new(extra: &str) -> Self {
+        let cloud: &'static FakeCloud = Box::leak(Box::new(FakeCloud::two_zones()));
+        let own = Own {
+            instance_id: cloud.instance_of("a"),
+            zone: cloud.az_of("a"),
+            eni: cloud.eni_of("a"),
+            ip: Ipv4Addr::new(10, 0, 0, 50),
+        };
+        let (watch, _events, _report) = Watch::new(config(extra), cloud, cloud, own, Some(1));
+        let mut rig = Self {
+            cloud,
+            watch: watch.without_probes(),
+        };
+        // The first cycle discovers the peer and sees the zones as they are.
+        rig.watch.cycle().await;
+        rig.peer(Probe::Up, true);
+        rig.cloud.clear_calls();
+        rig
+    }
+
+    fn table(&self, zone: &str) -> String {
+        self.cloud.table_of(zone)
+    }
+
+    fn target(&self, zone: &str) -> Option<RouteTarget> {
+        self.cloud.route_target(&self.table(zone), DEFAULT_ROUTE)
+    }
+
+    fn eni(&self, zone: &str) -> RouteTarget {
+        RouteTarget::Eni(self.cloud.eni_of(zone))
+    }
+
+    /// Plays b's probes: ICMP state, and whether its `/health` answers healthy.
+    fn peer(&self, icmp: Probe, healthy: bool) {
+        let feed = self
+            .watch
+            .peer_feed(&self.cloud.az_of("b"))
+            .expect("b discovered");
+        let (instance, zone, eni) = (
+            self.cloud.instance_of("b"),
+            self.cloud.az_of("b"),
+            self.cloud.eni_of("b"),
+        );
+        feed.send_modify(|p: &mut PeerView| {
+            p.icmp = icmp;
+            p.losing_since = (icmp == Probe::Down).then(Instant::now);
+            p.report = (icmp == Probe::Up).then(|| {
+                (
+                    Report {
+                        instance_id: instance,
+                        zone,
+                        eni,
+                        healthy,
+                        draining: false,
+                        role: "active".into(),
+                        carries: Vec::new(),
+                        version: "test".into(),
+                    },
+                    Instant::now(),
+                )
+            });
+        });
+    }
+
+    /// Runs cycles `every` apart for `total`, as the loop's ticker would.
+    async fn run(&mut self, total: Duration, every: Duration) {
+        let end = Instant::now() + total;
+        while Instant::now() < end {
+            let next = self.watch.cycle().await.unwrap_or(every).min(every);
+            advance(next).await;
+        }
+    }
+
+    fn writes(&self, zone: &str) -> usize {
+        let t = self.table(zone);
+        self.cloud.count("ReplaceRoute", &t) + self.cloud.count("CreateRoute", &t)
+    }
+
+    fn wait_kind(&self, zone: &str) -> Option<WaitKind> {
+        self.watch
+            .zones
+            .get(&self.cloud.az_of(zone))
+            .and_then(|z| z.wait.as_ref())
+            .map(|(k, _)| *k)
+    }
+
+    fn lease(&self, zone: &str) -> Option<Lease> {
+        self.cloud
+            .tags_of(&self.table(zone))
+            .get(LEASE_TAG)
+            .and_then(|v| Lease::parse(v))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn steady_state_writes_no_route_and_renews_only_its_own_lease() {
+    let mut r = Rig::new("").await;
+    r.run(Duration::from_secs(10), Duration::from_secs(1)).await;
+    assert_eq!(r.writes("a") + r.writes("b"), 0);
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.target("b"), Some(r.eni("b")));
+    assert_eq!(
+        r.lease("a").map(|l| l.epoch),
+        Some(1),
+        "the claimed epoch is kept"
+    );
+    assert!(r.cloud.count("CreateTags", &r.table("a")) >= 9);
+    assert_eq!(r.cloud.count("CreateTags", &r.table("b")), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_peer_is_taken_over_once_with_a_newer_epoch() {
+    let mut r = Rig::new("").await;
+    r.cloud.kill(&r.cloud.instance_of("b"));
+    r.peer(Probe::Down, false);
+    r.watch.cycle().await;
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+    assert_eq!(r.writes("b"), 1, "{:?}", r.cloud.calls());
+    let lease = r.lease("b").expect("lease written with the takeover");
+    assert_eq!(lease.holder, r.cloud.instance_of("a"));
+    // Later cycles keep it without writing again.
+    r.run(Duration::from_secs(5), Duration::from_secs(1)).await;
+    assert_eq!(r.writes("b"), 1);
+    assert_eq!(r.watch.carried().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_whose_lease_moves_is_a_partition_not_a_death() {
+    let mut r = Rig::new("").await;
+    r.peer(Probe::Down, false);
+    let table_b = r.table("b");
+    let holder = r.cloud.instance_of("b");
+    for i in 0..20u64 {
+        // b keeps renewing its lease: it is alive behind the partition.
+        r.cloud
+            .set_tag(&table_b, LEASE_TAG, &format!("{holder}/1/{i}"));
+        r.watch.cycle().await;
+        advance(Duration::from_millis(500)).await;
+    }
+    assert_eq!(r.writes("b"), 0);
+    assert_eq!(r.target("b"), Some(r.eni("b")));
+    assert_eq!(r.wait_kind("b"), Some(WaitKind::Unconfirmed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_peer_is_taken_over_after_its_lease_ttl() {
+    let mut r = Rig::new("").await;
+    // The instance runs (the API vouches for it), but its agent no longer renews.
+    r.peer(Probe::Down, false);
+    r.watch.cycle().await;
+    assert_eq!(r.writes("b"), 0, "not before the lease's ttl");
+    r.run(Duration::from_millis(2000), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.writes("b"), 0);
+    r.run(Duration::from_millis(1000), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+    assert_eq!(r.writes("b"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_own_zone_comes_back_after_the_hold_down_and_not_before() {
+    let mut r = Rig::new("").await;
+    // b covered for a while a was away.
+    let eni_b = r.cloud.eni_of("b");
+    r.cloud
+        .set_route_target(&r.table("a"), DEFAULT_ROUTE, RouteTarget::Eni(eni_b));
+    r.run(Duration::from_secs(HOLD_DOWN_S - 2), Duration::from_secs(1))
+        .await;
+    assert_eq!(r.writes("a"), 0);
+    assert_eq!(r.wait_kind("a"), Some(WaitKind::HoldDown));
+    r.run(Duration::from_secs(4), Duration::from_secs(1)).await;
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.writes("a"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_failback_waits_for_the_operator() {
+    let mut r = Rig::new("failback = \"manual\"\n").await;
+    let eni_b = r.cloud.eni_of("b");
+    r.cloud
+        .set_route_target(&r.table("a"), DEFAULT_ROUTE, RouteTarget::Eni(eni_b));
+    r.run(Duration::from_secs(120), Duration::from_secs(1))
+        .await;
+    assert_eq!(r.writes("a"), 0);
+    assert_eq!(r.wait_kind("a"), Some(WaitKind::ManualFailback));
+    let answer = r.watch.command(Command::Failback { zone: None }).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.writes("a"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zone_that_keeps_changing_hands_waits_out_the_damped_hold_down() {
+    let mut r = Rig::new("").await;
+    let (eni_a, eni_b) = (r.cloud.eni_of("a"), r.cloud.eni_of("b"));
+    let table_b = r.table("b");
+    // b's zone moved twice just now (seen by this gateway).
+    for to in [&eni_a, &eni_b] {
+        r.cloud
+            .set_route_target(&table_b, DEFAULT_ROUTE, RouteTarget::Eni(to.clone()));
+        r.watch.cycle().await;
+        advance(Duration::from_secs(1)).await;
+    }
+    r.cloud.clear_calls();
+    // Now b falls silent with only its lease to confirm it: a move the API does not vouch for.
+    r.peer(Probe::Down, false);
+    r.run(Duration::from_secs(10), Duration::from_secs(1)).await;
+    assert_eq!(r.writes("b"), 0);
+    assert_eq!(r.wait_kind("b"), Some(WaitKind::Damping));
+    // Two recent changes double the hold-down: 60 s from the last one.
+    r.run(Duration::from_secs(2 * HOLD_DOWN_S), Duration::from_secs(1))
+        .await;
+    assert_eq!(r.target("b"), Some(RouteTarget::Eni(eni_a)));
+    assert_eq!(r.writes("b"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_takeover_write_is_retried_soon_and_lands_once() {
+    let mut r = Rig::new("").await;
+    r.cloud.kill(&r.cloud.instance_of("b"));
+    r.peer(Probe::Down, false);
+    r.cloud.fail_next("ReplaceRoute", 1, Fault::Throttle);
+    let soon = r.watch.cycle().await;
+    assert_eq!(
+        r.target("b"),
+        Some(r.eni("b")),
+        "the throttled write changed nothing"
+    );
+    let soon = soon.expect("a failed write asks for the next cycle soon");
+    assert!(soon < Duration::from_secs(1), "{soon:?}");
+    advance(soon).await;
+    assert_eq!(r.watch.cycle().await, None);
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+    assert_eq!(r.cloud.count("ReplaceRoute", &r.table("b")), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_api_changes_nothing_and_backs_off() {
+    let mut r = Rig::new("").await;
+    r.cloud.kill(&r.cloud.instance_of("b"));
+    r.peer(Probe::Down, false);
+    r.cloud.partition("DescribeRouteTables");
+    let mut pauses = Vec::new();
+    for _ in 0..5 {
+        let next = r.watch.cycle().await.expect("backoff");
+        pauses.push(next);
+        advance(next).await;
+    }
+    assert_eq!(r.writes("b"), 0);
+    assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+    r.cloud.heal("DescribeRouteTables");
+    r.watch.cycle().await;
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_gateway_hands_its_zone_to_a_healthy_peer() {
+    let mut r = Rig::new("").await;
+    r.watch.set_draining(true);
+    r.watch.cycle().await;
+    assert_eq!(r.target("a"), Some(r.eni("b")));
+    assert!(r.watch.carried().is_empty());
+    assert_eq!(
+        r.lease("a").map(|l| l.holder),
+        Some(r.cloud.instance_of("b"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_gateway_with_no_healthy_peer_keeps_its_routes_and_says_why() {
+    let mut r = Rig::new("").await;
+    r.peer(Probe::Up, false);
+    r.watch.set_draining(true);
+    r.watch.cycle().await;
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.watch.stuck().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_manual_failover_takes_a_live_peers_zone_and_refuses_its_own() {
+    let mut r = Rig::new("").await;
+    let own = r.cloud.az_of("a");
+    let refused = r
+        .watch
+        .command(Command::Failover {
+            zone: own,
+            force: false,
+        })
+        .await;
+    assert!(refused.is_err());
+    let taken = r
+        .watch
+        .command(Command::Failover {
+            zone: r.cloud.az_of("b"),
+            force: false,
+        })
+        .await;
+    assert!(taken.is_ok(), "{taken:?}");
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+}
