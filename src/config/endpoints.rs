@@ -1,0 +1,132 @@
+//! `[aws]` and `[imds]`: where the agent finds the EC2/Auto Scaling APIs and the instance
+//! metadata service (both overridden only by emulators and tests).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::error::Problems;
+
+/// The link-local IMDS address every EC2 instance answers on (IPv6: `http://[fd00:ec2::254]`).
+pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+/// IMDS answers in milliseconds on a healthy instance; 2 s leaves room for a few retries while
+/// staying well inside systemd's start timeout.
+pub const DEFAULT_IMDS_TIMEOUT_MS: u64 = 2000;
+/// Upper bound for `imds.timeout_ms`: beyond a minute a stuck call only hides a broken IMDS.
+pub const MAX_IMDS_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Aws {
+    pub endpoint: Option<String>,
+}
+
+impl Aws {
+    pub(super) fn validate(&self, problems: &mut Problems) {
+        if let Some(endpoint) = &self.endpoint {
+            let ok = reqwest::Url::parse(endpoint)
+                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+            if !ok {
+                problems.fail(
+                    "aws.endpoint",
+                    format!(
+                        "{endpoint:?} is not an http(s):// URL; remove the key to use AWS's regional endpoints, or give e.g. \"https://ec2.us-east-1.amazonaws.com\""
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Imds {
+    pub endpoint: String,
+    pub timeout_ms: u64,
+}
+
+impl Default for Imds {
+    fn default() -> Self {
+        Self {
+            endpoint: DEFAULT_IMDS_ENDPOINT.to_owned(),
+            timeout_ms: DEFAULT_IMDS_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Imds {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub(super) fn validate(&self, problems: &mut Problems) {
+        // IMDS speaks plain HTTP on a link-local address; anything else is a typo.
+        let endpoint_ok = reqwest::Url::parse(&self.endpoint)
+            .is_ok_and(|url| url.scheme() == "http" && url.host().is_some());
+        if !endpoint_ok {
+            problems.fail(
+                "imds.endpoint",
+                format!(
+                    "{:?} is not an http:// URL; remove the key to use {DEFAULT_IMDS_ENDPOINT}, \
+                     or give an emulator's address such as \"http://127.0.0.1:8080\"",
+                    self.endpoint
+                ),
+            );
+        }
+        if !(1..=MAX_IMDS_TIMEOUT_MS).contains(&self.timeout_ms) {
+            problems.fail(
+                "imds.timeout_ms",
+                format!(
+                    "{} is out of range; use 1 to {MAX_IMDS_TIMEOUT_MS}, or remove the key for \
+                     the default {DEFAULT_IMDS_TIMEOUT_MS}",
+                    self.timeout_ms
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{each_names_key_and_fix, valid};
+
+    #[test]
+    fn endpoint_rules_name_key_and_fix() {
+        each_names_key_and_fix(&[
+            (
+                "[aws]\nendpoint = \"ec2.amazonaws.com\"",
+                "aws.endpoint",
+                "not an http(s):// URL",
+            ),
+            (
+                "[aws]\nendpoint = \"ftp://ec2.amazonaws.com\"",
+                "aws.endpoint",
+                "not an http(s):// URL",
+            ),
+            (
+                "[imds]\nendpoint = \"https://169.254.169.254\"",
+                "imds.endpoint",
+                "not an http:// URL",
+            ),
+            (
+                "[imds]\nendpoint = \"\"",
+                "imds.endpoint",
+                "not an http:// URL",
+            ),
+            ("[imds]\ntimeout_ms = 0", "imds.timeout_ms", "out of range"),
+            (
+                "[imds]\ntimeout_ms = 60001",
+                "imds.timeout_ms",
+                "use 1 to 60000",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn endpoints_accept_the_edges() {
+        valid("[aws]\nendpoint = \"https://ec2.us-east-1.amazonaws.com\"");
+        valid("[aws]\nendpoint = \"http://127.0.0.1:5000\"");
+        valid("[imds]\nendpoint = \"http://[fd00:ec2::254]\"\ntimeout_ms = 1");
+        valid("[imds]\ntimeout_ms = 60000");
+    }
+}
