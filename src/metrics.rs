@@ -273,6 +273,14 @@ mod tests {
         inc("gateway_agent_flaps_total", &[("zone", "z-test\"1")]);
         add("gateway_agent_flaps_total", &[("zone", "z-test\"1")], 2.0);
         set("gateway_agent_zones_carried", &[], 2.0);
+        // Other tests in this process observe detections too: compare before and after.
+        let value = |text: &str, line: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let before = render();
         observe("gateway_agent_detection_seconds", &[], 0.7);
         let text = render();
         assert!(
@@ -280,15 +288,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE gateway_agent_detection_seconds histogram"));
-        assert!(
-            text.contains("gateway_agent_detection_seconds_bucket{le=\"1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gateway_agent_detection_seconds_bucket{le=\"0.5\"} 0"),
-            "{text}"
-        );
-        assert!(text.contains("gateway_agent_detection_seconds_count 1"));
+        for (line, delta) in [
+            ("gateway_agent_detection_seconds_bucket{le=\"1\"} ", 1),
+            ("gateway_agent_detection_seconds_bucket{le=\"0.5\"} ", 0),
+            ("gateway_agent_detection_seconds_count ", 1),
+        ] {
+            assert_eq!(value(&text, line), value(&before, line) + delta, "{line}\n{text}");
+        }
         // Every declared name follows the conventions.
         for (name, kind, _) in DEFS {
             assert!(name.starts_with("gateway_agent_"), "{name}");
