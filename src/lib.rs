@@ -31,7 +31,8 @@
 //! ([`control`], `gateway-agent failback`), and kernel drift repair ([`netconf`]). Planned-exit
 //! hand-over (a stop hands nothing over yet) and the status/metrics surface are not built.
 //!
-//! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes.
+//! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes
+//! ([`exit_code`]).
 
 pub mod agent;
 pub mod cli;
@@ -40,6 +41,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod events;
+pub mod exit_code;
 pub mod health;
 pub mod hook;
 pub mod http;
