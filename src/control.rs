@@ -17,29 +17,71 @@ use tracing::{info, warn};
 pub const DEFAULT_SOCKET: &str = "/run/gateway-agent/control.sock";
 /// A command waits at most this long for the run loop (one cycle, its writes included).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the agent may take to read a request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for the whole exchange: longer than the agent's own bounds, so only
+/// an agent that is not running its loops (hung, stopped) runs into it. The kernel accepts
+/// connections for such an agent all the same, so without this a command would wait forever.
+const CLIENT_TIMEOUT: Duration =
+    Duration::from_secs(ANSWER_TIMEOUT.as_secs() + REQUEST_TIMEOUT.as_secs() + 5);
 
+/// The control socket's errors. [`Error::Listen`] is the agent's; the others are a client's,
+/// in two kinds the exit codes keep apart ([`crate::exit_code`]): the agent is not reachable
+/// ([`Error::is_unreachable`]), or it answered and refused ([`Error::Refused`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The agent cannot set up its socket.
     #[error("control socket {}: {source}", path.display())]
     Listen {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not reachable: no socket file, nobody listening on it, or no permission.
     #[error(
-        "control socket {}: {source} (is the agent running? run this as root)",
+        "cannot reach the agent on its control socket {}: {source} (is the agent running? \
+         run this as root)",
         path.display()
     )]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("control socket {}: {source}", path.display())]
+    /// Not reachable: the connection broke before the answer came.
+    #[error("control socket {}: the connection to the agent broke: {source}", path.display())]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Not reachable: the agent closed the connection without answering.
+    #[error(
+        "control socket {}: the agent closed the connection without answering (is it stopping?)",
+        path.display()
+    )]
+    NoAnswer { path: PathBuf },
+    /// Not reachable: connected, but no answer in time (the agent is hung or stopped).
+    #[error(
+        "control socket {}: no answer within {after:?} (is the agent hung? see `systemctl \
+         status gateway-agent`)",
+        path.display()
+    )]
+    Timeout { path: PathBuf, after: Duration },
+    /// The agent answered `error <reason>`: it did not do it, and says why.
     #[error("the agent refused: {0}")]
     Refused(String),
+    /// The agent answered something this client cannot read (another version?).
+    #[error("the agent's answer is not {expected}: {answer:.200}")]
+    Answer { expected: String, answer: String },
+}
+
+impl Error {
+    /// The agent never answered: not running, not listening, not ours to reach, hung, or gone
+    /// mid-exchange.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::Io { .. } | Self::NoAnswer { .. } | Self::Timeout { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +227,7 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Resul
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(4096);
-    tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let answer = match Command::parse(&line) {
@@ -214,6 +256,21 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Resul
 
 /// Sends `command` to the agent listening on `path`; the agent's answer, or why not.
 pub async fn send(path: &Path, command: &Command) -> Result<String, Error> {
+    send_within(path, command, CLIENT_TIMEOUT).await
+}
+
+async fn send_within(path: &Path, command: &Command, limit: Duration) -> Result<String, Error> {
+    tokio::time::timeout(limit, exchange(path, command))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                path: path.to_owned(),
+                after: limit,
+            })
+        })
+}
+
+async fn exchange(path: &Path, command: &Command) -> Result<String, Error> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|source| Error::Connect {
@@ -230,15 +287,23 @@ pub async fn send(path: &Path, command: &Command) -> Result<String, Error> {
         .await
         .map_err(io)?;
     let mut line = String::new();
-    BufReader::new(read)
+    let read = BufReader::new(read)
         .read_line(&mut line)
         .await
         .map_err(io)?;
+    if read == 0 {
+        return Err(Error::NoAnswer {
+            path: path.to_owned(),
+        });
+    }
     let line = line.trim_end();
     match line.split_once(' ') {
         Some(("ok", rest)) => Ok(rest.to_owned()),
         Some(("error", rest)) => Err(Error::Refused(rest.to_owned())),
-        _ => Err(Error::Refused(format!("unexpected answer {line:?}"))),
+        _ => Err(Error::Answer {
+            expected: "`ok <text>` or `error <text>`".to_owned(),
+            answer: format!("{line:?}"),
+        }),
     }
 }
 
@@ -317,6 +382,77 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.to_string().contains("z is not mine"), "{err}");
+        assert!(matches!(err, Error::Refused(_)) && !err.is_unreachable());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A one-connection agent that reads the request and answers `answer` (nothing: closes).
+    fn fake_agent(path: &Path, answer: &'static str) {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            BufReader::new(read).read_line(&mut line).await.unwrap();
+            write.write_all(answer.as_bytes()).await.unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn a_client_tells_an_unreachable_agent_from_a_refusal() {
+        let dir = std::env::temp_dir().join(format!(
+            "gateway-agent-control-client-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unreachable = |err: &Error, path: &Path| {
+            assert!(err.is_unreachable(), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "the message names the socket: {err}"
+            );
+        };
+        // No socket file: the agent is not running.
+        let none = dir.join("none.sock");
+        let err = send(&none, &Command::Status).await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        unreachable(&err, &none);
+        // A socket file nobody listens on (a killed agent's): connection refused.
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let err = send(&stale, &Command::Status).await.unwrap_err();
+        assert!(matches!(err, Error::Connect { .. }), "{err}");
+        unreachable(&err, &stale);
+        // Listening, never answering (a hung agent: the kernel still queues connections).
+        let hung = dir.join("hung.sock");
+        let _hung = std::os::unix::net::UnixListener::bind(&hung).unwrap();
+        let err = send_within(&hung, &Command::Status, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        unreachable(&err, &hung);
+        // Closes without a word (stopping).
+        let closing = dir.join("closing.sock");
+        fake_agent(&closing, "");
+        let err = send(&closing, &Command::Status).await.unwrap_err();
+        assert!(matches!(err, Error::NoAnswer { .. }), "{err}");
+        unreachable(&err, &closing);
+        // Answers, but not in the protocol: neither unreachable nor a refusal.
+        let garbled = dir.join("garbled.sock");
+        fake_agent(&garbled, "hello there\n");
+        let err = send(&garbled, &Command::Status).await.unwrap_err();
+        assert!(matches!(err, Error::Answer { .. }), "{err}");
+        assert!(!err.is_unreachable());
+        assert!(err.to_string().contains("hello there"), "{err}");
+        // Refuses, with its reason.
+        let refusing = dir.join("refusing.sock");
+        fake_agent(&refusing, "error us-east-1a is not this gateway's zone\n");
+        let err = send(&refusing, &Command::Status).await.unwrap_err();
+        assert!(matches!(err, Error::Refused(_)) && !err.is_unreachable());
+        assert_eq!(
+            err.to_string(),
+            "the agent refused: us-east-1a is not this gateway's zone"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

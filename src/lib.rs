@@ -40,7 +40,8 @@
 //! How a zone changes hands, the invariants the code keeps and the module map are in
 //! `docs/design.md`.
 //!
-//! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes.
+//! The binary (`src/main.rs`) parses the [`cli`], sets up logging and maps errors to exit codes
+//! ([`exit_code`]).
 
 pub mod agent;
 pub mod cli;
@@ -49,6 +50,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod events;
+pub mod exit_code;
 pub mod health;
 pub mod hook;
 pub mod http;

@@ -7,32 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use gateway_agent::cli::{self, Cli, Command};
 use gateway_agent::config::Config;
-use gateway_agent::{agent, control, imds};
+use gateway_agent::exit_code::Exit;
+use gateway_agent::{agent, control};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
-
-/// Process exit codes. Units and scripts depend on them: never renumber, only add.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Exit {
-    Ok = 0,
-    /// Anything not listed below.
-    Other = 1,
-    /// Bad command line (clap exits 2 itself) or bad config: restarting cannot fix it, so the
-    /// unit sets `RestartPreventExitStatus=2`.
-    Config = 2,
-    /// IMDS answered, but not usefully (refused the token, lacks required metadata).
-    Imds = 3,
-    /// Boot failed (ENI not claimable, self-check failed, API down past the deadline...); the
-    /// launch lifecycle action was ABANDONed when there was one.
-    Boot = 4,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(exit: Exit) -> Self {
-        ExitCode::from(exit as u8)
-    }
-}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -69,7 +48,7 @@ fn check_config(path: &Path) -> Exit {
         }
         Err(error) => {
             eprintln!("{error}");
-            Exit::Config
+            Exit::from(&error)
         }
     }
 }
@@ -84,12 +63,17 @@ fn socket_of(socket: Option<&Path>, config: &cli::ConfigArg) -> std::path::PathB
     })
 }
 
-/// Sends one command; prints the answer; exit 0 when the agent did it.
+/// Sends one command: the agent's answer, or why not (said on stderr) and the exit code.
 async fn send(socket: &Path, command: &control::Command) -> Result<String, Exit> {
-    control::send(socket, command).await.map_err(|error| {
-        eprintln!("gateway-agent {}: {error}", command.line());
-        Exit::Other
-    })
+    control::send(socket, command)
+        .await
+        .map_err(|error| fail(command, &error))
+}
+
+/// Says why a control command failed; its exit code.
+fn fail(command: &control::Command, error: &control::Error) -> Exit {
+    eprintln!("gateway-agent {}: {error}", command.line());
+    Exit::from(error)
 }
 
 async fn ctl(c: &cli::Ctl, command: &control::Command) -> Exit {
@@ -126,10 +110,11 @@ async fn status(args: cli::StatusArgs) -> Exit {
                 Exit::Ok
             }
             Err(e) => {
-                eprintln!(
-                    "gateway-agent status: the agent's answer is not JSON ({e}): {json:.200}"
-                );
-                Exit::Other
+                let error = control::Error::Answer {
+                    expected: format!("JSON ({e})"),
+                    answer: json,
+                };
+                fail(&control::Command::Status, &error)
             }
         },
         Err(exit) => exit,
@@ -143,7 +128,7 @@ async fn run(path: &Path, dry_run: bool) -> Exit {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
-            return Exit::Config;
+            return Exit::from(&error);
         }
     };
     config.dry_run |= dry_run;
@@ -153,12 +138,7 @@ async fn run(path: &Path, dry_run: bool) -> Exit {
         Ok(()) => Exit::Ok,
         Err(error) => {
             tracing::error!("{error}");
-            match error {
-                agent::Error::Imds(imds::Error::Client(_)) => Exit::Other,
-                agent::Error::Imds(_) | agent::Error::ImdsDeadline(_) => Exit::Imds,
-                agent::Error::Boot(_) => Exit::Boot,
-                agent::Error::Signal { .. } | agent::Error::Netconf(_) => Exit::Other,
-            }
+            Exit::from(&error)
         }
     }
 }

@@ -260,13 +260,14 @@ async fn manual_failback_waits_for_the_operator() {
         "{}",
         f.logs()
     );
-    // The wrong zone is refused; the right command brings it back at once.
+    // The wrong zone is refused (exit 6: the agent refused); the right command brings it back
+    // at once.
     let out = std::process::Command::new(AGENT)
         .args(["failback", "--zone", "us-east-1a", "--socket"])
         .arg(f.e.socket_path("agent-b"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(6));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not this gateway's zone"));
     let (code, text) = failback_cli(&f.e, "agent-b");
     assert_eq!(code, 0, "{text}\n{}", f.logs());

@@ -277,10 +277,43 @@ async fn drain_and_undrain_by_hand() {
     assert_eq!(eni, t.e.sc.zone("b").eni_id, "{}", t.logs());
     let (code, _, _) = t.cli(&["undrain"]);
     assert_eq!(code, 0);
+    // A refusal exits 6 and says why.
+    let (code, _, err) = t.cli(&["failback", "--zone", "us-east-1b"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("the agent refused"), "{err}");
+    assert!(err.contains("not this gateway's zone"), "{err}");
     let (code, out, err) = t.cli(&["failback"]);
     assert_eq!(code, 0, "{out}{err}\n{}", t.logs());
     let (eni, _) = t.e.route("a", "0.0.0.0/0").await;
     assert_eq!(eni, t.e.sc.zone("a").eni_id);
+}
+
+/// No agent behind the socket (not running): every control command exits 5 and names the
+/// socket. Needs no lab.
+#[test]
+fn control_commands_exit_5_when_no_agent_listens() {
+    let sock = std::env::temp_dir().join(format!(
+        "gateway-agent-operate-{}-none.sock",
+        std::process::id()
+    ));
+    let commands: [&[&str]; 4] = [
+        &["status"],
+        &["drain"],
+        &["failover", "--zone", "us-east-1b"],
+        &["failback"],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(AGENT)
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .expect("run gateway-agent");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {err}");
+        assert!(err.contains(&sock.display().to_string()), "{args:?}: {err}");
+        assert!(err.contains("cannot reach the agent"), "{args:?}: {err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

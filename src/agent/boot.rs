@@ -41,32 +41,162 @@ const IMDS_POLL: Duration = Duration::from_millis(200);
 /// still coming up (DHCP, a VPN tunnel negotiating) gets a few chances.
 const SELF_CHECK_RETRY: Duration = Duration::from_secs(2);
 
+/// Why boot failed: one variant per step, in the order they run, each naming the step and its
+/// resource and keeping what went wrong as its [`source`](std::error::Error::source). Every
+/// one exits 4 ([`crate::exit_code::Exit::Boot`]) after the launch action is ABANDONed.
+///
+/// Reading the instance's identity from IMDS comes before these steps and is not one of them:
+/// without an instance ID there is no lifecycle action to ABANDON, and it exits 3
+/// ([`super::Error::Imds`], [`super::Error::ImdsDeadline`]). `READY=1` cannot fail.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// 0. Looking up the launch lifecycle action that waits for this boot.
+    #[error("launch lifecycle action: cannot look it up: {source}")]
+    LifecycleLookup {
+        #[source]
+        source: CloudError,
+    },
+    /// 1. Finding the zone's persistent ENI (configured ID, else tags).
+    #[error("persistent ENI of {zone}: {source}")]
+    FindEni {
+        zone: String,
+        #[source]
+        source: FindEniError,
+    },
+    /// 2. Claiming it: detach a dead holder, attach, wait for the kernel's link, source/dest
+    ///    check.
+    #[error("claim {eni}: {source}")]
+    Claim {
+        eni: String,
+        #[source]
+        source: ClaimError,
+    },
+    /// 3. Configuring the kernel for it (IMDS's view of the ENI, then netlink).
+    #[error("kernel config for {eni}: {source}")]
+    Kernel {
+        eni: String,
+        #[source]
+        source: KernelError,
+    },
+    /// 4. The own self-check (uplink targets, units).
+    #[error("self-check failed: {source}")]
+    SelfCheck {
+        #[source]
+        source: SelfCheckError,
+    },
+    /// 5. Reclaiming the zone's route tables (finding them, the lease tag, the route writes).
+    #[error("route tables of {zone}: {source}")]
+    Reclaim {
+        zone: String,
+        #[source]
+        source: ReclaimError,
+    },
+    /// 6. Completing the launch lifecycle action with CONTINUE.
+    #[error("completing the launch lifecycle action (group {group}, hook {hook}): {source}")]
+    CompleteLifecycle {
+        group: String,
+        hook: String,
+        #[source]
+        source: CloudError,
+    },
+}
+
+impl BootError {
+    /// Step 6 failed: completing `action` with CONTINUE.
+    pub fn completing(action: &super::lifecycle::Action, source: CloudError) -> Self {
+        Self::CompleteLifecycle {
+            group: action.group.clone(),
+            hook: action.hook.clone(),
+            source,
+        }
+    }
+}
+
+/// Step 1: why the zone's persistent ENI was not found.
+#[derive(Debug, thiserror::Error)]
+pub enum FindEniError {
     #[error("{0}")]
-    Cloud(#[from] CloudError),
+    Api(#[from] CloudError),
+    /// The ID configured for the zone (`eni.ids`) does not exist.
+    #[error("{id} (eni.ids, key {zone:?}) does not exist; fix the ID in the config")]
+    NoSuchEni { id: String, zone: String },
+    #[error(
+        "no ENI is tagged {GROUP_TAG}={group} and {ZONE_TAG}={zone}; tag the zone's \
+         persistent ENI so, or set eni.ids in the config"
+    )]
+    Untagged { group: String, zone: String },
+    #[error(
+        "{} ENIs are tagged {GROUP_TAG}={group} and {ZONE_TAG}={zone} ({}); keep the tags on \
+         one, or set eni.ids in the config",
+        ids.len(),
+        ids.join(", ")
+    )]
+    Ambiguous {
+        group: String,
+        zone: String,
+        ids: Vec<String>,
+    },
+}
+
+/// Step 2: why the ENI could not be claimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("{0}")]
+    Api(#[from] CloudError),
+    #[error("the ENI no longer exists")]
+    Gone,
+    /// It must not be claimed (held by a live gateway, in another zone...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("EC2 reports an unusable MAC {0:?}")]
+    BadMac(String),
+    /// Still not attached here at `boot.attach_timeout_s`; `last` is the last step decided.
+    #[error("not done within {after:?}: {last}")]
+    Timeout { after: Duration, last: String },
+    /// Attached, but the kernel did not show the link.
+    #[error("{0}")]
+    Link(#[from] netconf::NetconfError),
+}
+
+/// Step 3: why the kernel could not be configured for the ENI.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
     #[error("{0}")]
     Imds(#[from] imds::Error),
+    /// IMDS did not list the freshly attached ENI before the boot deadline.
+    #[error("IMDS listing {mac}: not done within {after:?}: not in network/interfaces/macs/")]
+    NotInImds { mac: String, after: Duration },
     #[error("{0}")]
     Netconf(#[from] netconf::NetconfError),
+}
+
+/// Step 4: why the self-check did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfCheckError {
+    /// The probes could not run at all.
     #[error("{0}")]
     Probe(#[from] probe::Error),
-    /// The zone's ENI cannot be found, or more than one matches.
-    #[error("persistent ENI of {zone}: {reason}")]
-    EniDiscovery { zone: String, reason: String },
-    /// The ENI exists but must not be claimed (held by a live gateway, wrong zone).
-    #[error("claim {eni}: {reason}")]
-    ClaimRefused { eni: String, reason: String },
-    #[error("route tables of {zone}: {reason}")]
-    TableDiscovery { zone: String, reason: String },
-    #[error("{what}: not done within {after:?}: {last}")]
-    Timeout {
-        what: String,
-        after: Duration,
-        last: String,
-    },
-    #[error("self-check failed: {}", failed.join("; "))]
-    SelfCheck { failed: Vec<String> },
+    /// They ran, and these failed until the boot deadline.
+    #[error("{}", failed.join("; "))]
+    Failed { failed: Vec<String> },
+}
+
+/// Step 5: why the zone's route tables could not be reclaimed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReclaimError {
+    #[error("{0}")]
+    Api(#[from] CloudError),
+    /// Tables configured for the zone (`routes.tables`) do not exist.
+    #[error(
+        "{} (routes.tables, key {zone:?}) not found; fix the IDs in the config",
+        missing.join(", ")
+    )]
+    TablesMissing { zone: String, missing: Vec<String> },
+    #[error(
+        "no route table is tagged {GROUP_TAG}={group} and {ZONE_TAG}={zone}; tag the zone's \
+         private route tables so, or list them in routes.tables"
+    )]
+    Untagged { group: String, zone: String },
 }
 
 pub type Result<T, E = BootError> = std::result::Result<T, E>;
@@ -101,25 +231,49 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     pub async fn run(mut self) -> Result<Booted> {
         let zone = self.identity.availability_zone.clone();
         systemd::status(&format!("finding the persistent ENI of {zone}"));
-        let eni = self.find_eni().await?;
+        let eni = self.find_eni().await.map_err(|source| BootError::FindEni {
+            zone: zone.clone(),
+            source,
+        })?;
         info!(eni = %eni.id, zone = %zone, mac = %eni.mac, "persistent ENI found");
 
         systemd::status(&format!("claiming {}", eni.id));
-        let (eni, owned) = self.claim(&eni.id).await?;
+        let (eni, owned) = self
+            .claim(&eni.id)
+            .await
+            .map_err(|source| BootError::Claim {
+                eni: eni.id.clone(),
+                source,
+            })?;
 
         let desired = if owned {
             systemd::status(&format!("configuring the kernel for {}", eni.id));
-            Some(self.kernel(&eni).await?)
+            let desired = self
+                .kernel(&eni)
+                .await
+                .map_err(|source| BootError::Kernel {
+                    eni: eni.id.clone(),
+                    source,
+                })?;
+            Some(desired)
         } else {
             info!(eni = %eni.id, "dry-run: the ENI is not attached here, so there is no kernel state to compute");
             None
         };
 
         systemd::status("self-check");
-        self.self_check().await?;
+        self.self_check()
+            .await
+            .map_err(|source| BootError::SelfCheck { source })?;
 
         systemd::status(&format!("reclaiming the route tables of {zone}"));
-        let (route_tables, epoch) = self.reclaim(&eni.id).await?;
+        let (route_tables, epoch) =
+            self.reclaim(&eni.id)
+                .await
+                .map_err(|source| BootError::Reclaim {
+                    zone: zone.clone(),
+                    source,
+                })?;
         Ok(Booted {
             eni,
             desired,
@@ -141,40 +295,27 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         ]
     }
 
-    async fn find_eni(&mut self) -> Result<Eni> {
+    async fn find_eni(&mut self) -> Result<Eni, FindEniError> {
         let zone = self.zone().to_owned();
-        let discovery = |reason: String| BootError::EniDiscovery {
-            zone: zone.clone(),
-            reason,
-        };
         if let Some(id) = self.config.eni.ids.get(&zone) {
             return retry(self.deadline, || self.ec2.describe_eni(id))
                 .await?
-                .ok_or_else(|| {
-                    discovery(format!(
-                        "{id} (eni.ids, key {zone:?}) does not exist; fix the ID in the config"
-                    ))
+                .ok_or_else(|| FindEniError::NoSuchEni {
+                    id: id.clone(),
+                    zone,
                 });
         }
         let tags = self.group_tags();
         let mut enis = retry(self.deadline, || self.ec2.find_enis(&tags)).await?;
+        let group = self.config.group.name.clone();
         match enis.len() {
             1 => Ok(enis.remove(0)),
-            0 => Err(discovery(format!(
-                "no ENI is tagged {GROUP_TAG}={} and {ZONE_TAG}={zone}; tag the zone's \
-                 persistent ENI so, or set eni.ids in the config",
-                self.config.group.name
-            ))),
-            _ => Err(discovery(format!(
-                "{} ENIs are tagged {GROUP_TAG}={} and {ZONE_TAG}={zone} ({}); keep the tags \
-                 on one, or set eni.ids in the config",
-                enis.len(),
-                self.config.group.name,
-                enis.iter()
-                    .map(|e| e.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+            0 => Err(FindEniError::Untagged { group, zone }),
+            _ => Err(FindEniError::Ambiguous {
+                group,
+                zone,
+                ids: enis.into_iter().map(|e| e.id).collect(),
+            }),
         }
     }
 
@@ -182,7 +323,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     /// shows it.
     /// The ENI, and whether it is attached here (always, except in a dry run that would have
     /// had to attach it).
-    async fn claim(&mut self, eni_id: &str) -> Result<(Eni, bool)> {
+    async fn claim(&mut self, eni_id: &str) -> Result<(Eni, bool), ClaimError> {
         let attach_timeout = self.config.boot.attach_timeout();
         let deadline = self.deadline.min(Instant::now() + attach_timeout);
         let me = SelfFacts {
@@ -193,18 +334,14 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         let mut last_step = String::new();
         let eni = loop {
             if Instant::now() >= deadline {
-                return Err(BootError::Timeout {
-                    what: format!("claim {eni_id}"),
+                return Err(ClaimError::Timeout {
                     after: attach_timeout,
                     last: last_step,
                 });
             }
             let eni = retry(deadline, || self.ec2.describe_eni(eni_id))
                 .await?
-                .ok_or_else(|| BootError::ClaimRefused {
-                    eni: eni_id.to_owned(),
-                    reason: "the ENI no longer exists".to_owned(),
-                })?;
+                .ok_or(ClaimError::Gone)?;
             let holder = match &eni.attachment {
                 Some(a) => {
                     let state = match &a.instance_id {
@@ -268,18 +405,10 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     sleep(CLAIM_POLL).await;
                 }
                 ClaimStep::Wait { .. } => sleep(CLAIM_POLL).await,
-                ClaimStep::Refuse { reason } => {
-                    return Err(BootError::ClaimRefused {
-                        eni: eni_id.to_owned(),
-                        reason,
-                    });
-                }
+                ClaimStep::Refuse { reason } => return Err(ClaimError::Refused(reason)),
             }
         };
-        let mac = parse_mac(&eni.mac).ok_or_else(|| BootError::ClaimRefused {
-            eni: eni_id.to_owned(),
-            reason: format!("EC2 reports an unusable MAC {:?}", eni.mac),
-        })?;
+        let mac = parse_mac(&eni.mac).ok_or_else(|| ClaimError::BadMac(eni.mac.clone()))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         systemd::status(&format!(
             "waiting for {} ({}) to appear in the kernel",
@@ -301,7 +430,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         Ok((eni, true))
     }
 
-    async fn kernel(&mut self, eni: &Eni) -> Result<Desired> {
+    async fn kernel(&mut self, eni: &Eni) -> Result<Desired, KernelError> {
         let mac = parse_mac(&eni.mac).unwrap_or_default();
         // IMDS lists a freshly attached interface a moment after EC2 does.
         let interface = loop {
@@ -313,10 +442,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                 break i;
             }
             if Instant::now() + IMDS_POLL >= self.deadline {
-                return Err(BootError::Timeout {
-                    what: format!("IMDS listing {} ({})", eni.id, eni.mac),
+                return Err(KernelError::NotInImds {
+                    mac: eni.mac.clone(),
                     after: self.config.boot.timeout(),
-                    last: "not in network/interfaces/macs/".to_owned(),
                 });
             }
             sleep(IMDS_POLL).await;
@@ -362,7 +490,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         Ok(desired)
     }
 
-    async fn self_check(&mut self) -> Result<()> {
+    async fn self_check(&mut self) -> Result<(), SelfCheckError> {
         loop {
             let verdicts = probe::self_check(&self.config.self_check).await?;
             let failed: Vec<String> = verdicts
@@ -380,14 +508,14 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                 return Ok(());
             }
             if Instant::now() + SELF_CHECK_RETRY >= self.deadline {
-                return Err(BootError::SelfCheck { failed });
+                return Err(SelfCheckError::Failed { failed });
             }
             warn!(failed = %failed.join("; "), "self-check failed; trying again");
             sleep(SELF_CHECK_RETRY).await;
         }
     }
 
-    async fn tables(&self) -> Result<Vec<RouteTable>> {
+    async fn tables(&self) -> Result<Vec<RouteTable>, ReclaimError> {
         let zone = self.zone();
         if let Some(ids) = self.config.routes.tables.get(zone) {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -398,12 +526,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                 .copied()
                 .collect();
             if !missing.is_empty() {
-                return Err(BootError::TableDiscovery {
+                return Err(ReclaimError::TablesMissing {
                     zone: zone.to_owned(),
-                    reason: format!(
-                        "{} (routes.tables, key {zone:?}) not found; fix the IDs in the config",
-                        missing.join(", ")
-                    ),
+                    missing: missing.into_iter().map(str::to_owned).collect(),
                 });
             }
             return Ok(tables);
@@ -411,13 +536,9 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         let tags = self.group_tags();
         let tables = retry(self.deadline, || self.ec2.find_route_tables(&tags)).await?;
         if tables.is_empty() {
-            return Err(BootError::TableDiscovery {
+            return Err(ReclaimError::Untagged {
+                group: self.config.group.name.clone(),
                 zone: zone.to_owned(),
-                reason: format!(
-                    "no route table is tagged {GROUP_TAG}={} and {ZONE_TAG}={zone}; tag the \
-                     zone's private route tables so, or list them in routes.tables",
-                    self.config.group.name
-                ),
             });
         }
         Ok(tables)
@@ -427,7 +548,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     /// race (`RouteAlreadyExists`) or a write that fails is settled by the next read. Before
     /// the first route write, the lease tag is written with a larger epoch, so a peer holding
     /// the zone sees the claim and lets go instead of repairing "drift".
-    async fn reclaim(&mut self, eni_id: &str) -> Result<(Vec<String>, Option<u64>)> {
+    async fn reclaim(&mut self, eni_id: &str) -> Result<(Vec<String>, Option<u64>), ReclaimError> {
         let destinations = &self.config.routes.destinations;
         let mut backoff = RETRY_BACKOFF;
         let mut logged_skips = false;

@@ -59,10 +59,17 @@ pub enum Error {
         signal: &'static str,
         source: std::io::Error,
     },
+    /// Boxed: the steps' sources are large, and this error is returned from small functions.
     #[error("boot failed: {0}")]
-    Boot(#[from] BootError),
+    Boot(#[source] Box<BootError>),
     #[error("{0}")]
     Netconf(#[from] netconf::NetconfError),
+}
+
+impl From<BootError> for Error {
+    fn from(error: BootError) -> Self {
+        Self::Boot(Box::new(error))
+    }
 }
 
 /// Runs until SIGTERM or SIGINT. Returns an error only for what a restart cannot fix by waiting.
@@ -109,7 +116,7 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     {
         None => return stop(),
         Some(Ok(action)) => action,
-        Some(Err(e)) => return fail(BootError::from(e), None, &asg).await,
+        Some(Err(source)) => return fail(BootError::LifecycleLookup { source }, None, &asg).await,
     };
 
     let action = match action {
@@ -149,7 +156,9 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
         match supervisor.drive(done).await {
             None => return stop(),
             Some(Ok(())) => {}
-            Some(Err(e)) => return fail(e.into(), Some(action), &asg).await,
+            Some(Err(e)) => {
+                return fail(BootError::completing(action, e), Some(action), &asg).await;
+            }
         }
     }
     let status = format!(
