@@ -4,7 +4,7 @@
 #     (between "modern-packer-only" markers): every variable, source, filter and provisioner,
 #     the provisioner scripts' existence included.
 #  2. The whole file, modern-only lines included, parses as HCL2 (python-hcl2 from PyPI, in the
-#     tools venv), and the modern-only blocks carry the IMDSv2 settings issue 7 asks for.
+#     tools venv), and the modern-only blocks carry the IMDSv2 settings (tokens required, hop limit).
 #  3. shellcheck on the provisioner scripts.
 # A real `packer build` needs an AWS account; see ami/README.md.
 set -euo pipefail

@@ -33,8 +33,42 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// Every code, in order, for the man page.
+    pub const ALL: [Exit; 7] = [
+        Exit::Ok,
+        Exit::Other,
+        Exit::Config,
+        Exit::Imds,
+        Exit::Boot,
+        Exit::Unreachable,
+        Exit::Refused,
+    ];
+
     pub const fn code(self) -> u8 {
         self as u8
+    }
+
+    /// What the code means, in one line (the man page's EXIT STATUS).
+    pub const fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::Other => "any other failure (the message names the call or resource)",
+            Exit::Config => {
+                "bad command line or configuration; the unit does not restart into it (RestartPreventExitStatus=2)"
+            }
+            Exit::Imds => {
+                "IMDS answered, but not usefully (refused the token, lacks required metadata), or stayed silent for the whole boot deadline"
+            }
+            Exit::Boot => {
+                "a boot step failed (the message names it); the launch lifecycle action was abandoned"
+            }
+            Exit::Unreachable => {
+                "a control command could not reach the agent on its control socket"
+            }
+            Exit::Refused => {
+                "a control command reached the agent, which refused it (the reason follows)"
+            }
+        }
     }
 }
 

@@ -8,7 +8,6 @@
 //! never waited for by a route change.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use tokio::process::Command;
 use tracing::{info, warn};
@@ -57,7 +56,7 @@ pub fn emit(config: &Events, e: &Event<'_>) {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let timeout = Duration::from_secs(config.timeout_s);
+    let timeout = config.timeout();
     let event = e.event.to_owned();
     let program = program.clone();
     tokio::spawn(async move {
@@ -93,6 +92,7 @@ pub fn emit(config: &Events, e: &Event<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn the_hook_gets_the_documented_argv_and_environment() {

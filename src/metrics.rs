@@ -293,7 +293,11 @@ mod tests {
             ("gateway_agent_detection_seconds_bucket{le=\"0.5\"} ", 0),
             ("gateway_agent_detection_seconds_count ", 1),
         ] {
-            assert_eq!(value(&text, line), value(&before, line) + delta, "{line}\n{text}");
+            assert_eq!(
+                value(&text, line),
+                value(&before, line) + delta,
+                "{line}\n{text}"
+            );
         }
         // Every declared name follows the conventions.
         for (name, kind, _) in DEFS {

@@ -1,5 +1,5 @@
 //! Random worlds through the failover core: whatever the facts, no decision may break an
-//! invariant of ../shared/DESIGN.md (no third party overwritten, no traffic taken while sick or
+//! invariant of docs/design.md (no third party overwritten, no traffic taken while sick or
 //! leaving, only the successor takes a peer's zone, a hand-over never goes to nobody or to
 //! itself, no route written twice in one round).
 #![no_main]

@@ -324,7 +324,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         Ok(client) => Some(AbortOnDrop(exit::watch_imds(
             client,
             config.drain.imds_poll(),
-            Duration::from_secs(config.drain.maintenance_lead_s),
+            config.drain.maintenance_lead(),
             exit_tx,
             watch.lifecycle_state(),
         ))),

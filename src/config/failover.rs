@@ -28,22 +28,8 @@ pub const DEFAULT_DAMPING_MAX_S: u64 = 600;
 /// Next to the kernel table number; any free port works.
 pub const DEFAULT_HEALTH_PORT: u16 = 7701;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Confirm {
-    /// A peer that stops answering is dead only when the API, its lease or its own last word
-    /// says so too.
-    Api,
-    /// ICMP silence alone is enough (appliances without an agent); a partition then moves routes.
-    Icmp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Failback {
-    Auto,
-    Manual,
-}
+/// The policy vocabulary belongs to the decision core; the file names it.
+pub use crate::decide::route::{Confirm, Failback};
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

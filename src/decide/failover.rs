@@ -24,9 +24,9 @@
 
 use std::time::Duration;
 
+use super::route::{Confirm, Failback};
 pub use super::route::{Expect, Probe, RouteWrite};
 use super::route::{TableFact, Target};
-use crate::config::{Confirm, Failback};
 
 /// What a peer agent said about itself on `/health`, if it answered recently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -647,3 +647,103 @@ fn a_sick_gateway_demotes_itself_to_its_successor() {
     });
     assert_eq!(w.decide().decisions[0].target, "eni-a");
 }
+
+#[test]
+fn a_manual_failover_takes_what_another_gateway_holds_or_says_why_not() {
+    // (case, world, zone, force, Ok(expectations of the writes) or Err(needle))
+    type Case = (
+        &'static str,
+        World,
+        &'static str,
+        bool,
+        Result<Vec<&'static str>, &'static str>,
+    );
+    let mut sick = World::new("a", &["a", "b"]);
+    sick.f.me.healthy = false;
+    let mut draining = World::new("a", &["a", "b"]);
+    draining.f.me.draining = true;
+    let mut dead = World::new("a", &["a", "b"]);
+    dead.route("b", Target::Eni(eni("b")), true);
+    let mut third = World::new("a", &["a", "b"]);
+    third.route("b", Target::Other("nat-1".into()), false);
+    let mut here = World::new("a", &["a", "b"]);
+    here.held_by("b", "a");
+    let cases: Vec<Case> = vec![
+        (
+            "a live peer's zone",
+            World::new("a", &["a", "b"]),
+            "b",
+            false,
+            Ok(vec!["via eni-b"]),
+        ),
+        ("a blackhole", dead, "b", false, Ok(vec!["blackhole"])),
+        (
+            "the own zone",
+            World::new("a", &["a", "b"]),
+            "a",
+            false,
+            Err("own zone"),
+        ),
+        ("while draining", draining, "b", false, Err("draining")),
+        (
+            "while sick",
+            World { f: sick.f.clone() },
+            "b",
+            false,
+            Err("--force"),
+        ),
+        ("while sick, forced", sick, "b", true, Ok(vec!["via eni-b"])),
+        (
+            "a third party's route",
+            third,
+            "b",
+            false,
+            Err("nothing to take"),
+        ),
+        ("already here", here, "b", false, Err("nothing to take")),
+        (
+            "an unknown zone",
+            World::new("a", &["a", "b"]),
+            "x",
+            false,
+            Err("nothing to take"),
+        ),
+    ];
+    for (name, w, zone, force, want) in cases {
+        match (manual(&w.f, zone, force), want) {
+            (Ok(d), Ok(expects)) => {
+                let got: Vec<String> = d.writes.iter().map(|w| w.expect.to_string()).collect();
+                assert_eq!(got, expects, "{name}");
+                assert_eq!(d.kind, Kind::TakeOver, "{name}");
+                assert!(
+                    d.writes.iter().all(|w| w.to.as_deref() == Some("eni-a")),
+                    "{name}"
+                );
+            }
+            (Err(e), Err(needle)) => assert!(e.contains(needle), "{name}: {e}"),
+            (got, want) => panic!("{name}: got {got:?}, wanted {want:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_wait_has_a_kind_the_agent_can_match() {
+    let mut w = World::new("a", &["a", "b"]);
+    w.f.me.draining = true;
+    w.peer("b").report = Some(SelfReport {
+        healthy: false,
+        draining: false,
+    });
+    let o = w.decide();
+    assert_eq!(o.waits.len(), 1, "{o:?}");
+    assert_eq!(o.waits[0].kind, WaitKind::NoHandoverTarget);
+    let mut w = World::new("a", &["a", "b"]);
+    w.hung("b");
+    assert_eq!(w.decide().waits[0].kind, WaitKind::Unconfirmed);
+    w.lease_stale("b");
+    assert!(w.decide().waits.is_empty());
+    let mut w = World::new("a", &["a", "b"]);
+    w.held_by("a", "b");
+    w.f.me.healthy_for = Duration::from_secs(1);
+    assert_eq!(w.decide().waits[0].kind, WaitKind::HoldDown);
+}

@@ -1,9 +1,10 @@
 //! The lease tag: who carries a zone's route tables, since which claim, renewed when.
 //!
 //! `gateway-agent:lease = <instance-id>/<epoch>/<unix-ms>` on every route table of a zone. The
-//! carrier of the zone rewrites it every `failover.lease_renew_ms`; a takeover or a reclaim
-//! writes it with an epoch larger than any seen on the zone, *before* its route writes, so a
-//! reader that finds routes and lease disagreeing knows a claim is in flight and who made it.
+//! carrier of the zone rewrites it every `failover.lease_renew_ms`; a claim writes it with an
+//! epoch larger than any seen on the zone: a boot reclaim *before* its route writes, a takeover
+//! with its second wave of writes (after the tables that carry traffic), so a reader that finds
+//! routes and lease disagreeing knows a claim is in flight and who made it.
 //! Peers judge freshness by whether the value *changes* (on their own monotonic clock), never
 //! by comparing `unix-ms` with their clock: the timestamp is for operators.
 

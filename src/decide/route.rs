@@ -24,6 +24,23 @@ impl Probe {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// A peer that stops answering is dead only when the API, its lease or its own last word
+    /// says so too.
+    Api,
+    /// ICMP silence alone is enough (appliances without an agent); a partition then moves routes.
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    Auto,
+    Manual,
+}
+
 /// What a route currently points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

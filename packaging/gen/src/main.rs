@@ -15,22 +15,9 @@ use gateway_agent::cli::Cli;
 
 const BIN: &str = "gateway-agent";
 
-/// Sections appended to gateway-agent(1), in roff. The exit codes mirror `Exit` in
-/// src/main.rs; keep them in step.
-const MAIN_PAGE_EXTRA: &str = r#".SH "EXIT STATUS"
-.TP
-\fB0\fR
-success
-.TP
-\fB1\fR
-any other failure (the message names the call or resource)
-.TP
-\fB2\fR
-bad command line or configuration; the unit does not restart into it (RestartPreventExitStatus=2)
-.TP
-\fB3\fR
-IMDS answered, but not usefully (refused the token, lacks required metadata)
-.SH FILES
+/// Sections appended to gateway-agent(1), in roff, after the EXIT STATUS section that
+/// [`exit_status`] writes from the agent's own table of codes.
+const MAIN_PAGE_EXTRA: &str = r#".SH FILES
 .TP
 \fI/etc/gateway-agent/config.toml\fR
 The configuration (TOML). Check it with \fBgateway-agent check-config\fR. The packaged file is
@@ -93,7 +80,8 @@ fn man_pages(cmd: &clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut page = Vec::new();
     clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
     if cmd.get_name() == BIN {
-        // What clap does not know: files, exit codes, where the rest is documented.
+        // What clap does not know: exit codes, files, where the rest is documented.
+        page.extend_from_slice(exit_status().as_bytes());
         page.extend_from_slice(MAIN_PAGE_EXTRA.as_bytes());
     }
     fs::write(&path, page)?;
@@ -110,4 +98,14 @@ fn man_pages(cmd: &clap::Command, dir: &Path) -> io::Result<Vec<PathBuf>> {
         files.extend(man_pages(&sub, dir)?);
     }
     Ok(files)
+}
+
+/// The EXIT STATUS section, from `gateway_agent::exit_code::Exit`: the page cannot drift
+/// from the codes the binary uses.
+fn exit_status() -> String {
+    let mut out = String::from(".SH \"EXIT STATUS\"\n");
+    for e in gateway_agent::exit_code::Exit::ALL {
+        out.push_str(&format!(".TP\n\\fB{}\\fR\n{}\n", e.code(), e.meaning()));
+    }
+    out
 }
