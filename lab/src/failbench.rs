@@ -159,21 +159,11 @@ async fn start_agents(f: &mut Fleet, run: usize, instances: [Instance; 2]) -> Re
 
 /// What a classic HA NAT pair's boot scripts do, without an agent: the zone's ENI attached at
 /// device index 1 and addressed, forwarding on, and the launch hook completed.
-async fn hand_configure(lab: &Lab, zone: &Zone, inst: &Instance) -> Result<(), Failure> {
-    let ec2 = lab.ec2();
-    ec2.attach_network_interface()
-        .network_interface_id(&zone.eni_id)
-        .instance_id(&inst.instance_id)
-        .device_index(1)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "AttachNetworkInterface {} to {}: {e:?}",
-                zone.eni_id, inst.instance_id
-            )
-        })?;
-    let subnets = ec2
+async fn hand_configure(f: &Fleet, zone: &str, inst: &Instance) -> Result<(), Failure> {
+    let (lab, zone) = (&f.lab, f.zone(zone));
+    f.attach_eni(&zone.name, &inst.instance_id).await?;
+    let subnets = lab
+        .ec2()
         .describe_subnets()
         .subnet_ids(&zone.public_subnet_id)
         .send()
@@ -484,9 +474,9 @@ async fn baseline_run(
     };
     let [ia, ib] = fresh(f, first, &scenario_options(opts, dests)).await?;
     run.build_ms = f.build_time.as_secs_f64() * 1e3;
+    hand_configure(f, "a", &ia).await?;
+    hand_configure(f, "b", &ib).await?;
     let (lab, sc) = (&f.lab, &f.sc);
-    hand_configure(lab, sc.zone("a"), &ia).await?;
-    hand_configure(lab, sc.zone("b"), &ib).await?;
     let (mut monitor, log) = start_monitor(
         lab,
         n,

@@ -53,6 +53,12 @@ impl From<LabError> for Failure {
     }
 }
 
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure(e.to_string())
+    }
+}
+
 impl From<String> for Failure {
     fn from(e: String) -> Failure {
         Failure(e)
@@ -186,6 +192,28 @@ impl Fleet {
         })
         .await;
         Ok(found?)
+    }
+
+    /// Starts an agent on the instance the ASG launched in `zone` in place of `old` and waits
+    /// until it is READY (both within `timeout`).
+    pub async fn start_replacement(
+        &mut self,
+        zone: &str,
+        old: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let new = self.replacement(zone, old, timeout).await?;
+        self.spawn(zone, new, Spec::new())?;
+        self.ready_within(zone, timeout).await
+    }
+
+    /// Every managed route table, zone by zone.
+    pub fn route_tables(&self) -> Vec<String> {
+        self.sc
+            .zones
+            .iter()
+            .flat_map(|z| z.route_table_ids.iter().cloned())
+            .collect()
     }
 
     /// Where the agent named `name` listens for commands (with [`Fleet::sockets`]).
@@ -568,16 +596,23 @@ impl Fleet {
     /// A plain instance (no ASG) in `zone`'s public subnet holding `zone`'s ENI: an old gateway.
     pub async fn old_holder(&self, zone: &str) -> Result<String> {
         let id = self.plain_instance(zone).await?;
+        self.attach_eni(zone, &id).await?;
+        Ok(id)
+    }
+
+    /// Attaches `zone`'s ENI to `instance` at device index 1, as a gateway holds it.
+    pub async fn attach_eni(&self, zone: &str, instance: &str) -> Result<()> {
+        let eni = &self.zone(zone).eni_id;
         self.lab
             .ec2()
             .attach_network_interface()
-            .network_interface_id(&self.zone(zone).eni_id)
-            .instance_id(&id)
+            .network_interface_id(eni)
+            .instance_id(instance)
             .device_index(1)
             .send()
             .await
-            .map_err(|e| format!("AttachNetworkInterface to the old holder: {e:?}"))?;
-        Ok(id)
+            .map_err(|e| format!("AttachNetworkInterface {eni} to {instance}: {e:?}"))?;
+        Ok(())
     }
 
     /// The instance `zone`'s ENI is attached to, if any.
