@@ -194,8 +194,8 @@ impl Fleet {
         Ok(found?)
     }
 
-    /// Starts an agent on the instance the ASG launched in `zone` in place of `old` and waits
-    /// until it is READY (both within `timeout`).
+    /// Waits (within `timeout`) for the instance the ASG launches in `zone` in place of `old`,
+    /// starts an agent on it and waits (within [`wait`]) until it is READY.
     pub async fn start_replacement(
         &mut self,
         zone: &str,
@@ -204,7 +204,7 @@ impl Fleet {
     ) -> Result<()> {
         let new = self.replacement(zone, old, timeout).await?;
         self.spawn(zone, new, Spec::new())?;
-        self.ready_within(zone, timeout).await
+        self.ready(zone).await
     }
 
     /// Every managed route table, zone by zone.
