@@ -5,46 +5,86 @@ mod support;
 
 use support::*;
 
+/// The lab for a boot: agents with the default control socket, as the packaged config has it.
+async fn boot_fleet(opts: ScenarioOptions) -> Fleet {
+    let mut f = fleet(opts).await;
+    f.sockets = false;
+    f
+}
+
+/// A failed boot in zone a's ASG: the STATUS= names `reason`, the launch action was ABANDONed,
+/// and the process exited with `code`, or was SIGKILLed with its instance, which the lab
+/// terminates the moment ABANDON lands (as EC2 does, a little later).
+async fn assert_abandoned(f: &mut Fleet, inst: &Instance, code: i32, reason: &str) {
+    let exit = f.wait_exit("a").await.unwrap();
+    let log = f.log("a");
+    assert!(
+        exit == Some(code) || exit.is_none(),
+        "exit {exit:?}; log:\n{log}"
+    );
+    assert!(log.contains("boot failed"), "{log}");
+    let status = f.agent("a").notify.statuses().join(" | ");
+    assert!(status.contains(reason), "{reason:?} not in {status}");
+    assert!(
+        status.contains("ABANDONing the launch lifecycle action"),
+        "{status}"
+    );
+    assert_eq!(
+        f.lifecycle_result(&inst.instance_id, "LAUNCHING")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("ABANDON by CompleteLifecycleAction"),
+        "{log}"
+    );
+}
+
 /// The main story: a fresh instance whose ENI is held by a stopped old gateway and whose
 /// zone's route is a blackhole becomes the zone's working gateway, then says READY.
 #[tokio::test(flavor = "multi_thread")]
 async fn boot_takes_the_eni_from_a_dead_holder_and_carries_the_zone() {
-    let e = env(ScenarioOptions::default()).await;
-    let a = e.sc.zone("a").clone();
-    let inst = e.instance("a").await;
-    assert_eq!(e.asg_state(&inst.instance_id).await, "Pending:Wait");
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let a = f.zone("a").clone();
+    let inst = f.instance("a").await.unwrap();
+    assert_eq!(
+        f.asg_state(&inst.instance_id).await.unwrap(),
+        "Pending:Wait"
+    );
 
-    let old = e.old_holder("a").await;
-    e.lab.stop(&old).await.expect("stop the old gateway");
+    let old = f.old_holder("a").await.unwrap();
+    f.lab.stop(&old).await.expect("stop the old gateway");
     wait_for(WAIT, "route a blackholed", || async {
-        (e.route("a", "0.0.0.0/0").await.1 == "blackhole").then_some(())
+        (f.route("a", "0.0.0.0/0").await.unwrap().1 == "blackhole").then_some(())
     })
     .await
     .expect("a stopped holder blackholes the zone's route");
 
-    let agent = e.start_agent(
-        &inst,
-        "boot",
-        &format!("[self_check]\nicmp_targets = [\"{INTERNET_HOST}\"]\n[kernel]\nreconcile_interval_ms = 200"),
+    let extra = format!(
+        "[self_check]\nicmp_targets = [\"{INTERNET_HOST}\"]\n[kernel]\nreconcile_interval_ms = 200"
     );
-    agent.wait_ready().await;
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
+    f.ready("a").await.unwrap();
 
     // Everything READY promises is already true when it arrives.
     assert_eq!(
-        e.eni_holder("a").await.as_deref(),
+        f.eni_holder("a").await.unwrap().as_deref(),
         Some(inst.instance_id.as_str())
     );
     assert_eq!(
-        e.route("a", "0.0.0.0/0").await,
+        f.route("a", "0.0.0.0/0").await.unwrap(),
         (a.eni_id.clone(), "active".to_owned())
     );
-    assert_eq!(e.asg_state(&inst.instance_id).await, "InService");
+    assert_eq!(f.asg_state(&inst.instance_id).await.unwrap(), "InService");
     assert_eq!(
-        e.lifecycle_result(&inst.instance_id).await.as_deref(),
+        f.lifecycle_result(&inst.instance_id, "LAUNCHING")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("CONTINUE by CompleteLifecycleAction")
     );
-    let statuses = e.lab.info.run_dir.clone();
-    let order = agent.notify.statuses();
+    let statuses = f.lab.info.run_dir.clone();
+    let order = f.agent("a").notify.statuses();
     let pos = |needle: &str| {
         order
             .iter()
@@ -64,13 +104,13 @@ async fn boot_takes_the_eni_from_a_dead_holder_and_carries_the_zone() {
     );
     let table = ip(ns, &["route", "show", "table", "7700"]);
     assert!(table.contains("default via 10.0.0.1"), "{table}");
-    let log = agent.log();
+    let log = f.log("a");
     assert!(log.contains("detach requested from a dead holder"), "{log}");
 
     // A client in zone A reaches the internet host through the new gateway.
-    let stream = e.lab.stream_start("a", 100).await.expect("stream");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = e.lab.stream_stop(stream).await.expect("stream report");
+    let stream = f.lab.stream_start("a", 100).await.expect("stream");
+    tokio::time::sleep(secs(2)).await;
+    let report = f.lab.stream_stop(stream).await.expect("stream report");
     assert!(report.sent >= 150, "{report:?}");
     assert_eq!(report.lost, 0, "{report:?}");
 }
@@ -79,19 +119,20 @@ async fn boot_takes_the_eni_from_a_dead_holder_and_carries_the_zone() {
 /// a kernel rule or route removed behind the agent's back comes back within an interval.
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_changes_nothing_and_drift_is_repaired() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
     let ns = inst.ns.clone().unwrap();
     let extra = "[kernel]\nreconcile_interval_ms = 200";
-    let mut first = e.start_agent(&inst, "first", extra);
-    first.wait_ready().await;
-    first.child.kill().await.expect("kill -9 the first agent");
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
+    f.ready("a").await.unwrap();
+    f.kill_agent("a").await;
     let kernel_before = kernel_snapshot(&ns);
-    let calls_before = e.api_calls().await.len();
+    let calls_before = f.lab.api_calls().await.unwrap().len();
 
-    let second = e.start_agent(&inst, "second", extra);
-    second.wait_ready().await;
-    let calls = e.api_calls().await;
+    f.spawn("a", inst, Spec::new().extra(extra)).unwrap();
+    f.ready("a").await.unwrap();
+    let calls = f.lab.api_calls().await.unwrap();
     let writes: Vec<&String> = calls[calls_before..]
         .iter()
         .filter(|c| WRITE_ACTIONS.contains(&c.as_str()))
@@ -102,57 +143,53 @@ async fn restart_changes_nothing_and_drift_is_repaired() {
         kernel_before,
         "second boot changed the kernel"
     );
-    assert!(second.log().contains("api_writes=0"), "{}", second.log());
-    assert!(second.log().contains("changes=0"), "{}", second.log());
+    assert!(f.log("a").contains("api_writes=0"), "{}", f.log("a"));
+    assert!(f.log("a").contains("changes=0"), "{}", f.log("a"));
 
     // Drift: amazon-ec2-net-utils (or an operator) flushes our rule and default route.
-    let eni_ip = e.sc.zone("a").eni_ip.clone();
+    let eni_ip = f.zone("a").eni_ip.clone();
     ip(&ns, &["rule", "del", "pref", "7700"]);
     ip(&ns, &["route", "del", "default", "table", "7700"]);
     assert!(!ip(&ns, &["rule", "show"]).contains(&eni_ip));
-    wait_for(
-        Duration::from_secs(3),
-        "rule and route restored",
-        || async {
-            let rules = ip(&ns, &["rule", "show"]);
-            let table = ip(&ns, &["route", "show", "table", "7700"]);
-            (rules.contains(&format!("from {eni_ip} lookup 7700")) && table.contains("default via"))
-                .then_some(())
-        },
-    )
+    wait_for(secs(3), "rule and route restored", || async {
+        let rules = ip(&ns, &["rule", "show"]);
+        let table = ip(&ns, &["route", "show", "table", "7700"]);
+        (rules.contains(&format!("from {eni_ip} lookup 7700")) && table.contains("default via"))
+            .then_some(())
+    })
     .await
     .expect("the run loop restores the kernel config");
-    let log = second.log();
+    let log = f.log("a");
     assert!(log.contains("kernel repaired"), "{log}");
 }
 
 /// Each failure: non-zero exit, a STATUS= saying why, ABANDON, and nothing half-done.
 #[tokio::test(flavor = "multi_thread")]
 async fn eni_held_by_a_live_gateway_is_never_stolen() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
-    let holder = e.old_holder("a").await;
-    let route_before = e.route("a", "0.0.0.0/0").await;
-    let mut agent = e.start_agent(&inst, "refuse", "");
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
+    let holder = f.old_holder("a").await.unwrap();
+    let route_before = f.route("a", "0.0.0.0/0").await.unwrap();
+    f.spawn("a", inst.clone(), Spec::new()).unwrap();
     let reason =
         format!("held by {holder} which is running: refusing to take it from a live gateway");
-    agent.assert_abandoned(&e, &inst, 4, &reason).await;
-    assert_eq!(e.eni_holder("a").await, Some(holder));
-    assert_eq!(e.route("a", "0.0.0.0/0").await, route_before);
+    assert_abandoned(&mut f, &inst, 4, &reason).await;
+    assert_eq!(f.eni_holder("a").await.unwrap(), Some(holder));
+    assert_eq!(f.route("a", "0.0.0.0/0").await.unwrap(), route_before);
 }
 
 /// On a plain instance (no Auto Scaling group, so nothing to ABANDON and nothing terminates
 /// it) the exit code is observable: 4, a failed boot.
 #[tokio::test(flavor = "multi_thread")]
 async fn eni_of_another_zone_is_refused() {
-    let e = env(ScenarioOptions {
+    let mut f = boot_fleet(ScenarioOptions {
         capacity: 0,
         ..ScenarioOptions::default()
     })
     .await;
-    let plain = e.plain_instance("a").await;
+    let plain = f.plain_instance("a").await.unwrap();
     let inst = wait_for(WAIT, "plain instance namespace", || async {
-        e.lab
+        f.lab
             .instances()
             .await
             .ok()?
@@ -161,67 +198,58 @@ async fn eni_of_another_zone_is_refused() {
     })
     .await
     .expect("the lab runs the plain instance");
-    let (az_a, eni_b) = (e.sc.zone("a").az.clone(), e.sc.zone("b").eni_id.clone());
-    let mut agent = e.start_agent(
-        &inst,
-        "zone",
-        &format!("[eni]\nids = {{ \"{az_a}\" = \"{eni_b}\" }}"),
-    );
-    assert_eq!(agent.wait_exit().await, Some(4), "{}", agent.log());
-    let status = agent.notify.statuses().join(" | ");
+    let (az_a, eni_b) = (f.zone("a").az.clone(), f.zone("b").eni_id.clone());
+    let extra = format!("[eni]\nids = {{ \"{az_a}\" = \"{eni_b}\" }}");
+    f.spawn("a", inst, Spec::new().extra(extra)).unwrap();
+    assert_eq!(f.wait_exit("a").await.unwrap(), Some(4), "{}", f.log("a"));
+    let status = f.agent("a").notify.statuses().join(" | ");
     assert!(
         status.contains(&format!("but this instance is in {az_a}")),
         "{status}"
     );
     assert!(!status.contains("ABANDON"), "{status}");
     assert!(
-        agent.log().contains("not in an Auto Scaling group"),
+        f.log("a").contains("not in an Auto Scaling group"),
         "{}",
-        agent.log()
+        f.log("a")
     );
-    assert_eq!(e.eni_holder("b").await, None);
+    assert_eq!(f.eni_holder("b").await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_errors_past_the_deadline_abandon_with_the_call_named() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
-    e.lab
-        .inject(&Fault {
-            action: Some("DescribeNetworkInterfaces".into()),
-            kind: "5xx".into(),
-            count: None,
-            latency_ms: 0,
-            status: None,
-        })
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
+    f.lab
+        .inject(&Fault::burst(
+            "5xx",
+            Some("DescribeNetworkInterfaces"),
+            None,
+        ))
         .await
         .expect("inject 5xx");
-    let mut agent = e.start_agent(
-        &inst,
-        "5xx",
-        "[boot]\ntimeout_s = 10\nattach_timeout_s = 10",
-    );
-    agent
-        .assert_abandoned(&e, &inst, 4, "ec2 DescribeNetworkInterfaces")
-        .await;
-    e.lab.clear_faults().await.expect("clear faults");
-    assert_eq!(e.eni_holder("a").await, None, "nothing attached");
+    let extra = "[boot]\ntimeout_s = 10\nattach_timeout_s = 10";
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
+    assert_abandoned(&mut f, &inst, 4, "ec2 DescribeNetworkInterfaces").await;
+    f.lab.clear_faults().await.expect("clear faults");
+    assert_eq!(f.eni_holder("a").await.unwrap(), None, "nothing attached");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_self_check_abandons_before_any_route_moves() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
-    let route_before = e.route("a", "0.0.0.0/0").await;
-    let mut agent = e.start_agent(
-        &inst,
-        "selfcheck",
-        &format!("[self_check]\nicmp_targets = [\"{SILENT_HOST}\"]\ntimeout_ms = 200\nattempts = 2\n[boot]\ntimeout_s = 10\nattach_timeout_s = 10"),
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
+    let route_before = f.route("a", "0.0.0.0/0").await.unwrap();
+    let extra = format!(
+        "[self_check]\nicmp_targets = [\"{SILENT_HOST}\"]\ntimeout_ms = 200\nattempts = 2\n[boot]\ntimeout_s = 10\nattach_timeout_s = 10"
     );
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
     let reason = format!("self-check failed: icmp {SILENT_HOST} FAILED");
-    agent.assert_abandoned(&e, &inst, 4, &reason).await;
+    assert_abandoned(&mut f, &inst, 4, &reason).await;
     assert_eq!(
-        e.route("a", "0.0.0.0/0").await,
+        f.route("a", "0.0.0.0/0").await.unwrap(),
         route_before,
         "no route moved"
     );
@@ -229,19 +257,17 @@ async fn failing_self_check_abandons_before_any_route_moves() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn imds_down_for_the_whole_deadline_exits_with_the_reason() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
-    e.lab
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
+    f.lab
         .imds_fault(&inst.instance_id, "refuse", 0)
         .await
         .expect("IMDS fault");
-    let mut agent = e.start_agent(
-        &inst,
-        "imds",
-        "[boot]\ntimeout_s = 10\nattach_timeout_s = 10",
-    );
-    assert_eq!(agent.wait_exit().await, Some(3), "{}", agent.log());
-    let status = agent.notify.statuses();
+    let extra = "[boot]\ntimeout_s = 10\nattach_timeout_s = 10";
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
+    assert_eq!(f.wait_exit("a").await.unwrap(), Some(3), "{}", f.log("a"));
+    let status = f.agent("a").notify.statuses();
     assert!(status.iter().any(|s| s == "waiting for IMDS"), "{status:?}");
     assert!(
         status
@@ -250,30 +276,29 @@ async fn imds_down_for_the_whole_deadline_exits_with_the_reason() {
         "{status:?}"
     );
     // Nothing was claimed or written.
-    assert_eq!(e.eni_holder("a").await, None);
-    assert_eq!(e.asg_state(&inst.instance_id).await, "Pending:Wait");
+    assert_eq!(f.eni_holder("a").await.unwrap(), None);
+    assert_eq!(
+        f.asg_state(&inst.instance_id).await.unwrap(),
+        "Pending:Wait"
+    );
 }
 
 /// A boot slower than the heartbeat period keeps the launch action alive with heartbeats.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_boot_heartbeats_the_launch_action() {
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
     // Every route-table read takes 2.5 s: the reclaim step outlasts two heartbeat periods.
-    e.lab
-        .inject(&Fault {
-            action: Some("DescribeRouteTables".into()),
-            kind: "latency".into(),
-            count: None,
-            latency_ms: 2500,
-            status: None,
-        })
+    f.lab
+        .inject(&Fault::latency("DescribeRouteTables", 2500, None))
         .await
         .expect("inject latency");
-    let agent = e.start_agent(&inst, "slow", "[lifecycle]\nheartbeat_interval_s = 1");
-    agent.wait_ready().await;
-    e.lab.clear_faults().await.expect("clear faults");
-    let all = e.lab.lifecycle().await.expect("lifecycle");
+    let extra = "[lifecycle]\nheartbeat_interval_s = 1";
+    f.spawn("a", inst.clone(), Spec::new().extra(extra))
+        .unwrap();
+    f.ready("a").await.unwrap();
+    f.lab.clear_faults().await.expect("clear faults");
+    let all = f.lab.lifecycle().await.expect("lifecycle");
     let done = all["history"]
         .as_array()
         .and_then(|h| {
@@ -285,9 +310,9 @@ async fn a_slow_boot_heartbeats_the_launch_action() {
     assert_eq!(done["result"], "CONTINUE", "{all}");
     assert!(done["heartbeats"].as_u64().unwrap_or(0) >= 2, "{all}");
     assert!(
-        agent.log().contains("lifecycle heartbeat recorded"),
+        f.log("a").contains("lifecycle heartbeat recorded"),
         "{}",
-        agent.log()
+        f.log("a")
     );
 }
 
@@ -298,41 +323,37 @@ async fn a_slow_boot_heartbeats_the_launch_action() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unprivileged_user_with_two_capabilities_runs_the_whole_boot() {
     const NOBODY: u32 = 65_534;
-    let e = env(ScenarioOptions::default()).await;
-    let inst = e.instance("a").await;
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
     // Its own directory for the control socket, as RuntimeDirectory= gives the service.
-    let dir = PathBuf::from(&e.lab.info.run_dir).join("unprivileged");
+    let dir = PathBuf::from(&f.lab.info.run_dir).join("unprivileged");
     std::fs::create_dir(&dir).unwrap();
     nix::unistd::chown(&dir, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
     let caps = "-all,+net_admin,+net_raw";
-    let agent = e.start_agent_env(
-        &inst,
-        "unprivileged",
-        &format!(
-            "[control]\nsocket = \"{}/control.sock\"\n[drain]\nrestart_marker = \"{}/restart\"",
-            dir.display(),
-            dir.display()
-        ),
-        &[],
-        &[],
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--no-new-privs",
-            &format!("--inh-caps={caps}"),
-            &format!("--ambient-caps={caps}"),
-            &format!("--bounding-set={caps}"),
-            "--",
-        ],
+    let extra = format!(
+        "[control]\nsocket = \"{}/control.sock\"\n[drain]\nrestart_marker = \"{}/restart\"",
+        dir.display(),
+        dir.display()
     );
+    let spec = Spec::new().extra(extra).wrap(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--no-new-privs",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+        &format!("--bounding-set={caps}"),
+        "--",
+    ]);
+    f.spawn("a", inst.clone(), spec).unwrap();
     // systemd's notify socket is writable by every user of the service; so is this one.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&agent.notify.path, std::fs::Permissions::from_mode(0o777)).unwrap();
-    agent.wait_ready().await;
+    let notify = &f.agent("a").notify.path;
+    std::fs::set_permissions(notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    f.ready("a").await.unwrap();
 
-    let pid = agent.child.id().expect("running");
+    let pid = f.agent("a").pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |name: &str| {
         status
@@ -348,9 +369,9 @@ async fn an_unprivileged_user_with_two_capabilities_runs_the_whole_boot() {
     assert_eq!(field("CapBnd:"), "0000000000003000", "{status}");
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
 
-    let a = e.sc.zone("a");
+    let a = f.zone("a");
     assert_eq!(
-        e.route("a", "0.0.0.0/0").await,
+        f.route("a", "0.0.0.0/0").await.unwrap(),
         (a.eni_id.clone(), "active".to_owned())
     );
     let ns = inst.ns.as_deref().unwrap();
@@ -364,10 +385,10 @@ async fn an_unprivileged_user_with_two_capabilities_runs_the_whole_boot() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
-    let stream = e.lab.stream_start("a", 100).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let report = e.lab.stream_stop(stream).await.unwrap();
-    assert_eq!(report.lost, 0, "{report:?}\n{}", agent.log());
+    let stream = f.lab.stream_start("a", 100).await.unwrap();
+    tokio::time::sleep(secs(2)).await;
+    let report = f.lab.stream_stop(stream).await.unwrap();
+    assert_eq!(report.lost, 0, "{report:?}\n{}", f.log("a"));
     // The operator's socket: owned by the service user, mode 0600 (root still gets in).
     let meta = std::fs::metadata(dir.join("control.sock")).unwrap();
     use std::os::unix::fs::MetadataExt;

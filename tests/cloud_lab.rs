@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use gateway_agent::cloud::{
     self, AsgInstance, Autoscaling, CloudError, Ec2, EniStatus, Health, InstanceState,
-    LifecycleResult, LifecycleTransition, RouteState, RouteTable, RouteTarget, SdkAutoscaling,
-    SdkEc2,
+    LifecycleResult, LifecycleTransition, Route, RouteState, RouteTable, RouteTarget,
+    SdkAutoscaling, SdkEc2,
 };
+use gateway_lab::fleet::Fleet;
 use gateway_lab::{Fault, Lab, REGION, Scenario, ScenarioOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -21,16 +22,9 @@ struct Env {
     asg: SdkAutoscaling,
 }
 
+/// The lab's fleet fixture without agents, and the adapters on its endpoint.
 async fn env() -> Env {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the lab tests need root (network namespaces)"
-    );
-    let mut lab = Lab::start().expect("lab starts");
-    let sc = lab
-        .scenario(&ScenarioOptions::default())
-        .await
-        .expect("scenario builds");
+    let Fleet { lab, sc, .. } = Fleet::new(&ScenarioOptions::default()).await.unwrap();
     let conf = cloud::load_with_credentials(REGION, Some(&lab.info.endpoint), "lab", "lab").await;
     Env {
         ec2: SdkEc2::new(&conf),
@@ -61,6 +55,15 @@ async fn table(ec2: &SdkEc2, rtb: &str) -> RouteTable {
     let mut tables = ec2.describe_route_tables(&[rtb]).await.unwrap();
     assert_eq!(tables.len(), 1, "{tables:?}");
     tables.remove(0)
+}
+
+/// `rtb`'s 0.0.0.0/0, read back through the adapter.
+async fn default_route(ec2: &SdkEc2, rtb: &str) -> Route {
+    table(ec2, rtb)
+        .await
+        .route("0.0.0.0/0")
+        .cloned()
+        .expect("a default route")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,11 +200,7 @@ async fn route_tables_by_tags_routes_move_and_tags_read_back() {
     ec2.attach_eni(&a.eni_id, &inst_a.instance_id, 1)
         .await
         .unwrap();
-    let default = table(&ec2, &a.route_table_id)
-        .await
-        .route("0.0.0.0/0")
-        .cloned()
-        .unwrap();
+    let default = default_route(&ec2, &a.route_table_id).await;
     assert_eq!(
         (default.target, default.state),
         (RouteTarget::Eni(a.eni_id.clone()), RouteState::Active)
@@ -211,11 +210,7 @@ async fn route_tables_by_tags_routes_move_and_tags_read_back() {
     ec2.replace_route(&a.route_table_id, "0.0.0.0/0", &b.eni_id)
         .await
         .unwrap();
-    let default = table(&ec2, &a.route_table_id)
-        .await
-        .route("0.0.0.0/0")
-        .cloned()
-        .unwrap();
+    let default = default_route(&ec2, &a.route_table_id).await;
     assert_eq!(
         (default.target, default.state),
         (RouteTarget::Eni(b.eni_id.clone()), RouteState::Blackhole)
@@ -224,11 +219,7 @@ async fn route_tables_by_tags_routes_move_and_tags_read_back() {
         .await
         .unwrap();
     assert_eq!(
-        table(&ec2, &a.route_table_id)
-            .await
-            .route("0.0.0.0/0")
-            .unwrap()
-            .state,
+        default_route(&ec2, &a.route_table_id).await.state,
         RouteState::Active
     );
 
@@ -376,15 +367,9 @@ async fn throttling_is_absorbed_and_5xx_surfaces_as_retryable() {
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
 
     // An attempt that hangs is cut at ATTEMPT_TIMEOUT and tried again.
-    lab.inject(&Fault {
-        action: Some("DescribeRouteTables".into()),
-        kind: "latency".into(),
-        count: Some(1),
-        latency_ms: 5_000,
-        status: None,
-    })
-    .await
-    .unwrap();
+    lab.inject(&Fault::latency("DescribeRouteTables", 5_000, Some(1)))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let t = table(&ec2, &a.route_table_id).await;
     let took = started.elapsed();
@@ -394,15 +379,9 @@ async fn throttling_is_absorbed_and_5xx_surfaces_as_retryable() {
         "{took:?}"
     );
 
-    lab.inject(&Fault {
-        action: Some("ReplaceRoute".into()),
-        kind: "throttle".into(),
-        count: Some(2),
-        latency_ms: 0,
-        status: None,
-    })
-    .await
-    .unwrap();
+    lab.inject(&Fault::burst("throttle", Some("ReplaceRoute"), Some(2)))
+        .await
+        .unwrap();
     ec2.replace_route(&a.route_table_id, "0.0.0.0/0", &b.eni_id)
         .await
         .expect("two throttled attempts are retried by the SDK");
@@ -411,22 +390,16 @@ async fn throttling_is_absorbed_and_5xx_surfaces_as_retryable() {
         "both throttles were used"
     );
     assert_eq!(
-        table(&ec2, &a.route_table_id)
-            .await
-            .route("0.0.0.0/0")
-            .unwrap()
-            .target,
+        default_route(&ec2, &a.route_table_id).await.target,
         RouteTarget::Eni(b.eni_id.clone())
     );
 
     // Auto Scaling throttles with a 400 `Throttling`: absorbed the same way.
-    lab.inject(&Fault {
-        action: Some("DescribeAutoScalingInstances".into()),
-        kind: "throttle".into(),
-        count: Some(2),
-        latency_ms: 0,
-        status: None,
-    })
+    lab.inject(&Fault::burst(
+        "throttle",
+        Some("DescribeAutoScalingInstances"),
+        Some(2),
+    ))
     .await
     .unwrap();
     assert!(asg.asg_instance(&inst.instance_id).await.unwrap().is_some());
@@ -437,15 +410,9 @@ async fn throttling_is_absorbed_and_5xx_surfaces_as_retryable() {
             .is_none()
     );
 
-    lab.inject(&Fault {
-        action: Some("ReplaceRoute".into()),
-        kind: "5xx".into(),
-        count: Some(10),
-        latency_ms: 0,
-        status: None,
-    })
-    .await
-    .unwrap();
+    lab.inject(&Fault::burst("5xx", Some("ReplaceRoute"), Some(10)))
+        .await
+        .unwrap();
     let started = std::time::Instant::now();
     let err = expect_err(
         ec2.replace_route(&a.route_table_id, "0.0.0.0/0", &a.eni_id)
@@ -469,11 +436,7 @@ async fn throttling_is_absorbed_and_5xx_surfaces_as_retryable() {
     );
     // Nothing changed.
     assert_eq!(
-        table(&ec2, &a.route_table_id)
-            .await
-            .route("0.0.0.0/0")
-            .unwrap()
-            .target,
+        default_route(&ec2, &a.route_table_id).await.target,
         RouteTarget::Eni(b.eni_id.clone())
     );
 }

@@ -7,13 +7,14 @@
 //! (a restart) and measured the same way: it should write nothing.
 
 use std::collections::BTreeMap;
-use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use gateway_lab::{Lab, ScenarioOptions, WRITE_ACTIONS, percentile};
+use gateway_lab::agent::Spec;
+use gateway_lab::fleet::{Failure, Fleet};
+use gateway_lab::{ScenarioOptions, WRITE_ACTIONS, percentile};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Boot {
     log: String,
@@ -22,126 +23,54 @@ struct Boot {
     calls: BTreeMap<String, usize>,
 }
 
-/// Start the agent inside `ns` with its output in `log` and READY=1 sent to the socket `notify`.
-pub(crate) fn spawn(
-    agent: &str,
-    ns: &str,
-    config: &str,
-    notify: &str,
-    log: &str,
-) -> Result<Child, String> {
-    let out = std::fs::File::create(log).map_err(|e| format!("{log}: {e}"))?;
-    let err = out.try_clone().map_err(|e| format!("{log}: {e}"))?;
-    Command::new("ip")
-        .args(["netns", "exec", ns, agent, "run", "--config", config])
-        .envs(Lab::instance_env())
-        .env("NOTIFY_SOCKET", notify)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("start {agent}: {e}"))
-}
-
-/// One agent start, measured until READY=1; the agent keeps running (returned).
-async fn boot(
-    lab: &Lab,
-    agent: &str,
-    ns: &str,
-    config: &str,
-    tag: &str,
-) -> Result<(Boot, Child), String> {
-    let dir = &lab.info.run_dir;
-    let notify = format!("{dir}/bench-{tag}.notify");
-    let log = format!("{dir}/bench-{tag}.log");
-    let _ = std::fs::remove_file(&notify);
-    let socket = UnixDatagram::bind(&notify).map_err(|e| format!("bind {notify}: {e}"))?;
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .map_err(|e| e.to_string())?;
-    let before = lab.api_calls().await.map_err(|e| e.to_string())?.len();
-    let started = Instant::now();
-    let mut child = spawn(agent, ns, config, &notify, &log)?;
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Ok(n) = socket.recv(&mut buf)
-            && String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-        {
-            break;
-        }
-        if started.elapsed() > READY_TIMEOUT
-            || child.try_wait().map_err(|e| e.to_string())?.is_some()
-        {
-            let _ = child.kill();
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!(
-                "no READY=1 within {READY_TIMEOUT:?}; agent log:\n{text}"
-            ));
-        }
+/// One agent start on zone A's instance, measured until READY=1, then killed.
+async fn boot(f: &mut Fleet, tag: &str) -> Result<Boot, Failure> {
+    let inst = f.instance_within("a", INSTANCE_TIMEOUT).await?;
+    let before = f.lab.api_calls().await?.len();
+    f.spawn("a", inst, Spec::new().name(format!("bench-{tag}")))?;
+    let agent = f.agent_mut("a");
+    let ready = agent.wait_ready(READY_TIMEOUT).await;
+    let to_ready = agent
+        .notify
+        .ready_at()
+        .map(|at| at.duration_since(agent.started));
+    agent.kill().await;
+    let text = agent.log();
+    if let Err(e) = ready {
+        return Err(Failure(format!("{e}; agent log:\n{text}")));
     }
-    let to_ready = started.elapsed();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
     let after_attach_ms = text
         .split("after_attach_ms=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|v| v.parse().ok());
     let mut by_action = BTreeMap::new();
-    for action in lab
-        .api_calls()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .skip(before)
-    {
+    for action in f.lab.api_calls().await?.into_iter().skip(before) {
         *by_action.entry(action).or_insert(0) += 1;
     }
-    Ok((
-        Boot {
-            log: text.clone(),
-            to_ready,
-            after_attach_ms,
-            calls: by_action,
-        },
-        child,
-    ))
+    Ok(Boot {
+        log: text,
+        to_ready: to_ready.unwrap_or_default(),
+        after_attach_ms,
+        calls: by_action,
+    })
 }
 
 pub async fn run(agent: &str, runs: usize, show_logs: bool) -> Result<(), String> {
-    let s = |e: gateway_lab::LabError| e.to_string();
     // GATEWAY_LAB_PROFILE reaches labd through the environment.
     println!("lab profile: {}", gateway_lab::profile());
-    let mut lab = Lab::start().map_err(s)?;
+    let opts = ScenarioOptions::default();
+    let mut f = Fleet::new(&opts).await?;
+    f.bin = agent.to_owned();
+    f.sockets = false;
     let mut first = Vec::new();
     let mut restart = Vec::new();
     for run in 0..runs {
         if run > 0 {
-            lab.reset().await.map_err(s)?;
+            f.rebuild(&opts).await?;
         }
-        let sc = lab.scenario(&ScenarioOptions::default()).await.map_err(s)?;
-        let zone = sc.zone("a").clone();
-        let inst = lab
-            .wait_instance(&zone.az, Duration::from_secs(10))
-            .await
-            .map_err(s)?;
-        let ns = inst.ns.clone().ok_or("instance without a namespace")?;
-        let config = format!("{}/bench.toml", lab.info.run_dir);
-        std::fs::write(
-            &config,
-            format!("version = 1\n[group]\nname = \"{}\"\n", sc.group),
-        )
-        .map_err(|e| format!("{config}: {e}"))?;
-        let (b, mut child) = boot(&lab, agent, &ns, &config, &format!("{run}-boot")).await?;
-        let _ = child.kill();
-        let _ = child.wait();
-        first.push(b);
-        let (b, mut child) = boot(&lab, agent, &ns, &config, &format!("{run}-restart")).await?;
-        let _ = child.kill();
-        let _ = child.wait();
-        restart.push(b);
+        first.push(boot(&mut f, &format!("{run}-boot")).await?);
+        restart.push(boot(&mut f, &format!("{run}-restart")).await?);
     }
     println!(
         "gateway-agent boot in the lab ({runs} runs; ENI free, route blackholed, launch hook waiting)"

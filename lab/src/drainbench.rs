@@ -18,15 +18,18 @@
 //! but the upgrade's includes `drain.grace_s`. A lost packet is dated by sampling the running
 //! stream's count, so a loss at the hand-over can be told from one at the exit.
 
-use std::os::unix::net::UnixDatagram;
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use gateway_lab::{Lab, Scenario, ScenarioOptions, percentile};
+use gateway_lab::agent::Spec;
+use gateway_lab::fleet::{Failure, Fleet, ROUTE_WRITES, rfc3339, unix_secs};
+use gateway_lab::report::{Align, Table, log_figure, ms, p50_max, strip_ansi};
+use gateway_lab::{Instance, Lab, Scenario, ScenarioOptions};
+use nix::sys::signal::Signal;
 
-use crate::failbench::{field, fresh, lab_err, ns_of, number, strip_ansi};
+use crate::failbench::fresh;
 
 const STREAM_RATE: u32 = 100;
 /// Both agents have probed each other and answered /health before the stream starts.
@@ -44,13 +47,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Trigger → the end of the sequence (exit, and for a refresh or an upgrade the new agent up):
 /// a stuck run is reported, not waited on.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(5);
 /// How often a running stream's loss is sampled, to date a lost packet: often enough to tell the
 /// hand-over from the exit, seldom enough to leave labd (which also sends the stream) alone.
 const LOSS_SAMPLE: Duration = Duration::from_millis(50);
 /// labd keeps the last this many API calls: a window that reaches it cannot be counted.
 const API_CALLS_KEPT: usize = 20_000;
-const ROUTE_WRITES: &[&str] = &["ReplaceRoute", "CreateRoute", "DeleteRoute"];
 
 pub struct Options {
     pub agent: String,
@@ -125,97 +126,6 @@ struct Run {
     logs: Vec<(String, String)>,
 }
 
-/// An agent process, its log, and everything it sent to its notify socket.
-struct Agent {
-    name: String,
-    child: Child,
-    log: String,
-    messages: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Agent {
-    /// Start the agent in `ns` with its own config, log and notify socket under the lab's run
-    /// directory. The socket is read for the agent's whole life, as systemd does: an unread one
-    /// fills after net.unix.max_dgram_qlen datagrams and then blocks the agent's sd_notify.
-    fn start(lab: &Lab, agent: &str, ns: &str, name: &str, config: &str) -> Result<Agent, String> {
-        let dir = &lab.info.run_dir;
-        let path = format!("{dir}/{name}.toml");
-        std::fs::write(&path, config).map_err(|e| format!("{path}: {e}"))?;
-        let notify = format!("{dir}/{name}.notify");
-        let log = format!("{dir}/{name}.log");
-        let _ = std::fs::remove_file(&notify);
-        let socket = UnixDatagram::bind(&notify).map_err(|e| format!("bind {notify}: {e}"))?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .map_err(|e| format!("{notify}: {e}"))?;
-        let child = crate::bootbench::spawn(agent, ns, &path, &notify, &log)?;
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (sink, stopped) = (Arc::clone(&messages), Arc::clone(&stop));
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while !stopped.load(Ordering::Relaxed) {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(text);
-                }
-            }
-        });
-        Ok(Agent {
-            name: name.to_string(),
-            child,
-            log,
-            messages,
-            stop,
-            reader: Some(reader),
-            exited: None,
-        })
-    }
-
-    fn ready(&self) -> bool {
-        self.messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|m| m.lines().any(|l| l == "READY=1"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().ok().flatten();
-        }
-        self.exited
-    }
-
-    fn sigterm(&self) -> Result<(), String> {
-        use nix::sys::signal::{Signal, kill};
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(i32::MAX));
-        kill(pid, Signal::SIGTERM).map_err(|e| format!("SIGTERM {}: {e}", self.name))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SIGKILL, not SIGTERM: a stopping agent hands its routes over, which is no part of the
-        // cleanup.
-        if self.poll_exit().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-    }
-}
-
 /// Samples of a running stream's `lost` (sent less delivered so far): a packet in flight counts
 /// for a moment, a lost one for good.
 struct LossWatch {
@@ -271,71 +181,6 @@ fn signed_ms(t: Instant, t0: Instant) -> f64 {
     }
 }
 
-/// Wait for READY=1 from every agent; an agent that exits first, or the deadline, is an error.
-async fn wait_ready(agents: &mut [&mut Agent], deadline: Instant) -> Result<(), String> {
-    loop {
-        let mut all = true;
-        for a in agents.iter_mut() {
-            if a.ready() {
-                continue;
-            }
-            all = false;
-            if let Some(status) = a.poll_exit() {
-                return Err(format!("{} exited ({status}) before READY=1", a.name));
-            }
-        }
-        if all {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let late: Vec<&str> = agents
-                .iter()
-                .filter(|a| !a.ready())
-                .map(|a| a.name.as_str())
-                .collect();
-            return Err(format!("no READY=1 from {} in time", late.join(", ")));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn wait_exit(agent: &mut Agent, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        if let Some(status) = agent.poll_exit() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// Zone A's 0.0.0.0/0: the ENI it points at and its state.
-async fn route_a(lab: &Lab, sc: &Scenario) -> Result<(String, String), String> {
-    let table = &sc.zone("a").route_table_id;
-    let out = lab
-        .ec2()
-        .describe_route_tables()
-        .route_table_ids(table)
-        .send()
-        .await
-        .map_err(|e| format!("DescribeRouteTables {table}: {e:?}"))?;
-    let route = out
-        .route_tables()
-        .iter()
-        .flat_map(|t| t.routes())
-        .find(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
-        .ok_or_else(|| format!("no 0.0.0.0/0 in {table}"))?;
-    Ok((
-        route.network_interface_id().unwrap_or("").to_string(),
-        route
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-    ))
-}
-
 fn eni_name(sc: &Scenario, eni: &str) -> String {
     ["a", "b"]
         .into_iter()
@@ -346,39 +191,9 @@ fn eni_name(sc: &Scenario, eni: &str) -> String {
         )
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds (the civil calendar of tests/exits.rs).
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// `drain_ms` of the agent's `drain complete` line.
 fn drain_ms(log: &str) -> Option<f64> {
-    log.lines()
-        .map(strip_ansi)
-        .find(|l| l.contains("drain complete"))
-        .and_then(|l| field(&l, "drain_ms").and_then(number))
+    log_figure(log, "drain complete", "drain_ms")
 }
 
 /// The lines of a log from a little before the exit was noticed to a little after the drain: what
@@ -404,78 +219,30 @@ fn ms_since(t0: Instant) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3
 }
 
-async fn trigger(lab: &Lab, event: Event, agent: &Agent, instance: &str) -> Result<(), String> {
+/// The time left until `deadline`.
+fn left(deadline: Instant) -> Duration {
+    deadline.saturating_duration_since(Instant::now())
+}
+
+/// Announces `event` to the agent of gateway `a` (its instance `instance`).
+async fn trigger(f: &Fleet, event: Event, a: usize, instance: &str) -> Result<(), Failure> {
     match event {
-        Event::Sigterm | Event::RestartMarker => agent.sigterm(),
-        Event::Spot => {
-            let notice = format!(
-                r#"{{"action": "terminate", "time": "{}"}}"#,
-                rfc3339(unix_secs() + 120)
-            );
-            lab.imds_set(instance, "spot/instance-action", Some(&notice))
-                .await
-                .map_err(lab_err)
-        }
+        Event::Sigterm | Event::RestartMarker => f.gateways[a].agent.signal(Signal::SIGTERM),
+        Event::Spot => f.spot_notice(instance).await,
         Event::Rebalance => {
             let notice = format!(r#"{{"noticeTime": "{}"}}"#, rfc3339(unix_secs()));
-            lab.imds_set(instance, "events/recommendations/rebalance", Some(&notice))
-                .await
-                .map_err(lab_err)
+            f.lab
+                .imds_set(instance, "events/recommendations/rebalance", Some(&notice))
+                .await?;
+            Ok(())
         }
-        Event::AsgTermination => lab.terminate_in_group(instance).await,
-    }
-}
-
-/// The running instance of zone A that is not `old`: the group's replacement.
-async fn replacement(
-    lab: &Lab,
-    sc: &Scenario,
-    old: &str,
-    deadline: Instant,
-) -> Result<gateway_lab::Instance, String> {
-    let az = &sc.zone("a").az;
-    loop {
-        let found = lab
-            .instances()
-            .await
-            .map_err(lab_err)?
-            .into_iter()
-            .find(|i| {
-                i.state == "running" && i.az == *az && i.ns.is_some() && i.instance_id != old
-            });
-        if let Some(i) = found {
-            return Ok(i);
-        }
-        if Instant::now() >= deadline {
-            return Err("no replacement instance in zone A".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_route_back(lab: &Lab, sc: &Scenario, deadline: Instant) -> Result<(), String> {
-    let eni = &sc.zone("a").eni_id;
-    loop {
-        let (at, state) = route_a(lab, sc).await?;
-        if at == *eni && state == "active" {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "zone A's route still on {} ({state})",
-                eni_name(sc, &at)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        Event::AsgTermination => Ok(f.lab.terminate_in_group(instance).await?),
     }
 }
 
 /// What the steps of one run share.
-struct Ctx<'a> {
-    lab: &'a Lab,
-    agent: &'a str,
+struct Ctx {
     event: Event,
-    sc: &'a Scenario,
     /// `drain-<event>-<run>`: the prefix of the run's agents' files.
     tag: String,
     /// The upgrade's restart marker; only A's agents (old and new) of a restart-marker run use it.
@@ -483,102 +250,100 @@ struct Ctx<'a> {
     phase: Duration,
 }
 
-impl Ctx<'_> {
-    /// Start agent `who` (a, b, a2) in `ns`. Every agent gets a marker path of its own: the
-    /// default /run/gateway-agent/restart is shared by every agent on this host, and one left there
-    /// by anything else would turn a SIGTERM drain into a plain exit.
-    fn start(&self, ns: &str, who: &str) -> Result<Agent, String> {
-        let dir = &self.lab.info.run_dir;
+impl Ctx {
+    /// Start agent `who` (a, b, a2) on `inst` in `zone`; answers its gateway's index. Every agent
+    /// gets a marker path of its own: the default /run/gateway-agent/restart is shared by every
+    /// agent on this host, and one left there by anything else would turn a SIGTERM drain into a
+    /// plain exit.
+    fn start(
+        &self,
+        f: &mut Fleet,
+        zone: &str,
+        inst: Instance,
+        who: &str,
+    ) -> Result<usize, Failure> {
         let name = format!("{}-{who}", self.tag);
         let marker = if self.event == Event::RestartMarker && who.starts_with('a') {
             self.marker.clone()
         } else {
-            format!("{dir}/{name}.no-restart")
+            format!("{}/{name}.no-restart", f.lab.info.run_dir)
         };
-        let config = format!(
-            "version = 1\n[group]\nname = \"{}\"\n[drain]\ngrace_s = 1\nrestart_marker = \"{marker}\"\n\
-             [control]\nsocket = \"{dir}/{name}.sock\"\n",
-            self.sc.group
-        );
-        Agent::start(self.lab, self.agent, ns, &name, &config)
+        let extra = format!("[drain]\ngrace_s = 1\nrestart_marker = \"{marker}\"");
+        f.spawn(zone, inst, Spec::new().name(name).extra(extra))
     }
 }
 
 /// One run: a fresh VPC, agents in both zones, the stream, the event, the sequence after it.
-async fn one_run(lab: &mut Lab, opts: &Options, event: Event, n: usize, first: bool) -> Run {
+async fn one_run(f: &mut Fleet, opts: &Options, event: Event, n: usize, first: bool) -> Run {
     let mut run = Run {
         phase: phase(n, opts.runs),
         ..Run::default()
     };
-    if let Err(e) = measure(lab, opts, event, n, first, &mut run).await {
-        run.failed = Some(e);
+    if let Err(e) = measure(f, event, n, first, &mut run).await {
+        run.failed = Some(e.0);
     }
     run
 }
 
 /// An Err is a run that could not be set up or measured (or the lab failing), not a finding.
 async fn measure(
-    lab: &mut Lab,
-    opts: &Options,
+    f: &mut Fleet,
     event: Event,
     n: usize,
     first: bool,
     run: &mut Run,
-) -> Result<(), String> {
-    let (sc, [ia, ib], _) = fresh(lab, first, &ScenarioOptions::default()).await?;
+) -> Result<(), Failure> {
+    let [ia, ib] = fresh(f, first, &ScenarioOptions::default()).await?;
     let tag = format!("drain-{}-{n}", event.name());
     let cx = Ctx {
-        lab,
-        agent: &opts.agent,
         event,
-        marker: format!("{}/{tag}.restart", lab.info.run_dir),
-        sc: &sc,
+        marker: format!("{}/{tag}.restart", f.lab.info.run_dir),
         tag,
         phase: run.phase,
     };
     let _ = std::fs::remove_file(&cx.marker);
-    let mut a = cx.start(&ns_of(&ia)?, "a")?;
-    let mut b = cx.start(&ns_of(&ib)?, "b")?;
-    let mut a2: Option<Agent> = None;
-    let result = sequence(&cx, &mut a, &mut b, &mut a2, run).await;
-    for agent in [Some(&a), Some(&b), a2.as_ref()].into_iter().flatten() {
-        run.logs
-            .push((format!("{} ({})", agent.name, agent.log), agent.log()));
+    let a = cx.start(f, "a", ia, "a")?;
+    let b = cx.start(f, "b", ib, "b")?;
+    let result = sequence(f, &cx, [a, b], run).await;
+    for g in &f.gateways {
+        let name = format!("{} ({})", g.agent.name, g.agent.log_path.display());
+        run.logs.push((name, g.agent.log()));
     }
     let _ = std::fs::remove_file(&cx.marker);
+    // SIGKILL, not SIGTERM: a stopping agent hands its routes over, which is no part of the
+    // cleanup.
+    f.kill_all().await;
     result
 }
 
+/// The sequence of a run, gateways `a` and `b` started.
 async fn sequence(
-    cx: &Ctx<'_>,
-    a: &mut Agent,
-    b: &mut Agent,
-    a2: &mut Option<Agent>,
+    f: &mut Fleet,
+    cx: &Ctx,
+    [a, b]: [usize; 2],
     run: &mut Run,
-) -> Result<(), String> {
-    let (lab, sc) = (cx.lab, cx.sc);
-    wait_ready(&mut [&mut *a, &mut *b], Instant::now() + READY_TIMEOUT).await?;
-    tokio::time::sleep(SETTLE).await;
-    let (eni, state) = route_a(lab, sc).await?;
-    if eni != sc.zone("a").eni_id || state != "active" {
-        return Err(format!(
-            "before the trigger zone A's route is on {} ({state})",
-            eni_name(sc, &eni)
-        ));
+) -> Result<(), Failure> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for g in [a, b] {
+        f.gateways[g].agent.wait_ready(left(deadline)).await?;
     }
-    let instance = lab
-        .instance_in(&sc.zone("a").az)
-        .await
-        .map_err(lab_err)?
-        .instance_id;
+    tokio::time::sleep(SETTLE).await;
+    let (eni, state) = f.route("a", "0.0.0.0/0").await?;
+    if eni != f.eni("a") || state != "active" {
+        return Err(Failure(format!(
+            "before the trigger zone A's route is on {} ({state})",
+            eni_name(&f.sc, &eni)
+        )));
+    }
+    let instance = f.gateways[a].inst.instance_id.clone();
     if cx.event == Event::RestartMarker {
         std::fs::write(&cx.marker, "").map_err(|e| format!("{}: {e}", cx.marker))?;
     }
-    let stream = lab.stream_start("a", STREAM_RATE).await.map_err(lab_err)?;
-    let watch = LossWatch::start(&lab.info, stream);
-    let measured = during_stream(cx, a, a2, &instance, run).await;
+    let stream = f.lab.stream_start("a", STREAM_RATE).await?;
+    let watch = LossWatch::start(&f.lab.info, stream);
+    let measured = during_stream(f, cx, a, &instance, run).await;
     let samples = watch.finish().await;
-    let report = lab.stream_stop(stream).await.map_err(lab_err)?;
+    let report = f.lab.stream_stop(stream).await?;
     (run.sent, run.lost, run.gap_ms) = (report.sent, report.lost, report.longest_gap_ms);
     measured?;
     if run.lost > 0 {
@@ -600,14 +365,15 @@ async fn sequence(
             if when.is_empty() { "the stream's stop".to_string() } else { when.join(", ") }
         ));
     }
+    let log_a = f.gateways[a].agent.log();
     if cx.event.drains() {
-        run.drain_ms = drain_ms(&a.log());
+        run.drain_ms = drain_ms(&log_a);
         if run.drain_ms.is_none() {
             run.trouble
                 .push("agent A logged no `drain complete` with drain_ms".into());
         }
     } else {
-        if !a.log().contains("restart marker present") {
+        if !log_a.contains("restart marker present") {
             run.trouble
                 .push("agent A did not log `restart marker present`".into());
         }
@@ -616,7 +382,7 @@ async fn sequence(
                 .push("the new agent left the restart marker in place".into());
         }
     }
-    if b.poll_exit().is_some() {
+    if f.gateways[b].agent.try_exit().is_some() {
         run.trouble.push("agent B exited".into());
     }
     Ok(())
@@ -624,20 +390,20 @@ async fn sequence(
 
 /// From the lead-in to the tail of the stream; the caller stops the stream whatever happens.
 async fn during_stream(
-    cx: &Ctx<'_>,
-    a: &mut Agent,
-    a2: &mut Option<Agent>,
+    f: &mut Fleet,
+    cx: &Ctx,
+    a: usize,
     instance: &str,
     run: &mut Run,
-) -> Result<(), String> {
-    let (lab, sc, event) = (cx.lab, cx.sc, cx.event);
+) -> Result<(), Failure> {
+    let event = cx.event;
     tokio::time::sleep(LEAD_IN + cx.phase).await;
-    let before = lab.api_calls().await.map_err(lab_err)?.len();
+    let before = f.lab.api_calls().await?.len();
     let t0 = Instant::now();
     run.trigger = Some(t0);
     let deadline = t0 + RUN_TIMEOUT;
-    trigger(lab, event, a, instance).await?;
-    run.exit = wait_exit(a, deadline).await;
+    trigger(f, event, a, instance).await?;
+    run.exit = f.gateways[a].agent.wait_exit(left(deadline)).await.ok();
     match run.exit {
         Some(status) => {
             run.exit_ms = Some(ms_since(t0));
@@ -654,42 +420,45 @@ async fn during_stream(
         )),
     }
     let comeback = match event {
-        Event::AsgTermination if run.exit.is_some() => Some(
-            replacement(lab, sc, instance, deadline)
-                .await
-                .and_then(|i| ns_of(&i)),
-        ),
+        Event::AsgTermination if run.exit.is_some() => {
+            Some(f.replacement("a", instance, left(deadline)).await)
+        }
         Event::RestartMarker if run.exit.is_some() => Some(
-            lab.instance_in(&sc.zone("a").az)
+            f.lab
+                .instance_in(&f.zone("a").az)
                 .await
-                .map_err(lab_err)
-                .and_then(|i| ns_of(&i)),
+                .map_err(Failure::from),
         ),
         _ => None,
     };
     match comeback {
         None => {}
-        Some(Err(e)) => run.trouble.push(e),
-        Some(Ok(ns)) => {
-            let agent = a2.insert(cx.start(&ns, "a2")?);
-            match wait_ready(&mut [agent], deadline).await {
-                Err(e) => run.trouble.push(e),
+        Some(Err(e)) => run.trouble.push(e.0),
+        Some(Ok(inst)) => {
+            let a2 = cx.start(f, "a", inst, "a2")?;
+            match f.gateways[a2].agent.wait_ready(left(deadline)).await {
+                Err(e) => run.trouble.push(e.0),
                 Ok(()) if event == Event::RestartMarker => run.back_ms = Some(ms_since(t0)),
-                Ok(()) => match wait_route_back(lab, sc, deadline).await {
+                Ok(()) => match f.wait_route("a", "a", left(deadline)).await {
                     Ok(()) => run.back_ms = Some(ms_since(t0)),
-                    Err(e) => run.trouble.push(e),
+                    Err(_) => {
+                        let (at, state) = f.route("a", "0.0.0.0/0").await?;
+                        run.trouble.push(format!(
+                            "zone A's route still on {} ({state})",
+                            eni_name(&f.sc, &at)
+                        ));
+                    }
                 },
             }
         }
     }
     tokio::time::sleep(TAIL).await;
-    finish(cx, before, run).await
+    finish(f, cx, before, run).await
 }
 
 /// Where A's route ended, and the route writes since just before the trigger.
-async fn finish(cx: &Ctx<'_>, before: usize, run: &mut Run) -> Result<(), String> {
-    let (lab, sc) = (cx.lab, cx.sc);
-    let after = lab.api_calls().await.map_err(lab_err)?;
+async fn finish(f: &Fleet, cx: &Ctx, before: usize, run: &mut Run) -> Result<(), Failure> {
+    let after = f.lab.api_calls().await?;
     // labd keeps a bounded list: once it is full, an index no longer marks a moment.
     if after.len() < API_CALLS_KEPT && after.len() >= before {
         let writes = after[before..]
@@ -702,10 +471,10 @@ async fn finish(cx: &Ctx<'_>, before: usize, run: &mut Run) -> Result<(), String
                 .push(format!("{writes} route writes across the restart"));
         }
     }
-    let (eni, state) = route_a(lab, sc).await?;
-    let want = sc.zone(if cx.event.ends_on_a() { "a" } else { "b" });
+    let (eni, state) = f.route("a", "0.0.0.0/0").await?;
+    let want = f.zone(if cx.event.ends_on_a() { "a" } else { "b" });
     run.route_ok = eni == want.eni_id && state == "active";
-    run.route_end = format!("{} ({state})", eni_name(sc, &eni));
+    run.route_end = format!("{} ({state})", eni_name(&f.sc, &eni));
     if !run.route_ok {
         run.trouble.push(format!(
             "zone A's route ended on {}, not {}'s ENI",
@@ -714,10 +483,6 @@ async fn finish(cx: &Ctx<'_>, before: usize, run: &mut Run) -> Result<(), String
         ));
     }
     Ok(())
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.0} ms"))
 }
 
 fn print_run(event: Event, i: usize, r: &Run) {
@@ -766,32 +531,20 @@ fn phase(i: usize, n: usize) -> Duration {
     IMDS_POLL * at / slices
 }
 
-/// `p50/max` of a sample, or n/a.
-fn p50_max(samples: &[f64]) -> String {
-    if samples.is_empty() {
-        return "n/a".into();
-    }
-    format!(
-        "{:.0}/{:.0}",
-        percentile(samples, 50.0),
-        percentile(samples, 100.0)
-    )
-}
-
 fn table(results: &[(Event, Vec<Run>)]) {
-    println!(
-        "{:<16} {:>4} {:>8} {:>8} {:>12} {:>14} {:>15} {:>10} {:>15} {:>15}",
-        "event",
-        "runs",
-        "lost sum",
-        "lost max",
-        "gap p50/max",
-        "drain p50/max",
-        "->exit p50/max",
-        "routes ok",
-        "writes p50/max",
-        "->back p50/max"
-    );
+    let right = |head: &'static str, least: usize| (head, Align::Right, least);
+    let mut table = Table::new(&[
+        ("event", Align::Left, 16),
+        right("runs", 4),
+        right("lost sum", 8),
+        right("lost max", 8),
+        right("gap p50/max", 12),
+        right("drain p50/max", 14),
+        right("->exit p50/max", 15),
+        right("routes ok", 10),
+        right("writes p50/max", 15),
+        right("->back p50/max", 15),
+    ]);
     for (event, runs) in results {
         let ok: Vec<&Run> = runs.iter().filter(|r| r.failed.is_none()).collect();
         let pick =
@@ -809,9 +562,8 @@ fn table(results: &[(Event, Vec<Run>)]) {
         } else {
             format!("{}/{}", ok.len(), runs.len())
         };
-        println!(
-            "{:<16} {:>4} {:>8} {:>8} {:>12} {:>14} {:>15} {:>10} {:>15} {:>15}",
-            event.name(),
+        table.row(vec![
+            event.name().into(),
             runs_col,
             if ok.is_empty() {
                 "n/a".into()
@@ -825,8 +577,9 @@ fn table(results: &[(Event, Vec<Run>)]) {
             format!("{routes}/{}", runs.len()),
             p50_max(&pick(|r| r.writes.map(|w| w as f64))),
             back,
-        );
+        ]);
     }
+    println!("{}", table.plain());
     println!(
         "(ms; gap: the client's longest gap between two delivered packets, 10 ms at {STREAM_RATE}/s \
          without loss; drain: the agent's drain_ms; ->exit: trigger -> agent A's process gone; \
@@ -872,13 +625,14 @@ pub async fn run(opts: Options) -> Result<(), String> {
     );
     // GATEWAY_LAB_PROFILE reaches labd through the environment.
     println!("lab profile: {}", gateway_lab::profile());
-    let mut lab = Lab::start().map_err(lab_err)?;
+    let mut f = Fleet::new(&ScenarioOptions::default()).await?;
+    f.bin = opts.agent.clone();
     let mut results = Vec::new();
     let mut first = true;
     for event in events {
         let mut runs = Vec::new();
         for i in 0..opts.runs {
-            let r = one_run(&mut lab, &opts, event, i, first).await;
+            let r = one_run(&mut f, &opts, event, i, first).await;
             first = false;
             print_run(event, i, &r);
             if r.lost > 0
@@ -900,7 +654,7 @@ pub async fn run(opts: Options) -> Result<(), String> {
         }
         results.push((event, runs));
     }
-    drop(lab);
+    drop(f);
     println!();
     table(&results);
     Ok(())
@@ -937,13 +691,6 @@ mod tests {
         assert_eq!(loss_times(&samples, 2), [at(200), at(400)]);
         assert_eq!(loss_times(&samples, 3), [at(200), at(400)]);
         assert!(loss_times(&[], 1).is_empty());
-    }
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]

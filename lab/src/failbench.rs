@@ -17,15 +17,15 @@
 //!   one AWS CLI process per table, so only 0.0.0.0/0 is watched for it.
 
 use std::collections::HashMap;
-use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use gateway_lab::{Lab, Scenario, ScenarioOptions, Zone, percentile};
+use gateway_lab::agent::Spec;
+use gateway_lab::fleet::{Failure, Fleet, unix_now};
+use gateway_lab::report::{field, ms, number, spread_line, strip_ansi};
+use gateway_lab::{Instance, Lab, Scenario, ScenarioOptions, Zone, percentile};
 
 /// Destinations beyond 0.0.0.0/0 are 10.200.0.0/16, 10.201.0.0/16, ... outside the lab's VPC.
 const MAX_DESTINATIONS: usize = 1 + 56;
@@ -119,167 +119,51 @@ fn aws_cli() -> PathBuf {
     Path::new(&gateway_lab::python()).with_file_name("aws")
 }
 
-pub(crate) fn lab_err(e: gateway_lab::LabError) -> String {
-    e.to_string()
-}
-
-/// A fresh VPC (the lab reset unless it is new) and both zones' running instances.
+/// A fresh VPC (the lab's first, or the lab reset) and both zones' running instances.
 pub(crate) async fn fresh(
-    lab: &mut Lab,
+    f: &mut Fleet,
     first: bool,
     opts: &ScenarioOptions,
-) -> Result<(Scenario, [gateway_lab::Instance; 2], f64), String> {
+) -> Result<[Instance; 2], Failure> {
     if !first {
-        lab.reset().await.map_err(lab_err)?;
+        f.rebuild(opts).await?;
     }
-    let started = Instant::now();
-    let sc = lab.scenario(opts).await.map_err(lab_err)?;
-    let build_ms = started.elapsed().as_secs_f64() * 1e3;
-    let a = lab
-        .wait_instance(&sc.zone("a").az, INSTANCE_TIMEOUT)
-        .await
-        .map_err(lab_err)?;
-    let b = lab
-        .wait_instance(&sc.zone("b").az, INSTANCE_TIMEOUT)
-        .await
-        .map_err(lab_err)?;
-    Ok((sc, [a, b], build_ms))
+    Ok([
+        f.instance_within("a", INSTANCE_TIMEOUT).await?,
+        f.instance_within("b", INSTANCE_TIMEOUT).await?,
+    ])
 }
 
-pub(crate) fn ns_of(inst: &gateway_lab::Instance) -> Result<String, String> {
+fn ns_of(inst: &Instance) -> Result<String, String> {
     inst.ns
         .clone()
         .ok_or_else(|| format!("instance {} has no namespace", inst.instance_id))
 }
 
-/// A running agent, its log, and the reader of its notify socket.
-struct Agent {
-    child: Child,
-    log: String,
-    drain: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
-}
-
-impl Agent {
-    /// Keep reading the notify socket for the whole run, as systemd does: an agent whose STATUS=
-    /// datagrams bounce takes error paths a real gateway never does, and an unread socket fills
-    /// after net.unix.max_dgram_qlen datagrams (10 here) and then blocks the sender.
-    fn new(child: Child, log: String, socket: UnixDatagram) -> Agent {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let reader = std::thread::spawn(move || {
-            let _ = socket.set_nonblocking(false);
-            let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
-            let mut buf = [0u8; 4096];
-            while !stopped.load(Ordering::Relaxed) {
-                let _ = socket.recv(&mut buf);
-            }
-        });
-        Agent {
-            child,
-            log,
-            drain: Some((stop, reader)),
-        }
+/// Start gateway-agent in both zones' instances and wait until each has sent READY=1.
+async fn start_agents(f: &mut Fleet, run: usize, instances: [Instance; 2]) -> Result<(), Failure> {
+    for (zone, inst) in ["a", "b"].into_iter().zip(instances) {
+        f.spawn(
+            zone,
+            inst,
+            Spec::new().name(format!("failover-{run}-{zone}")),
+        )?;
     }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some((stop, reader)) = self.drain.take() {
-            stop.store(true, Ordering::Relaxed);
-            let _ = reader.join();
-        }
+    let deadline = Instant::now() + READY_TIMEOUT;
+    for zone in ["a", "b"] {
+        f.ready_within(zone, deadline.saturating_duration_since(Instant::now()))
+            .await?;
     }
-}
-
-/// Start gateway-agent in every given namespace and wait until each has sent READY=1.
-async fn start_agents(
-    lab: &Lab,
-    agent: &str,
-    config: &str,
-    run: usize,
-    namespaces: &[(String, String)],
-) -> Result<Vec<Agent>, String> {
-    let dir = &lab.info.run_dir;
-    let mut started = Vec::new();
-    for (zone, ns) in namespaces {
-        let notify = format!("{dir}/failover-{run}-{zone}.notify");
-        let log = format!("{dir}/failover-{run}-{zone}.log");
-        let _ = std::fs::remove_file(&notify);
-        let socket = UnixDatagram::bind(&notify).map_err(|e| format!("bind {notify}: {e}"))?;
-        socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("{notify}: {e}"))?;
-        let child = crate::bootbench::spawn(agent, ns, config, &notify, &log)?;
-        started.push((child, log, socket, false));
-    }
-    let t0 = Instant::now();
-    let mut buf = [0u8; 4096];
-    while !started.iter().all(|s| s.3) {
-        for (child, log, socket, ready) in &mut started {
-            while let Ok(n) = socket.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    *ready = true;
-                }
-            }
-            if !*ready && child.try_wait().map_err(|e| e.to_string())?.is_some() {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                return Err(format!(
-                    "gateway-agent exited before READY=1; its log ({log}):\n{text}"
-                ));
-            }
-        }
-        if t0.elapsed() > READY_TIMEOUT {
-            let logs: Vec<String> = started
-                .iter()
-                .map(|s| {
-                    format!(
-                        "--- {} ---\n{}",
-                        s.1,
-                        std::fs::read_to_string(&s.1).unwrap_or_default()
-                    )
-                })
-                .collect();
-            for s in &mut started {
-                let _ = s.0.kill();
-                let _ = s.0.wait();
-            }
-            return Err(format!(
-                "no READY=1 from every agent within {READY_TIMEOUT:?}:\n{}",
-                logs.join("\n")
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(started
-        .into_iter()
-        .map(|(child, log, notify, _)| Agent::new(child, log, notify))
-        .collect())
+    Ok(())
 }
 
 /// What a classic HA NAT pair's boot scripts do, without an agent: the zone's ENI attached at
 /// device index 1 and addressed, forwarding on, and the launch hook completed.
-async fn hand_configure(
-    lab: &Lab,
-    zone: &Zone,
-    inst: &gateway_lab::Instance,
-) -> Result<(), String> {
-    let ec2 = lab.ec2();
-    ec2.attach_network_interface()
-        .network_interface_id(&zone.eni_id)
-        .instance_id(&inst.instance_id)
-        .device_index(1)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "AttachNetworkInterface {} to {}: {e:?}",
-                zone.eni_id, inst.instance_id
-            )
-        })?;
-    let subnets = ec2
+async fn hand_configure(f: &Fleet, zone: &str, inst: &Instance) -> Result<(), Failure> {
+    let (lab, zone) = (&f.lab, f.zone(zone));
+    f.attach_eni(&zone.name, &inst.instance_id).await?;
+    let subnets = lab
+        .ec2()
         .describe_subnets()
         .subnet_ids(&zone.public_subnet_id)
         .send()
@@ -305,11 +189,8 @@ async fn hand_configure(
             .filter(|o| o.status.success())
             .map(drop)
     })
-    .await
-    .map_err(lab_err)?;
-    lab.forwarding(&inst.instance_id, true)
-        .await
-        .map_err(lab_err)?;
+    .await?;
+    lab.forwarding(&inst.instance_id, true).await?;
     let addr = format!("{}/{prefix}", zone.eni_ip);
     let out = Command::new("ip")
         // `replace`: under the aws profile the instance's network manager may have addressed
@@ -318,10 +199,10 @@ async fn hand_configure(
         .output()
         .map_err(|e| format!("ip -n {ns} addr replace {addr} dev ens6: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(Failure(format!(
             "ip -n {ns} addr replace {addr} dev ens6: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     lab.autoscaling()
         .complete_lifecycle_action()
@@ -430,7 +311,7 @@ async fn kill_and_measure(
     watch: &[String],
     timeout: Duration,
     run: &mut Run,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let (a, b) = (sc.zone("a"), sc.zone("b"));
     let ec2 = lab.ec2();
     let want = b.route_table_ids.len() * watch.len();
@@ -438,14 +319,14 @@ async fn kill_and_measure(
     let total: usize = tables.iter().map(|t| t.2).sum();
     let moved: usize = tables.iter().map(|t| t.1).sum();
     if total != want || moved != 0 {
-        return Err(format!(
+        return Err(Failure(format!(
             "before the kill zone B has {total} watched routes ({want} expected), {moved} on A's ENI"
-        ));
+        )));
     }
     run.routes = want;
-    let stream = lab.stream_start("b", STREAM_RATE).await.map_err(lab_err)?;
+    let stream = lab.stream_start("b", STREAM_RATE).await?;
     tokio::time::sleep(LEAD_IN).await;
-    let before = lab.stream_report(stream).await.map_err(lab_err)?;
+    let before = lab.stream_report(stream).await?;
     if before.delivered == 0 {
         let _ = lab.stream_stop(stream).await;
         run.trouble = Some(format!(
@@ -456,7 +337,7 @@ async fn kill_and_measure(
     }
     let kill_at = unix_now();
     let t0 = Instant::now();
-    lab.terminate(b_instance).await.map_err(lab_err)?;
+    lab.terminate(b_instance).await?;
     let mut polling = Duration::ZERO;
     // Each poll asks only for the tables not fully moved yet: describing 50 tables holds moto
     // (and so the movers' calls) for ~25 ms, a load that shrinks as the tables move.
@@ -489,14 +370,14 @@ async fn kill_and_measure(
     }
     run.poll_ms = polling.as_secs_f64() * 1e3 / run.polls as f64;
     tokio::time::sleep(TAIL).await;
-    let r = lab.stream_stop(stream).await.map_err(lab_err)?;
+    let r = lab.stream_stop(stream).await?;
     run.outage_ms = r.longest_gap_ms;
     run.sent = r.sent;
     run.lost = r.lost;
 
     // The first write after the kill of each (table, destination) to A's ENI.
     let mut moved: HashMap<(String, String), f64> = HashMap::new();
-    for c in lab.route_changes().await.map_err(lab_err)? {
+    for c in lab.route_changes().await? {
         let (Some(table), Some(dst)) = (c.table, c.destination) else {
             continue;
         };
@@ -523,24 +404,10 @@ async fn kill_and_measure(
     Ok(())
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn agent_config(lab: &Lab, group: &str, dests: &[String]) -> Result<String, String> {
-    let path = format!("{}/failover.toml", lab.info.run_dir);
+/// What every agent of the bench runs with besides its group: the managed destinations.
+fn agent_config(dests: &[String]) -> String {
     let list: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
-    std::fs::write(
-        &path,
-        format!(
-            "version = 1\n[group]\nname = \"{group}\"\n[routes]\ndestinations = [{}]\n",
-            list.join(", ")
-        ),
-    )
-    .map_err(|e| format!("{path}: {e}"))?;
-    Ok(path)
+    format!("[routes]\ndestinations = [{}]", list.join(", "))
 }
 
 /// The extra wait before run `i` of `n`: the middle of its own slice of the cycle.
@@ -551,53 +418,43 @@ fn phase(i: usize, n: usize) -> Duration {
 }
 
 async fn agent_run(
-    lab: &mut Lab,
+    f: &mut Fleet,
     n: usize,
     opts: &Options,
     dests: &[String],
-) -> Result<Run, String> {
+) -> Result<Run, Failure> {
     let mut run = Run {
         phase: phase(n, opts.runs),
         ..Run::default()
     };
-    let (sc, [ia, ib], build_ms) = fresh(lab, n == 0, &scenario_options(opts, dests)).await?;
-    run.build_ms = build_ms;
-    let config = agent_config(lab, &sc.group, dests)?;
-    let mut agents = start_agents(
-        lab,
-        &opts.agent,
-        &config,
-        n,
-        &[("a".into(), ns_of(&ia)?), ("b".into(), ns_of(&ib)?)],
-    )
-    .await?;
+    let [ia, ib] = fresh(f, n == 0, &scenario_options(opts, dests)).await?;
+    run.build_ms = f.build_time.as_secs_f64() * 1e3;
+    let b_instance = ib.instance_id.clone();
+    start_agents(f, n, [ia, ib]).await?;
     tokio::time::sleep(SETTLE + run.phase).await;
     let measured = kill_and_measure(
-        lab,
-        &sc,
-        &ib.instance_id,
+        &f.lab,
+        &f.sc,
+        &b_instance,
         dests,
         AGENT_SWITCH_TIMEOUT,
         &mut run,
     )
     .await;
-    for Agent { child, .. } in &mut agents {
-        // SIGKILL, not SIGTERM: a stopping agent hands its routes over, which is not this run.
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let log_a = std::fs::read_to_string(&agents[0].log).unwrap_or_default();
-    if let Some(t) = takeover_line(&log_a, &sc.zone("b").az) {
+    // SIGKILL, not SIGTERM: a stopping agent hands its routes over, which is not this run.
+    f.kill_all().await;
+    if let Some(t) = takeover_line(&f.log("a"), &f.zone("b").az) {
         run.detection_ms = t.detection_ms;
         run.decision_ms = t.decision_ms;
         run.agent_routes = t.routes;
     } else if run.trouble.is_none() && run.seen_ms.is_some() {
         run.trouble = Some("routes moved but agent A logged no `takeover complete`".into());
     }
-    for (zone, Agent { log, .. }) in ["a", "b"].iter().zip(&agents) {
+    for zone in ["a", "b"] {
+        let agent = f.agent(zone);
         run.logs.push((
-            format!("agent {zone} ({log})"),
-            std::fs::read_to_string(log).unwrap_or_default(),
+            format!("agent {zone} ({})", agent.log_path.display()),
+            agent.log(),
         ));
     }
     measured?;
@@ -605,20 +462,21 @@ async fn agent_run(
 }
 
 async fn baseline_run(
-    lab: &mut Lab,
+    f: &mut Fleet,
     n: usize,
     opts: &Options,
     dests: &[String],
     first: bool,
-) -> Result<Run, String> {
+) -> Result<Run, Failure> {
     let mut run = Run {
         phase: phase(n, opts.baseline_runs),
         ..Run::default()
     };
-    let (sc, [ia, ib], build_ms) = fresh(lab, first, &scenario_options(opts, dests)).await?;
-    run.build_ms = build_ms;
-    hand_configure(lab, sc.zone("a"), &ia).await?;
-    hand_configure(lab, sc.zone("b"), &ib).await?;
+    let [ia, ib] = fresh(f, first, &scenario_options(opts, dests)).await?;
+    run.build_ms = f.build_time.as_secs_f64() * 1e3;
+    hand_configure(f, "a", &ia).await?;
+    hand_configure(f, "b", &ib).await?;
+    let (lab, sc) = (&f.lab, &f.sc);
     let (mut monitor, log) = start_monitor(
         lab,
         n,
@@ -630,8 +488,7 @@ async fn baseline_run(
     tokio::time::sleep(SETTLE + run.phase).await;
     let tables = u32::try_from(sc.zone("b").route_table_ids.len()).unwrap_or(u32::MAX);
     let timeout = BASELINE_SWITCH_TIMEOUT + BASELINE_PER_TABLE * tables;
-    let measured =
-        kill_and_measure(lab, &sc, &ib.instance_id, &dests[..1], timeout, &mut run).await;
+    let measured = kill_and_measure(lab, sc, &ib.instance_id, &dests[..1], timeout, &mut run).await;
     stop_group(&mut monitor);
     run.logs.push((
         format!("nat_monitor.sh ({log})"),
@@ -649,59 +506,6 @@ struct Takeover {
     routes: Option<u64>,
 }
 
-/// Remove ANSI escape sequences (tracing colours its field names when it thinks it may).
-pub(crate) fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\u{1b}' {
-            out.push(c);
-            continue;
-        }
-        if chars.peek() == Some(&'[') {
-            chars.next();
-            // CSI: parameters and intermediates up to a final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) {
-                    break;
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The value of `key=value` in a log line, unquoted; `key` must start a word.
-pub(crate) fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("{key}=");
-    let mut from = 0;
-    while let Some(i) = line[from..].find(&pat) {
-        let at = from + i;
-        let starts_word = line[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
-        if starts_word {
-            let rest = &line[at + pat.len()..];
-            let value = match rest.strip_prefix('"') {
-                Some(quoted) => quoted.split('"').next().unwrap_or(""),
-                None => rest.split_whitespace().next().unwrap_or(""),
-            };
-            return Some(value.trim_matches(|c| c == '"' || c == '\'' || c == ','));
-        }
-        from = at + pat.len();
-    }
-    None
-}
-
-/// A duration in ms; a negative one is the agent saying it does not know.
-pub(crate) fn number(v: &str) -> Option<f64> {
-    v.trim_end_matches("ms")
-        .parse()
-        .ok()
-        .filter(|n: &f64| *n >= 0.0)
-}
-
 /// The last `takeover complete` line of a log, for `zone` when the line names a zone.
 fn takeover_line(log: &str, zone: &str) -> Option<Takeover> {
     log.lines()
@@ -712,10 +516,6 @@ fn takeover_line(log: &str, zone: &str) -> Option<Takeover> {
             decision_ms: field(&l, "decision_to_switched_ms").and_then(number),
             routes: field(&l, "routes").and_then(|v| v.parse().ok()),
         })
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "n/a".into(), |v| format!("{v:.0} ms"))
 }
 
 fn print_run(kind: &str, i: usize, r: &Run) {
@@ -760,17 +560,7 @@ fn print_run(kind: &str, i: usize, r: &Run) {
 }
 
 fn stats_line(name: &str, samples: &[f64], of: usize) {
-    if samples.is_empty() {
-        println!("  {name:<34} n/a");
-        return;
-    }
-    println!(
-        "  {name:<34} p50 {:>7.0} ms  p99 {:>7.0} ms  max {:>7.0} ms  ({} of {of} runs)",
-        percentile(samples, 50.0),
-        percentile(samples, 99.0),
-        percentile(samples, 100.0),
-        samples.len()
-    );
+    println!("{}", spread_line(name, samples, of));
 }
 
 /// When the routes moved, seen from the API and from a poll, for either side.
@@ -851,21 +641,25 @@ pub async fn run(opts: Options) -> Result<(), String> {
     );
     // GATEWAY_LAB_PROFILE reaches labd through the environment.
     println!("lab profile: {}", gateway_lab::profile());
-    let mut lab = Lab::start().map_err(lab_err)?;
+    let mut f = Fleet::new(&scenario_options(&opts, &dests)).await?;
+    f.bin = opts.agent.clone();
+    f.extra = agent_config(&dests);
+    // The agents keep the default control socket, as the bench has always run them.
+    f.sockets = false;
     let mut agent_runs = Vec::new();
     for i in 0..opts.runs {
-        let r = agent_run(&mut lab, i, &opts, &dests).await?;
+        let r = agent_run(&mut f, i, &opts, &dests).await?;
         print_run("agent", i, &r);
         agent_runs.push(r);
     }
     let mut baseline_runs = Vec::new();
     for i in 0..opts.baseline_runs {
         let first = opts.runs == 0 && i == 0;
-        let r = baseline_run(&mut lab, i, &opts, &dests, first).await?;
+        let r = baseline_run(&mut f, i, &opts, &dests, first).await?;
         print_run("baseline", i, &r);
         baseline_runs.push(r);
     }
-    drop(lab);
+    drop(f);
 
     let builds: Vec<f64> = agent_runs
         .iter()

@@ -18,7 +18,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub mod agent;
+pub mod fleet;
 mod netns;
+pub mod report;
 pub use netns::{in_netns, netns_list};
 
 /// Where the region, account and credentials the lab answers for are fixed.

@@ -1,0 +1,633 @@
+//! The cases of the fault matrix: what each does to the gateways, and the budgets its row is
+//! held to (the runner, main.rs, measures and checks them).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+use crate::measure::Dead;
+use crate::support::*;
+
+/// A takeover the API confirms: ICMP fall (3 × 200 ms) plus the confirming read and the
+/// writes, with room for a loaded CI machine.
+const CONFIRMED_BUDGET_MS: f64 = 3_000.0;
+/// A hung peer is confirmed by its lease lapsing (2.5 s) after ICMP fall.
+const LEASE_BUDGET_MS: f64 = 5_500.0;
+/// 20 refused calls in a row: 5 whole calls failing after 4 attempts each, every one paced by
+/// the SDK's backoff and adaptive rate limiter and then by the agent's own (~3 s per call).
+const STORM_BUDGET_MS: f64 = 20_000.0;
+/// Failback quickly enough for the matrix.
+const BASE: &str = "[failover]\nhold_down_s = 3";
+/// The EC2/Auto Scaling endpoint's address, as instances reach it.
+pub const API_ADDR: &str = "198.51.100.2";
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+pub type CaseFut<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
+
+pub struct Case {
+    pub name: &'static str,
+    pub zones: &'static [&'static str],
+    /// Appended to every agent's config.
+    pub extra: &'static str,
+    /// More route tables per zone.
+    pub tables: u32,
+    /// Zones whose agents are started and ready before the case runs.
+    pub started: &'static [&'static str],
+    /// The zone of the client stream.
+    pub stream: &'static str,
+    /// Packets the stream may lose; `None`: measured only (a death costs detection time).
+    pub max_loss: Option<u64>,
+    /// The longest a route may point at a black hole; `None` when the case leaves no healthy
+    /// gateway for a while (every gateway down, or the API unreachable for all).
+    pub black_ms: Option<f64>,
+    pub max_writers: usize,
+    pub max_writes: Option<usize>,
+    pub run: for<'a> fn(&'a mut Ctx) -> CaseFut<'a>,
+}
+
+impl Case {
+    const fn new(name: &'static str, run: for<'a> fn(&'a mut Ctx) -> CaseFut<'a>) -> Self {
+        Self {
+            name,
+            zones: &["a", "b"],
+            extra: BASE,
+            tables: 0,
+            started: &["a", "b"],
+            stream: "b",
+            max_loss: None,
+            black_ms: Some(CONFIRMED_BUDGET_MS),
+            max_writers: 1,
+            max_writes: None,
+            run,
+        }
+    }
+
+    /// A case in which nothing may move: not a packet lost, not a route written.
+    const fn still(name: &'static str, run: for<'a> fn(&'a mut Ctx) -> CaseFut<'a>) -> Self {
+        Self {
+            max_loss: Some(0),
+            max_writers: 0,
+            max_writes: Some(0),
+            ..Case::new(name, run)
+        }
+    }
+}
+
+/// What a case (or the soak) works on: the fleet, and what the measurement needs to know.
+pub struct Ctx {
+    pub f: Fleet,
+    /// ENIs whose gateway the case made dead; routes to them count as black holes.
+    pub dead: Dead,
+    pub note: String,
+    /// Route writes before the case began.
+    pub writes0: usize,
+}
+
+impl Ctx {
+    pub fn new(f: Fleet) -> Self {
+        Self {
+            f,
+            dead: Dead::default(),
+            note: String::new(),
+            writes0: 0,
+        }
+    }
+
+    /// From now on, routes to `zone`'s ENI count as black holes.
+    pub fn dead(&self, zone: &str) {
+        self.dead.insert(self.f.eni(zone));
+    }
+
+    pub fn alive(&self, zone: &str) {
+        self.dead.remove(&self.f.eni(zone));
+    }
+
+    /// Terminates `zone`'s gateway instance, its agent with it, and counts it dead; returns the
+    /// instance's id.
+    pub async fn terminate(&mut self, zone: &str) -> Result<String, Failure> {
+        self.dead(zone);
+        self.f.terminate(zone).await
+    }
+
+    /// Stops `zone`'s gateway instance, its agent with it, and counts it dead.
+    pub async fn stop(&mut self, zone: &str) -> Result<String, Failure> {
+        self.dead(zone);
+        self.f.stop(zone).await
+    }
+
+    /// Route writes since the case began.
+    pub async fn moved(&self) -> Result<usize, Failure> {
+        Ok(self.f.route_writes().await?.saturating_sub(self.writes0))
+    }
+
+    /// A drain of `zone` after a spot notice: its routes go to the peer, it exits 0.
+    async fn spot_drain(&mut self, zone: &str, to: &str) -> Result<(), Failure> {
+        self.f.spot_notice(&self.f.instance_id(zone)).await?;
+        self.f.wait_kernel_route(zone, to, secs(15)).await?;
+        match self.f.wait_exit(zone).await? {
+            Some(0) => Ok(()),
+            code => Err(Failure(format!("drain exit {code:?}\n{}", self.f.logs()))),
+        }
+    }
+
+    /// Fails unless `zone`'s agent said `text` in a STATUS= (`why` and what it said if not).
+    fn check_status(&self, zone: &str, text: &str, why: &str) -> Result<(), Failure> {
+        let statuses = self.f.agent(zone).notify.statuses().join(" | ");
+        self.check(statuses.contains(text), &format!("{why}: {statuses}"))
+    }
+
+    /// Fails unless `what` holds: the case's own assertions.
+    fn check(&self, ok: bool, what: &str) -> Result<(), Failure> {
+        if ok {
+            Ok(())
+        } else {
+            Err(Failure(format!("{what}\n{}", self.f.logs())))
+        }
+    }
+}
+
+fn peer_terminated(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let b = c.terminate("b").await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await?;
+        // The ASG's replacement boots, reclaims, and a lets go.
+        c.f.start_replacement("b", &b, wait()).await?;
+        c.alive("b");
+        c.f.wait_kernel_route("b", "b", secs(5)).await
+    })
+}
+
+fn peer_stopped(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        c.stop("b").await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await
+    })
+}
+
+fn peer_hung(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let b = c.f.instance_id("b");
+        c.dead("b");
+        c.f.lab.hang(&b).await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await?;
+        c.check(
+            c.f.log("a").contains("lease not renewed"),
+            "not confirmed by the lease",
+        )?;
+        c.f.lab.unhang(&b).await?;
+        c.alive("b");
+        // Back after the hold-down of continuous health.
+        c.f.wait_kernel_route("b", "b", secs(15)).await
+    })
+}
+
+fn agent_killed(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        c.f.kill_agent("b").await;
+        // Past ICMP fall and the lease TTL: the lease is stale, but b's kernel forwards.
+        sleep_s(6.0).await;
+        c.f.wait_kernel_route("b", "b", secs(1)).await
+    })
+}
+
+fn crash_mid_takeover(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        // a's first write (b's subnet-associated table) hangs in the API for 3 s.
+        c.f.lab
+            .inject(&Fault::latency("ReplaceRoute", 3_000, Some(1)))
+            .await?;
+        c.terminate("b").await?;
+        let decided = wait_for(secs(10), "a's takeover decision", || async {
+            c.f.log("a")
+                .contains("decision: pointing routes at")
+                .then_some(())
+        })
+        .await;
+        c.check(decided.is_ok(), "a never decided")?;
+        sleep_s(0.8).await;
+        c.f.kill_agent("a").await;
+        // The write in flight lands; the rest were never sent.
+        let tables = c.f.zone("b").route_table_ids.clone();
+        let eni_a = c.f.eni("a");
+        let switched = || async {
+            let mut n = 0;
+            for t in &tables {
+                n += usize::from(c.f.kernel_via(t).await.as_deref() == Some(eni_a.as_str()));
+            }
+            n
+        };
+        let some = wait_for(secs(6), "the first write", || async {
+            let n = switched().await;
+            (n > 0).then_some(n)
+        })
+        .await?;
+        c.check(
+            some < tables.len(),
+            &format!("all {some} tables switched before the crash: not mid-takeover"),
+        )?;
+        c.note = format!("{some}/{} switched at the crash", tables.len());
+        // systemd restarts it; the new process finishes the job.
+        let inst = c.f.gateway("a").inst.clone();
+        c.f.spawn("a", inst, Spec::new())?;
+        c.f.ready("a").await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await
+    })
+}
+
+fn restart_loop(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let writes = c.f.route_writes().await?;
+        for _ in 0..5 {
+            c.f.kill_agent("b").await;
+            let inst = c.f.gateway("b").inst.clone();
+            c.f.spawn("b", inst, Spec::new())?;
+            sleep_s(1.2).await;
+        }
+        c.f.ready("b").await?;
+        sleep_s(3.0).await;
+        c.note = "5 SIGKILL + restart, 1.2 s apart".into();
+        c.check(
+            c.f.route_writes().await? == writes,
+            "a restart moved a route that was right",
+        )
+    })
+}
+
+fn link_cut(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let (a, b) = (c.f.zone("a").eni_ip.clone(), c.f.zone("b").eni_ip.clone());
+        c.f.lab.partition(&a, &b).await?;
+        sleep_s(8.0).await;
+        c.check(
+            c.f.log("a").contains("peer down by ICMP"),
+            "the partition did not bite",
+        )?;
+        c.f.lab.heal(&a, &b).await?;
+        sleep_s(2.0).await;
+        c.f.wait_kernel_route("a", "a", secs(1)).await?;
+        c.f.wait_kernel_route("b", "b", secs(1)).await
+    })
+}
+
+fn uplink_cut(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let primary = c.f.primary("a");
+        c.dead("a");
+        c.f.lab.partition(&primary, INTERNET_HOST).await?;
+        c.f.wait_kernel_route("a", "b", secs(10)).await?;
+        sleep_s(3.0).await;
+        c.f.wait_kernel_route("a", "b", secs(1)).await?;
+        c.f.lab.heal(&primary, INTERNET_HOST).await?;
+        c.alive("a");
+        c.f.wait_kernel_route("a", "a", secs(15)).await
+    })
+}
+
+fn api_cut_one(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let primary = c.f.primary("a");
+        c.f.lab.partition(&primary, API_ADDR).await?;
+        sleep_s(8.0).await;
+        c.check_status("a", "EC2 API failing", "a does not say the API fails")?;
+        c.check(c.moved().await? == 0, "a route moved")?;
+        c.f.lab.heal(&primary, API_ADDR).await?;
+        sleep_s(2.0).await;
+        // Back to normal: a death is handled as ever.
+        c.terminate("b").await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await
+    })
+}
+
+fn api_cut_all(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let (pa, pb) = (c.f.primary("a"), c.f.primary("b"));
+        for p in [&pa, &pb] {
+            c.f.lab.partition(p, API_ADDR).await?;
+        }
+        // b dies while nobody can reach the API: nothing can move; everyone keeps probing.
+        c.terminate("b").await?;
+        sleep_s(6.0).await;
+        c.check_status("a", "EC2 API failing", "a does not say the API fails")?;
+        c.check(c.moved().await? == 0, "a write got through")?;
+        c.f.lab.heal(&pa, API_ADDR).await?;
+        let healed = Instant::now();
+        c.f.wait_kernel_route("b", "a", secs(10)).await?;
+        c.note = format!("API back → b via a in {} ms", healed.elapsed().as_millis());
+        Ok(())
+    })
+}
+
+/// Every API call from anyone fails with `kind` for the next 20 calls while b dies.
+fn api_storm<'a>(c: &'a mut Ctx, kind: &'static str) -> CaseFut<'a> {
+    Box::pin(async move {
+        c.f.lab.inject(&Fault::burst(kind, None, Some(20))).await?;
+        c.terminate("b").await?;
+        c.f.wait_kernel_route("b", "a", secs(30)).await?;
+        let done = wait_for(secs(15), "takeover complete", || async {
+            c.f.log("a").contains("takeover complete").then_some(())
+        })
+        .await;
+        c.check(done.is_ok(), "the takeover was never confirmed")
+    })
+}
+
+fn imds_down_at_boot(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let inst = c.f.instance("b").await?;
+        c.f.lab.imds_fault(&inst.instance_id, "refuse", 0).await?;
+        c.f.spawn("b", inst.clone(), Spec::new())?;
+        sleep_s(4.0).await;
+        c.check(!c.f.agent("b").notify.ready(), "READY without IMDS")?;
+        c.f.lab.imds_fault(&inst.instance_id, "ok", 0).await?;
+        c.f.ready("b").await?;
+        c.alive("b");
+        c.f.wait_kernel_route("b", "b", secs(5)).await
+    })
+}
+
+/// IMDS answers `mode` for 6 s: nothing moves, nobody drains; afterwards a spot notice is
+/// still seen and drained (the watch survived).
+fn imds_bad_while_running<'a>(c: &'a mut Ctx, mode: &'static str) -> CaseFut<'a> {
+    Box::pin(async move {
+        let b = c.f.instance_id("b");
+        c.f.lab.imds_fault(&b, mode, 0).await?;
+        sleep_s(6.0).await;
+        c.check(c.moved().await? == 0, "a route moved on bad IMDS answers")?;
+        c.f.lab.imds_fault(&b, "ok", 0).await?;
+        c.spot_drain("b", "a").await
+    })
+}
+
+fn imds_token_expiry(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let b = c.f.instance_id("b");
+        for _ in 0..5 {
+            c.f.lab.imds_expire_tokens(&b).await?;
+            sleep_s(1.0).await;
+        }
+        c.check(c.moved().await? == 0, "a route moved")?;
+        c.f.lab.imds_expire_tokens(&b).await?;
+        c.spot_drain("b", "a").await
+    })
+}
+
+/// b boots while EC2 never finishes its ENI's attachment (or, with `dead_holder`, the
+/// detachment from a stopped old gateway): the boot gives up at its timeout, names the step,
+/// ABANDONs the launch; a carries b's zone meanwhile.
+fn boot_with_stuck_eni<'a>(c: &'a mut Ctx, kind: &'static str, dead_holder: bool) -> CaseFut<'a> {
+    Box::pin(async move {
+        c.dead("b");
+        if dead_holder {
+            let old = c.f.old_holder("b").await?;
+            c.f.lab.stop(&old).await?;
+        }
+        c.f.wait_kernel_route("b", "a", secs(10)).await?;
+        c.f.lab
+            .inject(&Fault::burst(kind, Some("DescribeNetworkInterfaces"), None))
+            .await?;
+        let inst = c.f.instance("b").await?;
+        // Only the gateway under test gives up after 4 s: under the aws profile a healthy
+        // attachment alone takes 2-5 s, and the case is about b's boot, not a's.
+        let spec = Spec::new().extra("[boot]\nattach_timeout_s = 4");
+        c.f.spawn("b", inst, spec)?;
+        let exit = c.f.wait_exit("b").await.map_err(|_| "still running");
+        let statuses = c.f.agent("b").notify.statuses().join(" | ");
+        c.check(
+            matches!(exit, Ok(code) if code != Some(0)),
+            &format!("the boot did not give up: {exit:?}"),
+        )?;
+        c.check(
+            statuses.contains("claim") && statuses.contains("ABANDONing"),
+            &format!("STATUS does not name the step: {statuses}"),
+        )?;
+        c.f.lab.clear_faults().await?;
+        c.note = "boot gave up at attach_timeout_s, ABANDON".into();
+        Ok(())
+    })
+}
+
+fn eni_on_terminated(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        c.dead("b");
+        let old = c.f.old_holder("b").await?;
+        c.f.lab.terminate(&old).await?;
+        c.f.wait_kernel_route("b", "a", secs(10)).await?;
+        c.f.start("b").await?;
+        c.f.ready("b").await?;
+        c.alive("b");
+        c.f.wait_kernel_route("b", "b", secs(5)).await
+    })
+}
+
+fn both_rebooted(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let ids = [c.f.instance_id("a"), c.f.instance_id("b")];
+        for z in ["a", "b"] {
+            c.f.kill_agent(z).await;
+            c.dead(z);
+        }
+        for id in &ids {
+            c.f.lab.stop(id).await?;
+        }
+        sleep_s(1.0).await;
+        for id in &ids {
+            c.f.lab.start_instance(id).await?;
+        }
+        let mut back = Vec::new();
+        for id in &ids {
+            let inst = wait_for(wait(), "the instance back", || async {
+                c.f.lab
+                    .instances()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|i| &i.instance_id == id && i.state == "running" && i.ns.is_some())
+            })
+            .await?;
+            back.push(inst);
+        }
+        for (z, inst) in ["a", "b"].into_iter().zip(back) {
+            c.f.spawn(z, inst, Spec::new())?;
+        }
+        for z in ["a", "b"] {
+            c.f.ready(z).await?;
+            c.alive(z);
+        }
+        sleep_s(3.0).await;
+        c.f.wait_kernel_route("a", "a", secs(1)).await?;
+        c.f.wait_kernel_route("b", "b", secs(1)).await
+    })
+}
+
+fn three_zones_two_fail(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        c.terminate("c").await?;
+        // Ring a → b → c → a: c's successor is a.
+        c.f.wait_kernel_route("c", "a", secs(10)).await?;
+        sleep_s(2.0).await;
+        c.check(
+            !c.f.log("b").contains("takeover complete"),
+            "b took c although a, its successor, is alive",
+        )?;
+        c.terminate("a").await?;
+        c.f.wait_kernel_route("a", "b", secs(10)).await?;
+        c.f.wait_kernel_route("c", "b", secs(10)).await
+    })
+}
+
+/// The newest lease renewal time (unix ms) on `zone`'s main table.
+async fn lease_ms(c: &Ctx, zone: &str) -> Option<i64> {
+    let out =
+        c.f.lab
+            .ec2()
+            .describe_route_tables()
+            .route_table_ids(&c.f.zone(zone).route_table_id)
+            .send()
+            .await
+            .ok()?;
+    let tag = out
+        .route_tables()
+        .first()?
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some(gateway_agent::decide::lease::LEASE_TAG))?;
+    tag.value()?.rsplit('/').next()?.parse().ok()
+}
+
+fn clock_jumps(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        // a runs with libfaketime: its wall clock jumps, its monotonic clock does not.
+        let file = format!("{}/faketime-a", c.f.lab.info.run_dir);
+        std::fs::write(&file, "+0\n")?;
+        let inst = c.f.instance("a").await?;
+        let spec = Spec::new()
+            .env("LD_PRELOAD", FAKETIME_LIB)
+            .env("FAKETIME_TIMESTAMP_FILE", &file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        c.f.spawn("a", inst, spec)?;
+        c.f.ready("a").await?;
+        c.alive("a");
+        sleep_s(2.0).await;
+        // a's boot reclaimed its zone from b; only what follows counts.
+        c.writes0 = c.f.route_writes().await?;
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+        };
+        for (offset, sign) in [("+3600", 1i64), ("-7200", -1)] {
+            std::fs::write(&file, format!("{offset}\n"))?;
+            sleep_s(4.0).await;
+            let skew = lease_ms(c, "a").await.map(|ms| ms - now_ms());
+            c.check(
+                skew.is_some_and(|s| s * sign > 3_000_000),
+                &format!("a's clock did not jump {offset} s (lease skew {skew:?} ms)"),
+            )?;
+        }
+        c.check(c.moved().await? == 0, "a clock jump moved a route")?;
+        // A death is still handled while a's wall clock is two hours behind.
+        c.terminate("b").await?;
+        c.note = "wall clock +1 h, then -2 h".into();
+        c.f.wait_kernel_route("b", "a", secs(10)).await
+    })
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            max_writers: 2,
+            ..Case::new("peer instance terminated, replaced", peer_terminated)
+        },
+        Case::new("peer instance stopped", peer_stopped),
+        Case {
+            black_ms: Some(LEASE_BUDGET_MS),
+            max_writers: 2,
+            ..Case::new("peer hung (SIGSTOP + drop), then back", peer_hung)
+        },
+        Case::still("peer agent killed -9", agent_killed),
+        Case {
+            tables: 7,
+            black_ms: Some(9_000.0),
+            ..Case::new("agent crash mid-takeover, restarted", crash_mid_takeover)
+        },
+        Case::still("agent restart loop", restart_loop),
+        Case::still("link cut between gateways", link_cut),
+        Case {
+            extra: "[self_check]\nicmp_targets = [\"198.51.100.1\"]\ntimeout_ms = 200\n[failover]\nhold_down_s = 3",
+            stream: "a",
+            black_ms: Some(4_000.0),
+            max_writes: Some(2),
+            ..Case::new("uplink cut on one gateway, then back", uplink_cut)
+        },
+        Case::new("API unreachable from one gateway", api_cut_one),
+        Case {
+            black_ms: None,
+            ..Case::new("API unreachable from all gateways", api_cut_all)
+        },
+        Case {
+            black_ms: Some(STORM_BUDGET_MS),
+            ..Case::new("EC2 throttling storm during a takeover", |c| {
+                api_storm(c, "throttle")
+            })
+        },
+        Case {
+            black_ms: Some(STORM_BUDGET_MS),
+            ..Case::new("EC2 5xx burst during a takeover", |c| api_storm(c, "5xx"))
+        },
+        Case {
+            started: &["a"],
+            max_writers: 2,
+            ..Case::new("IMDS down at boot", imds_down_at_boot)
+        },
+        Case {
+            max_loss: Some(0),
+            ..Case::new("IMDS answering garbage while running", |c| {
+                imds_bad_while_running(c, "garbage")
+            })
+        },
+        Case {
+            max_loss: Some(0),
+            ..Case::new("IMDS answering 500 while running", |c| {
+                imds_bad_while_running(c, "500")
+            })
+        },
+        Case {
+            max_loss: Some(0),
+            ..Case::new("IMDS token expiring", imds_token_expiry)
+        },
+        Case {
+            started: &["a"],
+            ..Case::new("ENI stuck attaching", |c| {
+                boot_with_stuck_eni(c, "stuck-attaching", false)
+            })
+        },
+        Case {
+            started: &["a"],
+            ..Case::new("ENI stuck detaching from a dead holder", |c| {
+                boot_with_stuck_eni(c, "stuck-detaching", true)
+            })
+        },
+        Case {
+            started: &["a"],
+            max_writers: 2,
+            ..Case::new("ENI attached to a terminated instance", eni_on_terminated)
+        },
+        Case {
+            black_ms: None,
+            ..Case::new("both gateways rebooted at once", both_rebooted)
+        },
+        Case {
+            zones: &["a", "b", "c"],
+            started: &["a", "b", "c"],
+            stream: "c",
+            max_writers: 2,
+            ..Case::new("three zones, two failing in sequence", three_zones_two_fail)
+        },
+        Case {
+            started: &["b"],
+            ..Case::new("wall clock jumps (+1 h, -2 h)", clock_jumps)
+        },
+    ]
+}
