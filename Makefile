@@ -15,7 +15,7 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain clean-lab
+.PHONY: all setup build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain bench-budget clean-lab
 
 all: build
 
@@ -77,6 +77,13 @@ bench: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-boot --agent $(CARGO_TARGET_DIR)/debug/gateway-agent
 	$(MAKE) --no-print-directory bench-failover
 	$(MAKE) --no-print-directory bench-drain
+	$(MAKE) --no-print-directory bench-budget
+
+# API calls per gateway-hour by action and state (steady, partition, hung peer) and per
+# takeover + hand-back. BUDGET_MINUTES per state (10 by default: ~35 min in all).
+BUDGET_MINUTES ?= 10
+bench-budget: setup build
+	$(CARGO_TARGET_DIR)/debug/gwlab bench-budget --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --minutes $(BUDGET_MINUTES)
 
 # Unplanned death of a gateway: the agent against AWS's nat_monitor.sh, in the default topology
 # (one table, one destination) and with 50 tables x 2 destinations per zone. ~10 min.

@@ -26,6 +26,7 @@ use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale}
 
 mod bench;
 mod bootbench;
+mod budgetbench;
 mod demo;
 mod drainbench;
 mod failbench;
@@ -150,6 +151,19 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Print the agent's log of the last run.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// What the agents cost the account's API: calls per gateway-hour by action, at steady
+    /// state, through a partition, with a hung peer, and per takeover and hand-back.
+    BenchBudget {
+        /// The gateway-agent binary to run in the instances.
+        #[arg(long)]
+        agent: String,
+        /// How long each state is measured.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Print the agents' logs at the end.
         #[arg(long)]
         logs: bool,
     },
@@ -453,6 +467,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Bench { calls } => bench::run(calls).await?,
         Cmd::BenchBoot { agent, runs, logs } => bootbench::run(&agent, runs, logs).await?,
+        Cmd::BenchBudget {
+            agent,
+            minutes,
+            logs,
+        } => budgetbench::run(&agent, minutes, logs).await?,
         Cmd::BenchFailover {
             agent,
             runs,
