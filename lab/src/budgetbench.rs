@@ -104,9 +104,9 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     windows.push(measure(&f, "steady state", idle()).await?);
 
     let (a, b) = (f.zone("a").eni_ip.clone(), f.zone("b").eni_ip.clone());
-    f.lab.partition(&a, &b).await?;
+    f.lab.partition(&a, &b).await.map_err(|e| e.to_string())?;
     windows.push(measure(&f, "partition between the gateways", idle()).await?);
-    f.lab.heal(&a, &b).await?;
+    f.lab.heal(&a, &b).await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_secs(15)).await;
 
     // A hung peer: b's agent frozen; a takes b's zone over and then carries both.
