@@ -13,7 +13,6 @@ use std::time::Duration;
 use gateway_lab::agent::Spec;
 use gateway_lab::fleet::{Failure, Fleet};
 use gateway_lab::{ScenarioOptions, WRITE_ACTIONS};
-use nix::sys::signal::Signal;
 
 const ZONES: [&str; 2] = ["a", "b"];
 
@@ -109,15 +108,16 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     f.lab.heal(&a, &b).await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_secs(15)).await;
 
-    // A hung peer: b's agent frozen; a takes b's zone over and then carries both.
+    // A hung peer (b stopped, its traffic dropped): a takes b's zone over, then carries both.
+    let b_id = f.instance_id("b");
     let hung = measure(&f, "hung peer (b frozen, a carrying both)", async {
-        f.agent("b").signal(Signal::SIGSTOP)?;
+        f.lab.hang(&b_id).await?;
         f.wait_route("b", "a", Duration::from_secs(30)).await?;
         tokio::time::sleep(window).await;
         Ok(())
     })
     .await;
-    f.agent("b").signal(Signal::SIGCONT)?;
+    f.lab.unhang(&b_id).await.map_err(|e| e.to_string())?;
     windows.push(hung?);
     // b comes back to life and takes its zone back after its hold-down: the settling is part of
     // the episode below, so wait it out first.
