@@ -227,6 +227,19 @@ mod tests {
     use crate::cloud::fake::{DEFAULT_ROUTE, FakeCloud, Fault};
     use crate::decide::route::Expect;
 
+    fn batch<'a>(
+        label: &'a str,
+        tables: &'a [&'a str],
+        lease: Option<(&'a str, LeaseAt)>,
+    ) -> Batch<'a> {
+        Batch {
+            label,
+            tables,
+            lease,
+            fresh: None,
+        }
+    }
+
     fn takeover(cloud: &FakeCloud, zone: &str, expect: Expect) -> RouteWrite {
         RouteWrite::point(
             &cloud.table_of(zone),
@@ -246,12 +259,7 @@ mod tests {
         cloud.set_route_target(&table, DEFAULT_ROUTE, RouteTarget::Other("igw-1".into()));
         let writes = [takeover(&cloud, "b", Expect::Blackhole)];
         let tables = [table.as_str()];
-        let batch = Batch {
-            label: "b",
-            tables: &tables,
-            lease: Some(("i-a/2/0", LeaseAt::Alongside)),
-            fresh: None,
-        };
+        let batch = batch("b", &tables, Some(("i-a/2/0", LeaseAt::Alongside)));
         let done = execute(&cloud, &batch, &writes).await.unwrap();
         assert_eq!(done.skipped.len(), 1);
         assert_eq!(done.attempted(), 0);
@@ -273,12 +281,7 @@ mod tests {
         let table = cloud.table_of("b");
         let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
         let tables = [table.as_str()];
-        let batch = Batch {
-            label: "b",
-            tables: &tables,
-            lease: Some(("i-a/2/0", LeaseAt::Before)),
-            fresh: None,
-        };
+        let batch = batch("b", &tables, Some(("i-a/2/0", LeaseAt::Before)));
         let done = execute(&cloud, &batch, &writes).await.unwrap();
         assert!(done.complete());
         assert_eq!(done.confirmed, 1);
@@ -305,12 +308,7 @@ mod tests {
         cloud.fail_next("CreateTags", 1, Fault::Throttle);
         let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
         let tables = [table.as_str()];
-        let batch = Batch {
-            label: "b",
-            tables: &tables,
-            lease: Some(("i-a/2/0", LeaseAt::Before)),
-            fresh: None,
-        };
+        let batch = batch("b", &tables, Some(("i-a/2/0", LeaseAt::Before)));
         let stopped = execute(&cloud, &batch, &writes).await.unwrap_err();
         assert!(matches!(stopped, Stopped::Lease(_)));
         assert_eq!(cloud.count("ReplaceRoute", &table), 0);
@@ -322,12 +320,7 @@ mod tests {
         let table = cloud.table_of("b");
         let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
         let tables = [table.as_str()];
-        let batch = Batch {
-            label: "b",
-            tables: &tables,
-            lease: None,
-            fresh: None,
-        };
+        let batch = batch("b", &tables, None);
         // The re-read is current; the confirming read lags behind the write.
         let done = {
             let reread = cloud.describe_route_tables(&tables).await.unwrap();
@@ -353,12 +346,7 @@ mod tests {
             RouteWrite::delete(&table, DEFAULT_ROUTE, &eni, "gone"),
         ];
         let tables = [table.as_str()];
-        let batch = Batch {
-            label: "a",
-            tables: &tables,
-            lease: None,
-            fresh: None,
-        };
+        let batch = batch("a", &tables, None);
         let done = execute(&cloud, &batch, &writes).await.unwrap();
         assert!(done.complete(), "{done:?}");
         assert_eq!(done.confirmed, 2);
