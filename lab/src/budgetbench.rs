@@ -85,7 +85,6 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     let opts = ScenarioOptions::default();
     let mut f = Fleet::new(&opts).await?;
     f.bin = agent.to_owned();
-    f.sockets = false;
     for z in ZONES {
         let inst = f.instance(z).await?;
         f.spawn(z, inst, Spec::new().name(format!("budget-{z}")))?;
@@ -95,16 +94,23 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     }
     // Probes up, first reads done: what follows is the running cost, not the boot's.
     tokio::time::sleep(Duration::from_secs(15)).await;
-    let mut windows = Vec::new();
+    println!(
+        "API calls per gateway-hour ({} gateways; {minutes} min per state)",
+        ZONES.len()
+    );
+    println!(
+        "{:<44} {:>8} {:>8} {:>9}  by action",
+        "state", "calls", "writes", "refused"
+    );
     let idle = || async {
         tokio::time::sleep(window).await;
         Ok(())
     };
-    windows.push(measure(&f, "steady state", idle()).await?);
+    show(&measure(&f, "steady state", idle()).await?);
 
     let (a, b) = (f.zone("a").eni_ip.clone(), f.zone("b").eni_ip.clone());
     f.lab.partition(&a, &b).await.map_err(|e| e.to_string())?;
-    windows.push(measure(&f, "partition between the gateways", idle()).await?);
+    show(&measure(&f, "partition between the gateways", idle()).await?);
     f.lab.heal(&a, &b).await.map_err(|e| e.to_string())?;
     tokio::time::sleep(Duration::from_secs(15)).await;
 
@@ -118,7 +124,7 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     })
     .await;
     f.lab.unhang(&b_id).await.map_err(|e| e.to_string())?;
-    windows.push(hung?);
+    show(&hung?);
     // b comes back to life and takes its zone back after its hold-down: the settling is part of
     // the episode below, so wait it out first.
     f.wait_route("b", "b", Duration::from_secs(120)).await?;
@@ -139,40 +145,13 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
         Ok(())
     })
     .await?;
-    if show_logs {
-        f.show_logs();
-    }
-
-    println!(
-        "\nAPI calls per gateway-hour ({} gateways; {minutes} min per state)",
-        ZONES.len()
-    );
-    println!(
-        "{:<44} {:>8} {:>8} {:>9}  by action",
-        "state", "calls", "writes", "refused"
-    );
-    for w in &windows {
-        let by_action: Vec<String> = w
-            .calls
-            .iter()
-            .map(|(a, n)| format!("{a} {:.0}", w.per_gateway_hour(*n)))
-            .collect();
-        println!(
-            "{:<44} {:>8.0} {:>8.0} {:>9.0}  {}",
-            w.name,
-            w.per_gateway_hour(w.total()),
-            w.per_gateway_hour(w.writes()),
-            w.per_gateway_hour(w.refused as usize),
-            by_action.join(", ")
-        );
-    }
     let by_action: Vec<String> = episode
         .calls
         .iter()
         .map(|(a, n)| format!("{a} {n}"))
         .collect();
     println!(
-        "{:<44} {:>8} {:>8} {:>9}  {} ({:.0} s, both gateways)",
+        "{:<44} {:>8} {:>8} {:>9}  {} ({:.0} s, both gateways, calls not per hour)",
         episode.name,
         episode.total(),
         episode.writes(),
@@ -180,5 +159,25 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
         by_action.join(", "),
         episode.seconds
     );
+    if show_logs {
+        f.show_logs();
+    }
     Ok(())
+}
+
+/// One state's row: calls, writes and refusals per gateway-hour, and by action.
+fn show(w: &Window) {
+    let by_action: Vec<String> = w
+        .calls
+        .iter()
+        .map(|(a, n)| format!("{a} {:.0}", w.per_gateway_hour(*n)))
+        .collect();
+    println!(
+        "{:<44} {:>8.0} {:>8.0} {:>9.0}  {}",
+        w.name,
+        w.per_gateway_hour(w.total()),
+        w.per_gateway_hour(w.writes()),
+        w.per_gateway_hour(w.refused as usize),
+        by_action.join(", ")
+    );
 }
