@@ -602,17 +602,10 @@ impl Fleet {
 
     /// Attaches `zone`'s ENI to `instance` at device index 1, as a gateway holds it.
     pub async fn attach_eni(&self, zone: &str, instance: &str) -> Result<()> {
-        let eni = &self.zone(zone).eni_id;
-        self.lab
-            .ec2()
-            .attach_network_interface()
-            .network_interface_id(eni)
-            .instance_id(instance)
-            .device_index(1)
-            .send()
-            .await
-            .map_err(|e| format!("AttachNetworkInterface {eni} to {instance}: {e:?}"))?;
-        Ok(())
+        Ok(self
+            .lab
+            .attach_eni(&self.zone(zone).eni_id, instance)
+            .await?)
     }
 
     /// The instance `zone`'s ENI is attached to, if any.
@@ -661,26 +654,13 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds, as IMDS dates its notices (the lab does not link
-/// the agent, whose `events::rfc3339_text` is the same calendar).
+/// `YYYY-MM-DDTHH:MM:SSZ` for unix seconds, as IMDS dates its notices (the SDK's own
+/// formatter: the lab does not link the agent).
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    use aws_sdk_ec2::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_secs(secs)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap_or_else(|_| secs.to_string())
 }
 
 #[cfg(test)]

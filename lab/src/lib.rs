@@ -642,6 +642,22 @@ impl Lab {
             .await
             .map(drop)
     }
+    /// Attaches `eni` to `instance` at device index 1, as a gateway holds its zone's ENI.
+    pub async fn attach_eni(&self, eni: &str, instance: &str) -> Result<()> {
+        self.ec2()
+            .attach_network_interface()
+            .network_interface_id(eni)
+            .instance_id(instance)
+            .device_index(1)
+            .send()
+            .await
+            .map_err(|e| LabError::Control {
+                method: "POST",
+                path: format!("AttachNetworkInterface {eni} to {instance}"),
+                message: format!("{e:?}"),
+            })?;
+        Ok(())
+    }
     /// Start a fixed-rate UDP stream from a zone's client to the internet host.
     pub async fn stream_start(&self, zone: &str, rate: u32) -> Result<u64> {
         let v = self

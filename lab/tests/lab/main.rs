@@ -54,12 +54,7 @@ where
 
 /// Attach a zone's persistent ENI to an instance at device index 1.
 pub async fn attach(lab: &Lab, eni: &str, instance: &str) {
-    lab.ec2()
-        .attach_network_interface()
-        .network_interface_id(eni)
-        .instance_id(instance)
-        .device_index(1)
-        .send()
+    lab.attach_eni(eni, instance)
         .await
         .expect("AttachNetworkInterface");
 }
