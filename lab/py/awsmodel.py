@@ -107,11 +107,17 @@ class Background:
         self.rates = {k: float(v) for k, v in (rates if rates is not None else profile.pairs("BACKGROUND")).items()}
         self.owed = defaultdict(float)
         self.last = time.monotonic()
+        # Ticked by labd's ticker and before every admitted call, from several threads.
+        self.lock = threading.Lock()
 
     def set(self, rates):
         self.rates = {k: float(v) for k, v in rates.items()}
 
     def tick(self):
+        with self.lock:
+            self._tick()
+
+    def _tick(self):
         now = time.monotonic()
         dt, self.last = now - self.last, now
         if not self.buckets.enabled:

@@ -116,6 +116,10 @@ class Lab:
         # AWS's own latency, spent outside the lock: callers are served side by side, as AWS
         # serves them; only moto's bookkeeping is one at a time.
         read = awsmodel.is_read(action)
+        # Other tools spend continuously: what they owe since the last tick goes first, so a
+        # call never finds the tokens a late tick has not spent yet.
+        if action:
+            self.background.tick()
         if action and not self.buckets.admit(service, action, {k: v[0] for k, v in params.items()}):
             # Not in api_calls (a refused call wrote nothing, as with an injected throttle);
             # the buckets count it.
