@@ -158,7 +158,7 @@ async fn background_load_spends_the_shared_bucket() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The caller still wins some of the tokens that trickle in between the background's spends.
+    // The background spends what it owes before each call is admitted: the caller rarely wins.
     println!("with 60 CreateTags/s of background load: {refused}/10 calls refused");
     assert!(refused >= 5, "{refused}/10 refused");
     let stats = lab.stats().await.unwrap();
