@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
-use crate::agent::routes::{self, Batch, LeaseAt, Stopped};
+use crate::agent::routes::{self, Batch, LeaseAt};
 use crate::cloud::retry::{self, RETRY_BACKOFF, jitter, retry};
 use crate::cloud::{CloudError, Ec2, Eni, RouteTable};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
@@ -624,13 +624,12 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     }
                 }
                 Err(stopped) => {
-                    let e = match stopped {
-                        Stopped::Lease(e) | Stopped::Confirm(e) | Stopped::Reread(e) => e,
-                    };
+                    let doing = stopped.doing();
+                    let e = stopped.into_error();
                     if !e.is_retryable() {
                         return Err(e.into());
                     }
-                    warn!(error = %e, "reclaim interrupted; reading again");
+                    warn!(error = %e, doing, "reclaim interrupted; reading again");
                     last_error = Some(e);
                 }
             }

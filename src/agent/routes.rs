@@ -16,7 +16,9 @@
 use tracing::{info, warn};
 
 use crate::cloud::{CloudError, Ec2, RouteTable};
-use crate::decide::route::{Op, RouteWrite};
+use std::collections::HashMap;
+
+use crate::decide::route::{Op, RouteFact, RouteWrite, TableFact};
 
 /// When the lease tag is written, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +87,12 @@ impl Stopped {
         }
     }
 
+    pub fn into_error(self) -> CloudError {
+        match self {
+            Self::Reread(e) | Self::Lease(e) | Self::Confirm(e) => e,
+        }
+    }
+
     /// What the executor was doing, for the caller's log.
     pub fn doing(&self) -> &'static str {
         match self {
@@ -113,30 +121,20 @@ pub async fn execute<'w, E: Ec2>(
     };
     let mut out = Executed::default();
     let mut wanted = Vec::new();
+    // Each table converted once per read, not once per write (a zone may hold 100 writes).
+    let facts = facts_by_id(fresh);
     for w in writes {
-        let table = fresh.iter().find(|t| t.id == w.table);
-        let fact = table.map(RouteTable::fact);
-        let current = fact.as_ref().and_then(|t| t.route(&w.destination));
+        let table = facts.get(w.table.as_str());
+        let current = table.and_then(|t| t.route(&w.destination));
         if table.is_some() && w.expect.holds(current) {
             wanted.push(w);
         } else {
-            let now = current.map_or("missing".to_owned(), |r| match &r.target {
-                _ if r.blackhole => "blackhole".to_owned(),
-                crate::decide::route::Target::Eni(id) | crate::decide::route::Target::Other(id) => {
-                    id.clone()
-                }
-            });
+            let now = current.map_or("missing", RouteFact::reads).to_owned();
             info!(for_ = %batch.label, table = %w.table, destination = %w.destination, expected = %w.expect, now = %now, "route changed since the decision: left alone");
             out.skipped.push((w, now));
         }
     }
-    let tag = |value: &str| {
-        let tags = [(crate::decide::lease::LEASE_TAG, value.to_owned())];
-        async move {
-            let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            ec2.create_tags(batch.tables, &tags).await
-        }
-    };
+    let tag = |value| tag(ec2, batch.tables, value);
     if let Some((value, LeaseAt::Before)) = batch.lease
         && !wanted.is_empty()
     {
@@ -189,17 +187,26 @@ pub async fn execute<'w, E: Ec2>(
         .describe_route_tables(batch.tables)
         .await
         .map_err(Stopped::Confirm)?;
+    let shown = facts_by_id(&after);
     out.confirmed = wanted
         .iter()
         .filter(|w| {
-            after
-                .iter()
-                .find(|t| t.id == w.table)
-                .is_some_and(|t| w.done(t.fact().route(&w.destination)))
+            shown
+                .get(w.table.as_str())
+                .is_some_and(|t| w.done(t.route(&w.destination)))
         })
         .count();
     out.after = after;
     Ok(out)
+}
+
+async fn tag<E: Ec2>(ec2: &E, tables: &[&str], value: &str) -> Result<(), CloudError> {
+    ec2.create_tags(tables, &[(crate::decide::lease::LEASE_TAG, value)])
+        .await
+}
+
+fn facts_by_id(tables: &[RouteTable]) -> HashMap<&str, TableFact> {
+    tables.iter().map(|t| (t.id.as_str(), t.fact())).collect()
 }
 
 async fn write<'w, E: Ec2>(ec2: &E, w: &'w RouteWrite) -> (&'w RouteWrite, Result<(), CloudError>) {

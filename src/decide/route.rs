@@ -56,6 +56,16 @@ pub struct RouteFact {
     pub blackhole: bool,
 }
 
+impl RouteFact {
+    /// What the route reads as, in a word: `blackhole`, or the ENI or gateway it points at.
+    pub fn reads(&self) -> &str {
+        match &self.target {
+            _ if self.blackhole => "blackhole",
+            Target::Eni(id) | Target::Other(id) => id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableFact {
     pub id: String,
@@ -198,11 +208,7 @@ pub fn carrier<'t>(
     for t in tables {
         for dest in destinations {
             if let Some(r) = t.route(dest) {
-                let key = match &r.target {
-                    _ if r.blackhole => "blackhole".to_owned(),
-                    Target::Eni(id) | Target::Other(id) => id.clone(),
-                };
-                *counts.entry(key).or_default() += 1;
+                *counts.entry(r.reads().to_owned()).or_default() += 1;
             }
         }
     }
