@@ -42,6 +42,9 @@ pub struct Report {
     /// `standby` (nothing), `draining`.
     pub role: String,
     pub version: String,
+    /// Zones whose gateways this one cannot hear now (ICMP down): a gateway listed here renews
+    /// its lease, so a one-way partition is never read as its death.
+    pub cannot_hear: Vec<String>,
 }
 
 /// Serves `GET /health` on `addr:port` with the latest report until the task is dropped.

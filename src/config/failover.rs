@@ -15,9 +15,13 @@ pub const DEFAULT_PROBE_INTERVAL_MS: u64 = 200;
 pub const DEFAULT_FALL: u32 = 3;
 /// A peer must answer three times in a row to count as up again.
 pub const DEFAULT_RISE: u32 = 3;
-/// One CreateTags and one DescribeRouteTables per gateway per second: a fleet of 20 gateways
-/// stays far below EC2's per-account request rates for both (tens per second, sustained).
+/// While something is wrong (a peer silent, a peer that cannot hear this gateway, a zone that
+/// just changed hands, a decision under way) the lease is renewed and the tables read this
+/// often; at steady state neither happens at this pace.
 pub const DEFAULT_LEASE_RENEW_MS: u64 = 1000;
+/// At steady state the route tables are read this often, to repair a blackhole or a foreign
+/// change: 120 reads per gateway-hour, and no writes.
+pub const DEFAULT_DRIFT_INTERVAL_S: u64 = 30;
 /// Two renewals and some: one slow renewal never confirms a death.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 2500;
 /// A recovered owner waits this long before it takes its zone back, so a peer that flaps does
@@ -43,6 +47,7 @@ pub struct Failover {
     pub confirm: Confirm,
     pub lease_renew_ms: u64,
     pub lease_ttl_ms: u64,
+    pub drift_interval_s: u64,
     pub failback: Failback,
     pub hold_down_s: u64,
     pub damping_max_s: u64,
@@ -61,6 +66,7 @@ impl Default for Failover {
             confirm: Confirm::Api,
             lease_renew_ms: DEFAULT_LEASE_RENEW_MS,
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            drift_interval_s: DEFAULT_DRIFT_INTERVAL_S,
             failback: Failback::Auto,
             hold_down_s: DEFAULT_HOLD_DOWN_S,
             damping_max_s: DEFAULT_DAMPING_MAX_S,
@@ -82,6 +88,9 @@ impl Failover {
     }
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
+    }
+    pub fn drift_interval(&self) -> Duration {
+        Duration::from_secs(self.drift_interval_s)
     }
     pub fn hold_down(&self) -> Duration {
         Duration::from_secs(self.hold_down_s)
@@ -124,6 +133,18 @@ impl Failover {
                     ),
                 );
             }
+        }
+        if !(1..=3600).contains(&self.drift_interval_s)
+            || self.drift_interval_s.saturating_mul(1000) < self.lease_renew_ms
+        {
+            problems.fail(
+                "failover.drift_interval_s",
+                format!(
+                    "{} is out of range; use failover.lease_renew_ms in seconds ({}) to 3600, or remove the key for the default {DEFAULT_DRIFT_INTERVAL_S}",
+                    self.drift_interval_s,
+                    self.lease_renew_ms.div_ceil(1000)
+                ),
+            );
         }
         if !(100..=60_000).contains(&self.lease_renew_ms) {
             problems.fail(

@@ -49,7 +49,8 @@
 //! | `failover.fall`               | [`DEFAULT_FALL`]                 | consecutive lost probes before "down"           |
 //! | `failover.rise`               | [`DEFAULT_RISE`]                 | consecutive answered probes before "up"         |
 //! | `failover.confirm`            | `"api"`                          | `"api"`: a death needs API/lease/self-report evidence; `"icmp"`: ICMP alone (opt-in) |
-//! | `failover.lease_renew_ms`     | [`DEFAULT_LEASE_RENEW_MS`]       | lease tag renewal and route-table read period   |
+//! | `failover.lease_renew_ms`     | [`DEFAULT_LEASE_RENEW_MS`]       | lease renewal and table reads while in trouble  |
+//! | `failover.drift_interval_s`   | [`DEFAULT_DRIFT_INTERVAL_S`]     | route-table reads at steady state               |
 //! | `failover.lease_ttl_ms`       | [`DEFAULT_LEASE_TTL_MS`]         | a lease unchanged this long confirms a death    |
 //! | `failover.failback`           | `"auto"`                         | `"auto"`: a recovered owner reclaims after the hold-down; `"manual"`: only at boot or by `gateway-agent failback` |
 //! | `failover.hold_down_s`        | [`DEFAULT_HOLD_DOWN_S`]          | continuous health before an owner reclaims      |
@@ -114,9 +115,9 @@ pub use endpoints::{
 };
 pub use error::{ConfigError, Invalid};
 pub use failover::{
-    Confirm, DEFAULT_DAMPING_MAX_S, DEFAULT_FALL, DEFAULT_HEALTH_PORT, DEFAULT_HOLD_DOWN_S,
-    DEFAULT_LEASE_RENEW_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_PROBE_INTERVAL_MS, DEFAULT_RISE,
-    Failback, Failover,
+    Confirm, DEFAULT_DAMPING_MAX_S, DEFAULT_DRIFT_INTERVAL_S, DEFAULT_FALL, DEFAULT_HEALTH_PORT,
+    DEFAULT_HOLD_DOWN_S, DEFAULT_LEASE_RENEW_MS, DEFAULT_LEASE_TTL_MS, DEFAULT_PROBE_INTERVAL_MS,
+    DEFAULT_RISE, Failback, Failover,
 };
 pub use group::{
     DEFAULT_DESTINATIONS, DEFAULT_DEVICE_INDEX, Eni, GROUP_TAG, Group, MAX_DEVICE_INDEX, Routes,

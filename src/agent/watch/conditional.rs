@@ -121,6 +121,12 @@ impl RuleWatch {
         }
     }
 
+    /// The rule's target is silent: its routes are in play, so the tables are read at the
+    /// fast cadence.
+    pub fn target_down(&self) -> bool {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).state == Probe::Down
+    }
+
     /// For `gateway-agent status`.
     pub fn status(&self) -> serde_json::Value {
         let view = *self.view.lock().unwrap_or_else(|e| e.into_inner());

@@ -47,10 +47,14 @@ const REPORT_FRESH: Duration = Duration::from_secs(2);
 /// After a failed or unconfirmed write, the next cycle comes this soon (doubling per failure,
 /// up to the lease period), not a whole period later.
 const RETRY_SOON: Duration = Duration::from_millis(100);
-/// Peers (the group's ENIs) are looked up again this often, in case one was added.
-const REDISCOVER_EVERY: Duration = Duration::from_secs(300);
+/// Peers (the group's ENIs) are looked up at start, and again when a read shows a zone whose
+/// gateway is not known, at most this often.
+const REDISCOVER_AFTER: Duration = Duration::from_secs(60);
 /// A failing API is reported once a minute, not every cycle.
 const API_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A zone that changed hands this recently keeps its carrier renewing and every gateway reading
+/// at the fast cadence: the move's followers (a hand-back, a peer's confirmation) come soon.
+const CHANGE_IS_RECENT: Duration = Duration::from_secs(10);
 
 /// This gateway, as the loop needs it.
 pub struct Own {
@@ -75,8 +79,11 @@ pub struct Watch<'a, E, A> {
     discovered_at: Option<Instant>,
     report: watch::Sender<Report>,
     zones: BTreeMap<String, ZoneState>,
-    /// The group's tables as last read.
+    /// The group's tables as last read, and when.
     tables: Vec<RouteTable>,
+    read_at: Option<Instant>,
+    /// Why the lease is being renewed and the tables read fast, as last logged.
+    trouble_logged: Option<String>,
     last_api_error: Option<Instant>,
     failures: u32,
     /// `gateway-agent failback` asked for the own zone back in the cycle under way.
@@ -114,6 +121,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             role: "active".into(),
             carries: vec![own.zone.clone()],
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            cannot_hear: Vec::new(),
         });
         let mut zones: BTreeMap<String, ZoneState> = BTreeMap::new();
         zones.entry(own.zone.clone()).or_default().epoch = claimed_epoch;
@@ -137,6 +145,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             report,
             zones,
             tables: Vec::new(),
+            read_at: None,
+            trouble_logged: None,
             last_api_error: None,
             failures: 0,
             failback_requested: false,
@@ -185,7 +195,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         let (feed, view) = watch::channel(PeerView::new(zone, eni, ip));
         let feed = Arc::new(feed);
         let tasks = if self.probing {
-            sensors::start_peer(&self.config, self.own.ip, &feed, &self.events_tx)
+            sensors::start_peer(
+                &self.config,
+                (&self.own.zone, self.own.ip),
+                &feed,
+                &self.events_tx,
+            )
         } else {
             Vec::new()
         };
@@ -204,29 +219,44 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// than the regular tick.
     pub async fn cycle(&mut self) -> Option<Duration> {
         if self.config.failover.enabled
-            && self
-                .discovered_at
-                .is_none_or(|at| at.elapsed() >= REDISCOVER_EVERY)
+            && self.discovered_at.is_none_or(|at| {
+                at.elapsed() >= REDISCOVER_AFTER
+                    && by_zone(&self.config, &self.tables)
+                        .keys()
+                        .any(|z| *z != self.own.zone && !self.peers.contains_key(z))
+            })
             && let Err(e) = self.discover().await
         {
             return Some(self.trouble(&e, "looking up the group's gateways"));
         }
-        let tables = match self.observe().await {
-            Ok(tables) => tables,
-            // Without the arbiter, doing nothing is the safe choice.
-            Err(e) => {
-                return Some(self.trouble(
-                    &e,
-                    "reading the route tables (changing nothing until it answers)",
-                ));
+        let now = Instant::now();
+        let fast = self.fast_reason(now);
+        self.log_trouble(fast.as_deref());
+        let drift_due = self.read_at.is_none_or(|at| {
+            now.saturating_duration_since(at) >= self.config.failover.drift_interval()
+        });
+        // At steady state the tables are read only every drift interval: nothing moves, and
+        // what could (a foreign change, a blackhole) is repaired within that interval.
+        if fast.is_some() || drift_due {
+            let tables = match self.observe(now).await {
+                Ok(tables) => tables,
+                // Without the arbiter, doing nothing is the safe choice.
+                Err(e) => {
+                    return Some(self.trouble(
+                        &e,
+                        "reading the route tables (changing nothing until it answers)",
+                    ));
+                }
+            };
+            if self.last_api_error.take().is_some() {
+                info!("EC2 API answering again");
             }
-        };
-        if self.last_api_error.take().is_some() {
-            info!("EC2 API answering again");
+            let now = Instant::now();
+            self.remember(&tables, now);
+            self.tables = tables;
+            self.read_at = Some(now);
         }
         let now = Instant::now();
-        self.remember(&tables, now);
-        self.tables = tables;
         let outcome = failover::decide(&self.facts(now, false));
         self.log_waits(&outcome.waits);
         for (zone, st) in &mut self.zones {
@@ -257,8 +287,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
 
     /// Renews the leases this gateway holds, reads every route table of the group and asks
     /// the API about silent peers, all at once.
-    async fn observe(&mut self) -> Result<Vec<RouteTable>, CloudError> {
-        let renewals = if self.config.dry_run {
+    async fn observe(&mut self, now: Instant) -> Result<Vec<RouteTable>, CloudError> {
+        let renewals = if self.config.dry_run || self.renew_reason(now).is_none() {
             Vec::new()
         } else {
             self.renewals()
@@ -300,6 +330,85 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             }
         }
         read
+    }
+
+    /// Why this gateway renews the leases of the zones it carries now, if it has a reason: a
+    /// peer is silent to it (that peer's own gateway may suspect it too), a peer says it cannot
+    /// hear it, or a zone changed hands just now. At steady state it has none and writes nothing.
+    fn renew_reason(&self, now: Instant) -> Option<String> {
+        for p in self.peers.values() {
+            let p = p.view.borrow();
+            if p.icmp == Probe::Down || p.losing_since.is_some() {
+                return Some(format!("{} is silent to this gateway", p.zone));
+            }
+            if let Some((r, at)) = &p.report
+                && now.saturating_duration_since(*at) <= REPORT_FRESH
+                && r.cannot_hear.contains(&self.own.zone)
+            {
+                return Some(format!("{} cannot hear this gateway", p.zone));
+            }
+        }
+        self.zones.iter().find_map(|(zone, st)| {
+            st.since_last_change(now)
+                .is_some_and(|d| d < CHANGE_IS_RECENT)
+                .then(|| format!("{zone} changed hands just now"))
+        })
+    }
+
+    /// Why the tables are read at the fast cadence now (every cycle), if anything is wrong or
+    /// moving; `None` at steady state.
+    fn fast_reason(&self, now: Instant) -> Option<String> {
+        if let Some(why) = self.renew_reason(now) {
+            return Some(why);
+        }
+        if self.draining {
+            return Some("draining".into());
+        }
+        if self.failback_requested {
+            return Some("an operator asked for the zone back".into());
+        }
+        if self.failures > 0 {
+            return Some("the last cycle left work undone".into());
+        }
+        if let Some(zone) = self
+            .zones
+            .iter()
+            .find_map(|(zone, st)| st.deciding.is_some().then_some(zone))
+        {
+            return Some(format!("a decision on {zone} is under way"));
+        }
+        if let Some(p) = self
+            .peers
+            .values()
+            .map(|p| p.view.borrow())
+            .find(|p| p.icmp != Probe::Up)
+        {
+            return Some(format!("{} is not known to be up yet", p.zone));
+        }
+        if let Some(r) = self.rules.iter().find(|r| r.target_down()) {
+            return Some(format!(
+                "conditional rule {} has its target down",
+                r.config.label()
+            ));
+        }
+        None
+    }
+
+    /// Logs when the agent enters or leaves the fast cadence (not every cycle).
+    fn log_trouble(&mut self, why: Option<&str>) {
+        if self.trouble_logged.as_deref() == why {
+            return;
+        }
+        match why {
+            Some(why) => {
+                info!(%why, "reading the route tables every cycle and renewing the lease where there is a reason")
+            }
+            None => info!(
+                drift_interval_s = self.config.failover.drift_interval().as_secs(),
+                "steady state: reading the route tables once per drift interval, writing nothing"
+            ),
+        }
+        self.trouble_logged = why.map(str::to_owned);
     }
 
     /// A decision this agent does not carry out: dry-run or paused (logged once each).
@@ -526,11 +635,23 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             .filter(|(zone, _)| all_zones || f.enabled || *zone == self.own.zone)
             .map(|(zone, ts)| {
                 let st = self.zones.get(&zone).unwrap_or(&empty);
+                let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+                // A carrier renews only while it has a reason, so its lease is judged from
+                // the moment this gateway began suspecting it, never from an older quiet time.
+                let suspected_for = carrier(&facts, &self.config.routes.destinations)
+                    .and_then(|eni| {
+                        self.peers
+                            .values()
+                            .map(|p| p.view.borrow())
+                            .find(|p| p.eni == eni)
+                            .and_then(|p| p.losing_since)
+                    })
+                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
                 failover::Zone {
-                    lease_unchanged_for: st.lease_unchanged_for(now),
+                    lease_unchanged_for: st.lease_unchanged_for(now).min(suspected_for),
                     recent_changes: st.recent_changes(now, f.damping_max()),
                     since_last_change: st.since_last_change(now),
-                    tables: ts.into_iter().map(RouteTable::fact).collect(),
+                    tables: facts,
                     zone,
                 }
             })

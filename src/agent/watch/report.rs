@@ -31,6 +31,12 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
         let carries = self.carried();
         let draining = self.draining;
         let role = self.role(&carries);
+        let cannot_hear: Vec<String> = self
+            .peer_views()
+            .into_iter()
+            .filter(|p| p.icmp == crate::decide::route::Probe::Down)
+            .map(|p| p.zone)
+            .collect();
         metrics::set("gateway_agent_zones_carried", &[], carries.len() as f64);
         metrics::set(
             "gateway_agent_draining",
@@ -48,11 +54,13 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             let changed = r.healthy != own.healthy
                 || r.carries != carries
                 || r.draining != draining
-                || r.role != role;
+                || r.role != role
+                || r.cannot_hear != cannot_hear;
             r.role = role.to_owned();
             r.healthy = own.healthy;
             r.draining = draining;
             r.carries.clone_from(&carries);
+            r.cannot_hear = cannot_hear;
             changed
         });
     }

@@ -40,6 +40,11 @@ pub enum Event {
     Own {
         healthy: bool,
     },
+    /// A peer's `/health` began or stopped saying it cannot hear this gateway.
+    Deaf {
+        zone: String,
+        deaf: bool,
+    },
     /// A conditional route's probe target changed state.
     Target {
         rule: String,
@@ -192,7 +197,7 @@ pub fn start_own_health(
 /// the probes take the path the traffic does).
 pub fn start_peer(
     config: &crate::config::Config,
-    own_ip: Ipv4Addr,
+    (own_zone, own_ip): (&str, Ipv4Addr),
     feed: &Feed<PeerView>,
     tx: &mpsc::Sender<Event>,
 ) -> Vec<Task> {
@@ -224,7 +229,13 @@ pub fn start_peer(
             (f.rise, f.fall),
             tx.clone(),
         ))),
-        Task(tokio::spawn(health_task(http, Arc::clone(feed), ip))),
+        Task(tokio::spawn(health_task(
+            http,
+            Arc::clone(feed),
+            ip,
+            own_zone.to_owned(),
+            tx.clone(),
+        ))),
     ]
 }
 
@@ -373,8 +384,15 @@ async fn icmp_task(
     .await;
 }
 
-async fn health_task(http: health::Client, feed: Feed<PeerView>, ip: Ipv4Addr) {
+async fn health_task(
+    http: health::Client,
+    feed: Feed<PeerView>,
+    ip: Ipv4Addr,
+    own_zone: String,
+    tx: mpsc::Sender<Event>,
+) {
     let zone = feed.borrow().zone.clone();
+    let mut deaf_to_us = false;
     let mut ticker = interval(HEALTH_INTERVAL);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last: Option<(bool, bool)> = None;
@@ -395,6 +413,20 @@ async fn health_task(http: health::Client, feed: Feed<PeerView>, ip: Ipv4Addr) {
                 if last != Some(now) {
                     info!(%zone, healthy = report.healthy, draining = report.draining, carries = ?report.carries, "peer /health");
                     last = Some(now);
+                }
+                // A peer that cannot hear this gateway may judge its lease: renew at once.
+                let deaf = report.cannot_hear.contains(&own_zone);
+                if deaf != deaf_to_us {
+                    deaf_to_us = deaf;
+                    if deaf {
+                        warn!(%zone, "peer says it cannot hear this gateway: renewing the lease while it lasts");
+                    } else {
+                        info!(%zone, "peer hears this gateway again");
+                    }
+                    let _ = tx.try_send(Event::Deaf {
+                        zone: zone.clone(),
+                        deaf,
+                    });
                 }
                 feed.send_modify(|p| p.report = Some((report, Instant::now())));
             }

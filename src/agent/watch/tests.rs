@@ -92,6 +92,7 @@ impl Rig {
                         role: "active".into(),
                         carries: Vec::new(),
                         version: "test".into(),
+                        cannot_hear: Vec::new(),
                     },
                     Instant::now(),
                 )
@@ -106,6 +107,14 @@ impl Rig {
             let next = self.watch.cycle().await.unwrap_or(every).min(every);
             advance(next).await;
         }
+    }
+
+    /// Points `table`'s default route at `target` behind the agent's back, and has the next
+    /// cycle read (a change at steady state is otherwise seen within a drift interval, which
+    /// its own test covers).
+    fn change(&mut self, table: &str, target: RouteTarget) {
+        self.cloud.set_route_target(table, DEFAULT_ROUTE, target);
+        self.watch.read_at = None;
     }
 
     fn writes(&self, zone: &str) -> usize {
@@ -127,22 +136,6 @@ impl Rig {
             .get(LEASE_TAG)
             .and_then(|v| Lease::parse(v))
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn steady_state_writes_no_route_and_renews_only_its_own_lease() {
-    let mut r = Rig::new("").await;
-    r.run(Duration::from_secs(10), Duration::from_secs(1)).await;
-    assert_eq!(r.writes("a") + r.writes("b"), 0);
-    assert_eq!(r.target("a"), Some(r.eni("a")));
-    assert_eq!(r.target("b"), Some(r.eni("b")));
-    assert_eq!(
-        r.lease("a").map(|l| l.epoch),
-        Some(1),
-        "the claimed epoch is kept"
-    );
-    assert!(r.cloud.count("CreateTags", &r.table("a")) >= 9);
-    assert_eq!(r.cloud.count("CreateTags", &r.table("b")), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -200,8 +193,8 @@ async fn the_own_zone_comes_back_after_the_hold_down_and_not_before() {
     let mut r = Rig::new("").await;
     // b covered for a while a was away.
     let eni_b = r.cloud.eni_of("b");
-    r.cloud
-        .set_route_target(&r.table("a"), DEFAULT_ROUTE, RouteTarget::Eni(eni_b));
+    let table_a = r.table("a");
+    r.change(&table_a, RouteTarget::Eni(eni_b));
     r.run(Duration::from_secs(HOLD_DOWN_S - 2), Duration::from_secs(1))
         .await;
     assert_eq!(r.writes("a"), 0);
@@ -215,8 +208,8 @@ async fn the_own_zone_comes_back_after_the_hold_down_and_not_before() {
 async fn manual_failback_waits_for_the_operator() {
     let mut r = Rig::new("failback = \"manual\"\n").await;
     let eni_b = r.cloud.eni_of("b");
-    r.cloud
-        .set_route_target(&r.table("a"), DEFAULT_ROUTE, RouteTarget::Eni(eni_b));
+    let table_a = r.table("a");
+    r.change(&table_a, RouteTarget::Eni(eni_b));
     r.run(Duration::from_secs(120), Duration::from_secs(1))
         .await;
     assert_eq!(r.writes("a"), 0);
@@ -234,8 +227,7 @@ async fn a_zone_that_keeps_changing_hands_waits_out_the_damped_hold_down() {
     let table_b = r.table("b");
     // b's zone moved twice just now (seen by this gateway).
     for to in [&eni_a, &eni_b] {
-        r.cloud
-            .set_route_target(&table_b, DEFAULT_ROUTE, RouteTarget::Eni(to.clone()));
+        r.change(&table_b, RouteTarget::Eni(to.clone()));
         r.watch.cycle().await;
         advance(Duration::from_secs(1)).await;
     }
@@ -335,4 +327,104 @@ async fn a_manual_failover_takes_a_live_peers_zone_and_refuses_its_own() {
         .await;
     assert!(taken.is_ok(), "{taken:?}");
     assert_eq!(r.target("b"), Some(r.eni("a")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn steady_state_writes_nothing_and_reads_once_per_drift_interval() {
+    let mut r = Rig::new("").await;
+    r.run(Duration::from_secs(600), Duration::from_secs(1))
+        .await;
+    assert_eq!(r.writes("a") + r.writes("b"), 0);
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.target("b"), Some(r.eni("b")));
+    assert_eq!(
+        r.cloud.count("CreateTags", ""),
+        0,
+        "no lease renewal without a reason"
+    );
+    // Ten minutes at one read per 30 s, and nothing else.
+    let reads = r.cloud.count("DescribeRouteTables", "");
+    assert!((19..=21).contains(&reads), "{reads} reads");
+    assert_eq!(r.cloud.calls().len(), reads, "{:?}", r.cloud.calls());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_foreign_change_at_steady_state_is_repaired_within_one_drift_interval() {
+    let mut r = Rig::new("").await;
+    r.run(Duration::from_secs(5), Duration::from_secs(1)).await;
+    let table_a = r.table("a");
+    r.cloud.remove_route(&table_a, DEFAULT_ROUTE);
+    r.run(Duration::from_secs(20), Duration::from_secs(1)).await;
+    assert_eq!(r.target("a"), None, "not read yet");
+    r.run(Duration::from_secs(11), Duration::from_secs(1)).await;
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+}
+
+/// Renewals of a's own lease while cycles run for `run`.
+async fn renewals_while(r: &mut Rig, run: Duration) -> usize {
+    r.cloud.clear_calls();
+    r.run(run, Duration::from_secs(1)).await;
+    r.cloud.count("CreateTags", &r.table("a"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_only_for_a_reason() {
+    let mut r = Rig::new("").await;
+    assert_eq!(renewals_while(&mut r, Duration::from_secs(5)).await, 0);
+    // A peer silent to this gateway.
+    r.peer(Probe::Down, false);
+    let table_b = r.table("b");
+    let holder = r.cloud.instance_of("b");
+    r.cloud
+        .set_tag(&table_b, LEASE_TAG, &format!("{holder}/1/0"));
+    assert!(renewals_while(&mut r, Duration::from_secs(2)).await >= 2);
+    r.peer(Probe::Up, true);
+    r.run(Duration::from_secs(1), Duration::from_secs(1)).await;
+    assert_eq!(renewals_while(&mut r, Duration::from_secs(5)).await, 0);
+    // A peer that says it cannot hear this gateway.
+    let own = r.cloud.az_of("a");
+    r.watch
+        .peer_feed(&r.cloud.az_of("b"))
+        .unwrap()
+        .send_modify(|p| {
+            if let Some((report, at)) = &mut p.report {
+                report.cannot_hear = vec![own.clone()];
+                *at = Instant::now();
+            }
+        });
+    assert!(renewals_while(&mut r, Duration::from_secs(1)).await >= 1);
+    r.peer(Probe::Up, true);
+    assert_eq!(renewals_while(&mut r, Duration::from_secs(3)).await, 0);
+    // A zone that changed hands just now: a took b's zone.
+    r.cloud.kill(&r.cloud.instance_of("b"));
+    r.peer(Probe::Down, false);
+    r.watch.cycle().await;
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+    r.peer(Probe::Up, false);
+    let during = renewals_while(&mut r, Duration::from_secs(12)).await;
+    assert!((8..=11).contains(&during), "{during} renewals");
+    assert_eq!(
+        renewals_while(&mut r, Duration::from_secs(20)).await,
+        0,
+        "quiet once the change is no longer recent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_suspected_peers_lease_is_judged_from_the_suspicion_not_from_the_quiet_before() {
+    let mut r = Rig::new("").await;
+    // Nobody renewed for ten minutes: steady state.
+    r.run(Duration::from_secs(600), Duration::from_secs(1))
+        .await;
+    // b falls silent; its agent still runs and renews now that it has a reason.
+    r.peer(Probe::Down, false);
+    let table_b = r.table("b");
+    let holder = r.cloud.instance_of("b");
+    for i in 0..10u64 {
+        r.cloud
+            .set_tag(&table_b, LEASE_TAG, &format!("{holder}/1/{i}"));
+        r.watch.cycle().await;
+        advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(r.writes("b"), 0, "a renewing peer is not taken over");
 }
