@@ -331,3 +331,127 @@ async fn replacement_agent_starts_with_its_instance() {
     );
     assert!(appeared >= 3.0, "{appeared}");
 }
+
+/// Runs `argv` in the instance's namespace.
+fn in_ns(ns: &str, argv: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(argv)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn lease_of(f: &Fleet, zone: &str) -> Option<String> {
+    f.lease(zone).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_steady_state_no_lease_is_renewed_and_the_tables_are_read_per_drift_interval() {
+    let f = started(&["a", "b"], "[failover]\ndrift_interval_s = 5").await;
+    sleep_s(12.0).await;
+    let leases = (lease_of(&f, "a").await, lease_of(&f, "b").await);
+    let calls = f.lab.api_calls().await.unwrap().len();
+    sleep_s(10.0).await;
+    let after: Vec<String> = f.lab.api_calls().await.unwrap().split_off(calls);
+    assert_eq!(
+        (lease_of(&f, "a").await, lease_of(&f, "b").await),
+        leases,
+        "a lease moved at steady state\n{}",
+        f.logs()
+    );
+    assert!(after.iter().all(|a| a == "DescribeRouteTables"), "{after:?}");
+    // Two gateways, one read each per 5 s, for 10 s.
+    assert!((3..=6).contains(&after.len()), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_peer_makes_both_sides_renew_and_a_partition_still_moves_nothing() {
+    let f = started(&["a", "b"], "").await;
+    sleep_s(3.0).await;
+    let writes = f.route_writes().await.unwrap();
+    let before = lease_of(&f, "b").await;
+    let (ip_a, ip_b) = (f.zone("a").eni_ip.clone(), f.zone("b").eni_ip.clone());
+    f.lab.partition(&ip_a, &ip_b).await.unwrap();
+    sleep_s(6.0).await;
+    let during = lease_of(&f, "b").await;
+    assert_ne!(during, before, "b did not renew while a was silent to it\n{}", f.logs());
+    assert!(f.log("b").contains("silent to this gateway"), "{}", f.log("b"));
+    assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
+    f.lab.heal(&ip_a, &ip_b).await.unwrap();
+    // Once the peers hear each other again (and the recent-change window is long past),
+    // renewals stop.
+    sleep_s(5.0).await;
+    let settled = lease_of(&f, "b").await;
+    sleep_s(4.0).await;
+    assert_eq!(lease_of(&f, "b").await, settled, "{}", f.logs());
+    assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
+}
+
+/// A one-way failure: a's echo requests to b are dropped on their way out of a's ENI, so a
+/// cannot hear b while b hears a (and reads a's /health). b learns from a's /health that a
+/// cannot hear it, renews its lease, and keeps its zone: a never takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_cannot_hear_this_gateway_makes_it_renew_and_nothing_moves() {
+    let f = started(&["a", "b"], "").await;
+    sleep_s(3.0).await;
+    let writes = f.route_writes().await.unwrap();
+    let ns = f.instance("a").await.unwrap().ns.expect("a's namespace");
+    let ip_b = f.zone("b").eni_ip.clone();
+    let links = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "ls", "/sys/class/net"])
+        .output()
+        .unwrap();
+    for link in String::from_utf8_lossy(&links.stdout)
+        .split_whitespace()
+        .filter(|l| *l != "lo")
+    {
+        in_ns(&ns, &["tc", "qdisc", "add", "dev", link, "clsact"]);
+        // ICMP (protocol 1) echo requests (type 8, the first byte after a 20-byte header).
+        in_ns(
+            &ns,
+            &[
+                "tc", "filter", "add", "dev", link, "egress", "prio", "1", "protocol", "ip",
+                "u32", "match", "ip", "dst", &format!("{ip_b}/32"), "match", "ip", "protocol",
+                "1", "0xff", "match", "u8", "8", "0xff", "at", "20", "action", "drop",
+            ],
+        );
+    }
+    sleep_s(8.0).await;
+    assert!(f.log("a").contains("peer down by ICMP"), "the filter did not bite\n{}", f.logs());
+    assert!(
+        !f.log("b").contains("peer down by ICMP"),
+        "b should still hear a\n{}",
+        f.logs()
+    );
+    assert!(
+        f.log("b").contains("peer says it cannot hear this gateway"),
+        "{}",
+        f.logs()
+    );
+    assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
+    f.wait_route("b", "b", secs(1)).await.unwrap();
+}
+
+/// A hung peer (its agent frozen) does not renew: it is taken over about `lease_ttl_ms` after
+/// the other gateway began suspecting it, although nobody renewed anything before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_peer_is_taken_over_although_nobody_renewed_at_steady_state() {
+    let f = started(&["a", "b"], "").await;
+    sleep_s(8.0).await;
+    f.agent("b")
+        .signal(nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    let frozen = std::time::Instant::now();
+    f.wait_route("b", "a", secs(10)).await.unwrap();
+    let took = frozen.elapsed();
+    f.agent("b")
+        .signal(nix::sys::signal::Signal::SIGCONT)
+        .unwrap();
+    println!("hung peer taken over {} ms after it froze", took.as_millis());
+    assert!(f.log("a").contains("lease not renewed"), "{}", f.log("a"));
+}

@@ -438,6 +438,25 @@ impl Fleet {
             .collect())
     }
 
+    /// The lease tag on `zone`'s own table, as the API has it.
+    pub async fn lease(&self, zone: &str) -> Result<Option<String>> {
+        let table = &self.zone(zone).route_table_id;
+        let out = self
+            .lab
+            .ec2()
+            .describe_route_tables()
+            .route_table_ids(table)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeRouteTables {table}: {e:?}"))?;
+        Ok(out
+            .route_tables()
+            .iter()
+            .flat_map(|t| t.tags())
+            .find(|t| t.key() == Some("gateway-agent:lease"))
+            .and_then(|t| t.value().map(str::to_owned)))
+    }
+
     /// The route for `dest` in `zone`'s own table: (ENI, state); none is an error.
     pub async fn route(&self, zone: &str, dest: &str) -> Result<(String, String)> {
         self.table(zone)
