@@ -364,7 +364,10 @@ async fn at_steady_state_no_lease_is_renewed_and_the_tables_are_read_per_drift_i
         "a lease moved at steady state\n{}",
         f.logs()
     );
-    assert!(after.iter().all(|a| a == "DescribeRouteTables"), "{after:?}");
+    assert!(
+        after.iter().all(|a| a == "DescribeRouteTables"),
+        "{after:?}"
+    );
     // Two gateways, one read each per 5 s, for 10 s.
     assert!((3..=6).contains(&after.len()), "{after:?}");
 }
@@ -379,8 +382,17 @@ async fn a_silent_peer_makes_both_sides_renew_and_a_partition_still_moves_nothin
     f.lab.partition(&ip_a, &ip_b).await.unwrap();
     sleep_s(6.0).await;
     let during = lease_of(&f, "b").await;
-    assert_ne!(during, before, "b did not renew while a was silent to it\n{}", f.logs());
-    assert!(f.log("b").contains("silent to this gateway"), "{}", f.log("b"));
+    assert_ne!(
+        during,
+        before,
+        "b did not renew while a was silent to it\n{}",
+        f.logs()
+    );
+    assert!(
+        f.log("b").contains("silent to this gateway"),
+        "{}",
+        f.log("b")
+    );
     assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
     f.lab.heal(&ip_a, &ip_b).await.unwrap();
     // Once the peers hear each other again (and the recent-change window is long past),
@@ -415,14 +427,43 @@ async fn a_peer_that_cannot_hear_this_gateway_makes_it_renew_and_nothing_moves()
         in_ns(
             &ns,
             &[
-                "tc", "filter", "add", "dev", link, "egress", "prio", "1", "protocol", "ip",
-                "u32", "match", "ip", "dst", &format!("{ip_b}/32"), "match", "ip", "protocol",
-                "1", "0xff", "match", "u8", "8", "0xff", "at", "20", "action", "drop",
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                link,
+                "egress",
+                "prio",
+                "1",
+                "protocol",
+                "ip",
+                "u32",
+                "match",
+                "ip",
+                "dst",
+                &format!("{ip_b}/32"),
+                "match",
+                "ip",
+                "protocol",
+                "1",
+                "0xff",
+                "match",
+                "u8",
+                "8",
+                "0xff",
+                "at",
+                "20",
+                "action",
+                "drop",
             ],
         );
     }
     sleep_s(8.0).await;
-    assert!(f.log("a").contains("peer down by ICMP"), "the filter did not bite\n{}", f.logs());
+    assert!(
+        f.log("a").contains("peer down by ICMP"),
+        "the filter did not bite\n{}",
+        f.logs()
+    );
     assert!(
         !f.log("b").contains("peer down by ICMP"),
         "b should still hear a\n{}",
@@ -452,6 +493,9 @@ async fn a_hung_peer_is_taken_over_although_nobody_renewed_at_steady_state() {
     f.agent("b")
         .signal(nix::sys::signal::Signal::SIGCONT)
         .unwrap();
-    println!("hung peer taken over {} ms after it froze", took.as_millis());
+    println!(
+        "hung peer taken over {} ms after it froze",
+        took.as_millis()
+    );
     assert!(f.log("a").contains("lease not renewed"), "{}", f.log("a"));
 }
