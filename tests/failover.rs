@@ -368,8 +368,8 @@ async fn at_steady_state_no_lease_is_renewed_and_the_tables_are_read_per_drift_i
         after.iter().all(|a| a == "DescribeRouteTables"),
         "{after:?}"
     );
-    // Two gateways, one read each per 5 s, for 10 s.
-    assert!((3..=6).contains(&after.len()), "{after:?}");
+    // Two gateways, one read each per 5-6 s (the next 1 s tick past the interval), for 10 s.
+    assert!((2..=6).contains(&after.len()), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -404,64 +404,21 @@ async fn a_silent_peer_makes_both_sides_renew_and_a_partition_still_moves_nothin
     assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
 }
 
-/// A one-way failure: a's echo requests to b are dropped on their way out of a's ENI, so a
-/// cannot hear b while b hears a (and reads a's /health). b learns from a's /health that a
-/// cannot hear it, renews its lease, and keeps its zone: a never takes it.
+/// A one-way failure: b stops answering echo requests (its kernel ignores them), so a cannot
+/// hear b while b hears a (and reads a's /health). b learns from a's /health that a cannot hear
+/// it, renews its lease, and keeps its zone: a never takes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_that_cannot_hear_this_gateway_makes_it_renew_and_nothing_moves() {
     let f = started(&["a", "b"], "").await;
     sleep_s(3.0).await;
     let writes = f.route_writes().await.unwrap();
-    let ns = f.instance("a").await.unwrap().ns.expect("a's namespace");
-    let ip_b = f.zone("b").eni_ip.clone();
-    let links = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "ls", "/sys/class/net"])
-        .output()
-        .unwrap();
-    for link in String::from_utf8_lossy(&links.stdout)
-        .split_whitespace()
-        .filter(|l| *l != "lo")
-    {
-        in_ns(&ns, &["tc", "qdisc", "add", "dev", link, "clsact"]);
-        // ICMP (protocol 1) echo requests (type 8, the first byte after a 20-byte header).
-        in_ns(
-            &ns,
-            &[
-                "tc",
-                "filter",
-                "add",
-                "dev",
-                link,
-                "egress",
-                "prio",
-                "1",
-                "protocol",
-                "ip",
-                "u32",
-                "match",
-                "ip",
-                "dst",
-                &format!("{ip_b}/32"),
-                "match",
-                "ip",
-                "protocol",
-                "1",
-                "0xff",
-                "match",
-                "u8",
-                "8",
-                "0xff",
-                "at",
-                "20",
-                "action",
-                "drop",
-            ],
-        );
-    }
+    let before = lease_of(&f, "b").await;
+    let ns = f.instance("b").await.unwrap().ns.expect("b's namespace");
+    in_ns(&ns, &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]);
     sleep_s(8.0).await;
     assert!(
         f.log("a").contains("peer down by ICMP"),
-        "the filter did not bite\n{}",
+        "b still answers\n{}",
         f.logs()
     );
     assert!(
@@ -474,28 +431,25 @@ async fn a_peer_that_cannot_hear_this_gateway_makes_it_renew_and_nothing_moves()
         "{}",
         f.logs()
     );
+    assert_ne!(lease_of(&f, "b").await, before, "b did not renew\n{}", f.logs());
     assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
     f.wait_route("b", "b", secs(1)).await.unwrap();
+    in_ns(&ns, &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0"]);
 }
 
-/// A hung peer (its agent frozen) does not renew: it is taken over about `lease_ttl_ms` after
-/// the other gateway began suspecting it, although nobody renewed anything before.
+/// A hung peer (stopped, its traffic dropped) does not renew: it is taken over about
+/// `lease_ttl_ms` after the other gateway began suspecting it, although nobody renewed
+/// anything at steady state before.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_peer_is_taken_over_although_nobody_renewed_at_steady_state() {
     let f = started(&["a", "b"], "").await;
     sleep_s(8.0).await;
-    f.agent("b")
-        .signal(nix::sys::signal::Signal::SIGSTOP)
-        .unwrap();
+    let b = f.instance_id("b");
+    f.lab.hang(&b).await.unwrap();
     let frozen = std::time::Instant::now();
     f.wait_route("b", "a", secs(10)).await.unwrap();
     let took = frozen.elapsed();
-    f.agent("b")
-        .signal(nix::sys::signal::Signal::SIGCONT)
-        .unwrap();
-    println!(
-        "hung peer taken over {} ms after it froze",
-        took.as_millis()
-    );
+    f.lab.unhang(&b).await.unwrap();
+    println!("hung peer taken over {} ms after it froze", took.as_millis());
     assert!(f.log("a").contains("lease not renewed"), "{}", f.log("a"));
 }
