@@ -431,7 +431,12 @@ async fn a_peer_that_cannot_hear_this_gateway_makes_it_renew_and_nothing_moves()
         "{}",
         f.logs()
     );
-    assert_ne!(lease_of(&f, "b").await, before, "b did not renew\n{}", f.logs());
+    assert_ne!(
+        lease_of(&f, "b").await,
+        before,
+        "b did not renew\n{}",
+        f.logs()
+    );
     assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
     f.wait_route("b", "b", secs(1)).await.unwrap();
     in_ns(&ns, &["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=0"]);
@@ -450,6 +455,9 @@ async fn a_hung_peer_is_taken_over_although_nobody_renewed_at_steady_state() {
     f.wait_route("b", "a", secs(10)).await.unwrap();
     let took = frozen.elapsed();
     f.lab.unhang(&b).await.unwrap();
-    println!("hung peer taken over {} ms after it froze", took.as_millis());
+    println!(
+        "hung peer taken over {} ms after it froze",
+        took.as_millis()
+    );
     assert!(f.log("a").contains("lease not renewed"), "{}", f.log("a"));
 }

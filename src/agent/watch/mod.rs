@@ -281,8 +281,41 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             Some(self.backoff())
         } else {
             self.failures = 0;
-            None
+            self.lease_lapses(Instant::now())
         }
+    }
+
+    /// When the lease of a suspected peer's zone lapses (its value unchanged, and the peer
+    /// suspected, for `lease_ttl_ms`), if that comes before the next tick: the cycle is run
+    /// then, so a hung peer is taken over at its lease's end, not up to a tick later.
+    fn lease_lapses(&self, now: Instant) -> Option<Duration> {
+        let ttl = self.config.failover.lease_ttl();
+        let zones = by_zone(&self.config, &self.tables);
+        let mut next: Option<Duration> = None;
+        for p in self.peers.values() {
+            let p = p.view.borrow();
+            let Some(suspected) = p.losing_since else {
+                continue;
+            };
+            for (zone, ts) in &zones {
+                let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+                if carrier(&facts, &self.config.routes.destinations).as_deref()
+                    != Some(p.eni.as_str())
+                {
+                    continue;
+                }
+                let seen = self
+                    .zones
+                    .get(zone)
+                    .and_then(|z| z.lease.as_ref())
+                    .map_or(suspected, |(_, at)| (*at).max(suspected));
+                let at = (seen + ttl).saturating_duration_since(now);
+                if !at.is_zero() && at < self.config.failover.lease_renew() {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+        }
+        next
     }
 
     /// Renews the leases this gateway holds, reads every route table of the group and asks
@@ -385,11 +418,47 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         {
             return Some(format!("{} is not known to be up yet", p.zone));
         }
+        if let Some(why) = self.reports_disagree(now) {
+            return Some(why);
+        }
         if let Some(r) = self.rules.iter().find(|r| r.target_down()) {
             return Some(format!(
                 "conditional rule {} has its target down",
                 r.config.label()
             ));
+        }
+        None
+    }
+
+    /// A peer's `/health` says it carries a zone the last read gave to another gateway, or no
+    /// longer carries one it had: someone moved a route since, so the tables are read now
+    /// rather than at the next drift read (a recovered owner sees at once that its zone is
+    /// held elsewhere).
+    fn reports_disagree(&self, now: Instant) -> Option<String> {
+        let zones = by_zone(&self.config, &self.tables);
+        let read_carrier = |zone: &str| {
+            zones.get(zone).and_then(|ts| {
+                let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+                carrier(&facts, &self.config.routes.destinations)
+            })
+        };
+        for p in self.peers.values() {
+            let p = p.view.borrow();
+            let Some((r, at)) = &p.report else { continue };
+            if now.saturating_duration_since(*at) > REPORT_FRESH {
+                continue;
+            }
+            for zone in zones.keys() {
+                let says = r.carries.contains(zone);
+                let read = read_carrier(zone).as_deref() == Some(p.eni.as_str());
+                if says != read {
+                    return Some(format!(
+                        "{} says it {} {zone}; the last read says otherwise",
+                        p.zone,
+                        if says { "carries" } else { "no longer carries" }
+                    ));
+                }
+            }
         }
         None
     }

@@ -145,6 +145,8 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             .collect();
         serde_json::json!({
             "instance_id": self.own.instance_id,
+            // This gateway's wall clock, for comparing with others' (leases and logs carry it).
+            "unix_ms": crate::agent::routes::unix_ms(),
             "zone": self.own.zone,
             "eni": self.own.eni,
             "self_check": { "healthy": own.healthy, "detail": own.detail, "for_s": now.saturating_duration_since(own.since).as_secs() },

@@ -78,6 +78,12 @@ impl Rig {
             self.cloud.az_of("b"),
             self.cloud.eni_of("b"),
         );
+        // What b's /health says it carries: the zones whose routes point at it.
+        let carries: Vec<String> = ["a", "b"]
+            .iter()
+            .filter(|z| self.target(z) == Some(RouteTarget::Eni(eni.clone())))
+            .map(|z| self.cloud.az_of(z))
+            .collect();
         feed.send_modify(|p: &mut PeerView| {
             p.icmp = icmp;
             p.losing_since = (icmp == Probe::Down).then(Instant::now);
@@ -90,7 +96,7 @@ impl Rig {
                         healthy,
                         draining: false,
                         role: "active".into(),
-                        carries: Vec::new(),
+                        carries,
                         version: "test".into(),
                         cannot_hear: Vec::new(),
                     },
@@ -427,4 +433,21 @@ async fn a_suspected_peers_lease_is_judged_from_the_suspicion_not_from_the_quiet
         advance(Duration::from_secs(1)).await;
     }
     assert_eq!(r.writes("b"), 0, "a renewing peer is not taken over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_report_that_disagrees_with_the_last_read_brings_a_read_at_once() {
+    let mut r = Rig::new("").await;
+    r.run(Duration::from_secs(5), Duration::from_secs(1)).await;
+    // b took a's zone (a was frozen, say): the change itself is not read until the next drift
+    // read, but b's /health now says it carries a's zone.
+    let eni_b = r.cloud.eni_of("b");
+    let table_a = r.table("a");
+    r.cloud
+        .set_route_target(&table_a, DEFAULT_ROUTE, RouteTarget::Eni(eni_b));
+    r.peer(Probe::Up, true);
+    r.cloud.clear_calls();
+    r.watch.cycle().await;
+    assert_eq!(r.cloud.count("DescribeRouteTables", ""), 1);
+    assert_eq!(r.wait_kind("a"), Some(WaitKind::HoldDown));
 }
