@@ -9,16 +9,28 @@
 //! 3. the lease tag: before the writes for a boot claim (a peer that sees it lets go instead of
 //!    repairing "drift"), alongside the second wave for a takeover (it informs; the carrying
 //!    tables' traffic should not wait for it);
-//! 4. confirm by reading again: success codes are not evidence enough.
+//! 4. confirm by reading again: success codes are not evidence enough; but a read that still
+//!    shows a written route as it was before is a lagging read, read again with backoff, never
+//!    a reason to write the same route again.
 //!
 //! It returns what was written and confirmed; callers record metrics, events and history.
 
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
 use crate::cloud::{CloudError, Ec2, RouteTable};
 use std::collections::HashMap;
 
 use crate::decide::route::{Op, RouteFact, RouteWrite, TableFact};
+
+/// The first pause before reading again when a confirming read does not show a write yet.
+const CONFIRM_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const CONFIRM_MAX_PAUSE: Duration = Duration::from_secs(1);
+/// How long the confirmation waits for lagging reads to show the writes (AWS publishes no
+/// bound on the lag; seconds are typical). Past it the caller decides again from a new read.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(6);
 
 /// When the lease tag is written, if at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,10 +195,34 @@ pub async fn execute<'w, E: Ec2>(
     if wanted.is_empty() {
         return Ok(out);
     }
-    let after = ec2
-        .describe_route_tables(batch.tables)
-        .await
-        .map_err(Stopped::Confirm)?;
+    // A success code is evidence: while a read still shows a written route as it was, the
+    // read is lagging (EC2's reads are eventually consistent), so it is read again with backoff
+    // rather than written again. A route that reads as neither was changed by someone since.
+    let written: Vec<&RouteWrite> = out.written.clone();
+    let started = Instant::now();
+    let mut pause = CONFIRM_FIRST_PAUSE;
+    let after = loop {
+        let after = ec2
+            .describe_route_tables(batch.tables)
+            .await
+            .map_err(Stopped::Confirm)?;
+        let shown = facts_by_id(&after);
+        let lagging = written
+            .iter()
+            .filter(|w| {
+                let route = shown.get(w.table.as_str()).map(|t| t.route(&w.destination));
+                route.is_some_and(|r| !w.done(r) && w.expect.holds(r))
+            })
+            .count();
+        if lagging == 0 || started.elapsed() + pause > CONFIRM_PATIENCE {
+            if lagging > 0 {
+                warn!(for_ = %batch.label, lagging, waited_ms = started.elapsed().as_millis() as u64, "reads still show the routes as they were before the writes; leaving them to the next cycle");
+            }
+            break after;
+        }
+        sleep(pause).await;
+        pause = (pause * 2).min(CONFIRM_MAX_PAUSE);
+    };
     let shown = facts_by_id(&after);
     out.confirmed = wanted
         .iter()
@@ -321,26 +357,53 @@ mod tests {
         assert_eq!(cloud.count("ReplaceRoute", &table), 0);
     }
 
-    #[tokio::test]
-    async fn a_write_the_reads_do_not_show_yet_is_not_confirmed() {
-        let cloud = FakeCloud::two_zones();
+    /// The re-read is current; the confirming reads lag behind the write (`lag` reads, or all
+    /// of them when `None`).
+    async fn lagging_takeover(cloud: &FakeCloud, lag: Option<u32>) -> (usize, usize, bool) {
         let table = cloud.table_of("b");
-        let writes = [takeover(&cloud, "b", Expect::Eni(cloud.eni_of("b")))];
+        let writes = [takeover(cloud, "b", Expect::Eni(cloud.eni_of("b")))];
         let tables = [table.as_str()];
-        let batch = batch("b", &tables, None);
-        // The re-read is current; the confirming read lags behind the write.
-        let done = {
-            let reread = cloud.describe_route_tables(&tables).await.unwrap();
-            let fresh = Batch {
-                fresh: Some(&reread),
-                ..batch
-            };
-            cloud.lag_reads(1);
-            execute(&cloud, &fresh, &writes).await.unwrap()
+        let reread = cloud.describe_route_tables(&tables).await.unwrap();
+        let batch = Batch {
+            fresh: Some(&reread),
+            ..batch("b", &tables, None)
         };
+        match lag {
+            Some(n) => cloud.lag_reads(n),
+            None => cloud.freeze_reads(true),
+        }
+        let done = execute(cloud, &batch, &writes).await.unwrap();
         assert_eq!(done.attempted(), 1);
-        assert_eq!(done.confirmed, 0);
-        assert!(!done.complete());
+        (
+            cloud.count("ReplaceRoute", &table),
+            cloud.count("DescribeRouteTables", &table),
+            done.complete(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_reads_do_not_show_yet_is_read_again_not_written_again() {
+        let cloud = FakeCloud::two_zones();
+        let (writes, reads, complete) = lagging_takeover(&cloud, Some(3)).await;
+        assert_eq!(writes, 1);
+        assert_eq!(
+            reads,
+            1 + 4,
+            "the caller's read, three lagging, one that shows it"
+        );
+        assert!(complete);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_that_never_catch_up_leave_the_write_unconfirmed_after_the_patience() {
+        let cloud = FakeCloud::two_zones();
+        let started = Instant::now();
+        let (writes, reads, complete) = lagging_takeover(&cloud, None).await;
+        assert_eq!(writes, 1);
+        assert!(!complete);
+        assert!((4..=10).contains(&reads), "{reads} reads");
+        let waited = started.elapsed();
+        assert!(waited <= CONFIRM_PATIENCE, "{waited:?}");
     }
 
     #[tokio::test]

@@ -182,6 +182,7 @@ struct State {
     partitioned: BTreeSet<&'static str>,
     lagging_reads: u32,
     before_last_write: Option<BTreeMap<String, RouteTable>>,
+    frozen: Option<BTreeMap<String, RouteTable>>,
     slow_attachments: bool,
     completions: Vec<Completion>,
     heartbeats: Vec<Heartbeat>,
@@ -504,7 +505,9 @@ impl State {
 
     /// The tables a DescribeRouteTables sees: the ones before the last write while reads lag.
     fn visible_tables(&mut self) -> Vec<RouteTable> {
-        let source = if self.lagging_reads > 0 {
+        let source = if let Some(frozen) = &self.frozen {
+            frozen
+        } else if self.lagging_reads > 0 {
             self.lagging_reads -= 1;
             self.before_last_write.as_ref().unwrap_or(&self.tables)
         } else {
@@ -814,6 +817,13 @@ impl FakeCloud {
     /// the way EC2's eventually consistent reads can; route states are still today's.
     pub fn lag_reads(&self, n: u32) {
         self.lock().lagging_reads = n;
+    }
+
+    /// While on, every DescribeRouteTables answers with the route tables as they are now, whatever
+    /// is written meanwhile (a read lag longer than the writes of interest); off shows all at once.
+    pub fn freeze_reads(&self, on: bool) {
+        let mut s = self.lock();
+        s.frozen = on.then(|| s.tables.clone());
     }
 
     // -- what was called -------------------------------------------------------------------------

@@ -13,6 +13,18 @@ use std::fmt;
 /// The tag key.
 pub const LEASE_TAG: &str = "gateway-agent:lease";
 
+/// The key of the witness a gateway writes on a suspected carrier's zone before it judges that
+/// carrier's lease: `gateway-agent:witness:<judge's zone>` (one key per judging zone, so judges
+/// never overwrite each other, and the number of keys is bounded by the group's zones).
+///
+/// EC2's reads lag its writes by an unpublished amount, so a lease that *looks* unchanged for
+/// `lease_ttl` may have been renewed behind the lag. A read that shows the judge's own witness,
+/// written after the lease would have lapsed, shows every write to that table made before it
+/// too: only then is "not renewed for `lease_ttl`" a fact rather than a lagging view.
+pub fn witness_tag(judge_zone: &str) -> String {
+    format!("gateway-agent:witness:{judge_zone}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub holder: String,

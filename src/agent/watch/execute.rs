@@ -29,6 +29,7 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             .filter(|t| super::zone_of(&self.config, t).as_deref() == Some(d.zone.as_str()))
             .collect();
         let ids: Vec<String> = zone_tables.iter().map(|t| t.id.clone()).collect();
+        // Never below an epoch seen or written before: a lagging read may show an older lease.
         let epoch = lease::claim_epoch(
             lease::newest(
                 zone_tables
@@ -37,7 +38,8 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
                     .map(String::as_str),
             )
             .as_ref(),
-        );
+        )
+        .max(self.zones.get(&d.zone).map_or(0, |z| z.epoch_high) + 1);
         let value = Lease {
             // This gateway's claims carry its instance; a hand-over names the receiver (its
             // instance from /health, else its ENI) so the receiver adopts the epoch.
@@ -69,11 +71,17 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             "decision: pointing routes at {}", d.target
         );
         let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // A decision made on a read of a moment ago is written at once: another read first
+        // would only add its round trip to the takeover (and, lagging, show nothing newer).
+        let fresh: Option<Vec<RouteTable>> = self
+            .read_at
+            .is_some_and(|at| at.elapsed() <= super::FRESH_ENOUGH)
+            .then(|| zone_tables.iter().map(|t| (*t).clone()).collect());
         let batch = Batch {
             label: &d.zone,
             tables: &table_ids,
             lease: Some((&value, LeaseAt::Alongside)),
-            fresh: None,
+            fresh: fresh.as_deref(),
         };
         let done = match routes::execute(self.ec2, &batch, &d.writes).await {
             Ok(done) => done,
@@ -171,6 +179,7 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
     /// other claim remembers it.
     fn claimed(&mut self, d: &Decision, epoch: u64) {
         let st = self.zones.entry(d.zone.clone()).or_default();
+        st.epoch_high = st.epoch_high.max(epoch);
         if d.kind == Kind::Handover {
             st.epoch = None;
         } else {

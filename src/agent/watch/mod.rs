@@ -50,6 +50,12 @@ const RETRY_SOON: Duration = Duration::from_millis(100);
 /// Peers (the group's ENIs) are looked up at start, and again when a read shows a zone whose
 /// gateway is not known, at most this often.
 const REDISCOVER_AFTER: Duration = Duration::from_secs(60);
+/// A witness sent but not yet seen is looked for this often (EC2's reads lag its writes).
+const WITNESS_REREAD: Duration = Duration::from_millis(100);
+/// A decision made on a read this recent is written without reading again first.
+const FRESH_ENOUGH: Duration = Duration::from_millis(300);
+/// A witness not seen this long after it was sent is taken as lost and sent again.
+const WITNESS_RESEND: Duration = Duration::from_secs(10);
 /// A failing API is reported once a minute, not every cycle.
 const API_LOG_EVERY: Duration = Duration::from_secs(60);
 /// A zone that changed hands this recently keeps its carrier renewing and every gateway reading
@@ -285,34 +291,74 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         }
     }
 
-    /// When the lease of a suspected peer's zone lapses (its value unchanged, and the peer
-    /// suspected, for `lease_ttl_ms`), if that comes before the next tick: the cycle is run
-    /// then, so a hung peer is taken over at its lease's end, not up to a tick later.
-    fn lease_lapses(&self, now: Instant) -> Option<Duration> {
+    /// When this gateway began suspecting the peer a zone's routes point at, if it does.
+    fn suspected_since(&self, facts: &[TableFact]) -> Option<Instant> {
+        let eni = carrier(facts, &self.config.routes.destinations)?;
+        self.peers
+            .values()
+            .map(|p| p.view.borrow())
+            .find(|p| p.eni == eni)
+            .and_then(|p| p.losing_since)
+    }
+
+    /// Witnesses to write this cycle: on each zone whose carrier this gateway suspects and
+    /// whose lease has now gone `lease_ttl` without a visible renewal, unless a witness sent
+    /// since is already on its way (or was lost: resent after `WITNESS_RESEND`). Each is
+    /// recorded as sent before the call, so its time is a lower bound on when it lands.
+    fn witnesses_due(&mut self, now: Instant) -> Vec<(String, String, String)> {
         let ttl = self.config.failover.lease_ttl();
-        let zones = by_zone(&self.config, &self.tables);
-        let mut next: Option<Duration> = None;
-        for p in self.peers.values() {
-            let p = p.view.borrow();
-            let Some(suspected) = p.losing_since else {
+        let mut out = Vec::new();
+        for (zone, ts) in by_zone(&self.config, &self.tables) {
+            let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+            let Some(suspected) = self.suspected_since(&facts) else {
                 continue;
             };
-            for (zone, ts) in &zones {
-                let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
-                if carrier(&facts, &self.config.routes.destinations).as_deref()
-                    != Some(p.eni.as_str())
-                {
-                    continue;
-                }
-                let seen = self
-                    .zones
-                    .get(zone)
-                    .and_then(|z| z.lease.as_ref())
-                    .map_or(suspected, |(_, at)| (*at).max(suspected));
-                let at = (seen + ttl).saturating_duration_since(now);
-                if !at.is_zero() && at < self.config.failover.lease_renew() {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
+            let Some(table) = ts.iter().map(|t| t.id.as_str()).min() else {
+                continue;
+            };
+            let st = self.zones.entry(zone.clone()).or_default();
+            let due = st.lease_due(suspected, ttl);
+            let covered = st.witnessed.is_some_and(|w| w >= due)
+                || st.witness_sent.as_ref().is_some_and(|(_, sent)| {
+                    *sent >= due && now.saturating_duration_since(*sent) < WITNESS_RESEND
+                });
+            if now < due || covered {
+                continue;
+            }
+            let value = format!(
+                "{}/{}",
+                self.own.instance_id,
+                crate::agent::routes::unix_ms()
+            );
+            st.witness_sent = Some((value.clone(), now));
+            out.push((zone, table.to_owned(), value));
+        }
+        out
+    }
+
+    /// When the lease of a suspected peer's zone lapses (its value unchanged, and the peer
+    /// suspected, for `lease_ttl_ms`), if that comes before the next tick: the cycle is run
+    /// then, so a hung peer's witness is written at its lease's end, not up to a tick later;
+    /// and while a witness is sent but not yet read back, the tables are read again soon.
+    fn lease_lapses(&self, now: Instant) -> Option<Duration> {
+        let ttl = self.config.failover.lease_ttl();
+        let mut next: Option<Duration> = None;
+        let mut sooner = |at: Duration| next = Some(next.map_or(at, |n: Duration| n.min(at)));
+        for (zone, ts) in by_zone(&self.config, &self.tables) {
+            let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+            let Some(suspected) = self.suspected_since(&facts) else {
+                continue;
+            };
+            let Some(st) = self.zones.get(&zone) else {
+                continue;
+            };
+            if st.witness_sent.is_some() {
+                sooner(WITNESS_REREAD);
+                continue;
+            }
+            let at = st.lease_due(suspected, ttl).saturating_duration_since(now);
+            if !at.is_zero() && at < self.config.failover.lease_renew() {
+                sooner(at);
             }
         }
         next
@@ -344,7 +390,41 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             futures::future::join_all(down.iter().map(|(zone, eni)| async move {
                 (zone.clone(), sensors::gone(ec2, asg, eni).await)
             }));
-        let (renewed, read, evidence) = tokio::join!(renew, self.read_tables(), evidence);
+        let witnesses = if self.config.dry_run {
+            Vec::new()
+        } else {
+            self.witnesses_due(now)
+        };
+        let key = lease::witness_tag(&self.own.zone);
+        let key = key.as_str();
+        // The witnesses go first: the read that follows may already show them (and so cover
+        // every renewal made before them).
+        let witness_then_read = async {
+            let written = futures::future::join_all(witnesses.iter().map(
+                |(zone, table, value)| async move {
+                    (
+                        zone,
+                        ec2.create_tags(&[table.as_str()], &[(key, value.as_str())])
+                            .await,
+                    )
+                },
+            ))
+            .await;
+            (written, self.read_tables().await)
+        };
+        let (renewed, (witnessed, read), evidence) =
+            tokio::join!(renew, witness_then_read, evidence);
+        for (zone, result) in witnessed {
+            match result {
+                Ok(()) => debug!(%zone, "lease witness written"),
+                Err(e) => {
+                    if let Some(st) = self.zones.get_mut(zone) {
+                        st.witness_sent = None;
+                    }
+                    self.trouble(&e, "writing a lease witness");
+                }
+            }
+        }
         for (zone, value, result) in renewed {
             match result {
                 Ok(()) => debug!(%zone, lease = %value, "lease renewed"),
@@ -588,6 +668,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// Updates lease ages and carrier history from a fresh read; logs every change of carrier.
     fn remember(&mut self, tables: &[RouteTable], now: Instant) {
         let window = self.config.failover.damping_max();
+        let witness_key = lease::witness_tag(&self.own.zone);
         for (zone, ts) in by_zone(&self.config, tables) {
             let value: Vec<&str> = ts
                 .iter()
@@ -595,6 +676,23 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 .collect();
             let st = self.zones.entry(zone.clone()).or_default();
             st.see_lease(value.join(","), now);
+            if let Some(l) = lease::newest(
+                ts.iter()
+                    .filter_map(|t| t.tags.get(LEASE_TAG))
+                    .map(String::as_str),
+            ) {
+                st.epoch_high = st.epoch_high.max(l.epoch);
+            }
+            if let Some((sent_value, sent)) = &st.witness_sent
+                && ts
+                    .iter()
+                    .min_by_key(|t| t.id.as_str())
+                    .and_then(|t| t.tags.get(&witness_key))
+                    == Some(sent_value)
+            {
+                st.witnessed = Some(*sent);
+                st.witness_sent = None;
+            }
             let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
             let Some(to) = carrier(&facts, &self.config.routes.destinations) else {
                 continue;
@@ -706,18 +804,13 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 let st = self.zones.get(&zone).unwrap_or(&empty);
                 let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
                 // A carrier renews only while it has a reason, so its lease is judged from
-                // the moment this gateway began suspecting it, never from an older quiet time.
-                let suspected_for = carrier(&facts, &self.config.routes.destinations)
-                    .and_then(|eni| {
-                        self.peers
-                            .values()
-                            .map(|p| p.view.borrow())
-                            .find(|p| p.eni == eni)
-                            .and_then(|p| p.losing_since)
-                    })
-                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+                // the moment this gateway began suspecting it, never from an older quiet time,
+                // and only as far as a read that shows this gateway's witness reaches.
+                let unrenewed = self
+                    .suspected_since(&facts)
+                    .map_or(Duration::ZERO, |at| st.lease_unrenewed_for(at));
                 failover::Zone {
-                    lease_unchanged_for: st.lease_unchanged_for(now).min(suspected_for),
+                    lease_unchanged_for: unrenewed,
                     recent_changes: st.recent_changes(now, f.damping_max()),
                     since_last_change: st.since_last_change(now),
                     tables: facts,

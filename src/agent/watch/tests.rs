@@ -15,7 +15,7 @@ use crate::cloud::fake::{DEFAULT_ROUTE, FakeCloud, Fault};
 use crate::config::Config;
 use crate::control::Command;
 use crate::decide::failover::WaitKind;
-use crate::decide::lease::{LEASE_TAG, Lease};
+use crate::decide::lease::{self, LEASE_TAG, Lease};
 use crate::decide::route::Probe;
 use crate::health::Report;
 
@@ -433,6 +433,52 @@ async fn a_suspected_peers_lease_is_judged_from_the_suspicion_not_from_the_quiet
         advance(Duration::from_secs(1)).await;
     }
     assert_eq!(r.writes("b"), 0, "a renewing peer is not taken over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_hidden_by_read_lag_past_the_ttl_is_not_a_lapse() {
+    let mut r = Rig::new("").await;
+    r.peer(Probe::Down, false);
+    r.watch.cycle().await;
+    // EC2's reads lag: from here on they show the tables as they are now.
+    r.cloud.freeze_reads(true);
+    advance(Duration::from_millis(800)).await;
+    // b, alive behind a partition, renews as soon as it suspects a in turn.
+    let table_b = r.table("b");
+    let holder = r.cloud.instance_of("b");
+    r.cloud
+        .set_tag(&table_b, LEASE_TAG, &format!("{holder}/1/1"));
+    // Well past the ttl the reads still show the old lease: no takeover on that view.
+    r.run(Duration::from_secs(4), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.writes("b"), 0, "{:?}", r.cloud.calls());
+    let witness = lease::witness_tag(&r.cloud.az_of("a"));
+    assert!(
+        r.cloud.tags_of(&table_b).contains_key(&witness),
+        "a witness is written at the lease's end"
+    );
+    // The reads catch up: the witness and the renewal before it show together.
+    r.cloud.freeze_reads(false);
+    r.run(Duration::from_secs(1), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.writes("b"), 0, "the renewal was there before the witness");
+    assert_eq!(r.target("b"), Some(r.eni("b")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_peer_behind_lagging_reads_is_taken_over_once_the_witness_shows() {
+    let mut r = Rig::new("").await;
+    r.peer(Probe::Down, false);
+    r.watch.cycle().await;
+    r.cloud.freeze_reads(true);
+    r.run(Duration::from_secs(4), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.writes("b"), 0, "not before a read shows the witness");
+    r.cloud.freeze_reads(false);
+    r.run(Duration::from_millis(300), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+    assert_eq!(r.writes("b"), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,6 +19,9 @@ pub struct ZoneState {
     pub changes: Vec<Instant>,
     /// The epoch this gateway claimed it with.
     pub epoch: Option<u64>,
+    /// The highest epoch seen on the zone's tables or written here: a claim goes above it even
+    /// when a lagging read shows an older lease.
+    pub epoch_high: u64,
     /// A newer claim this gateway gave the zone up to (logged once).
     pub let_go: Option<u64>,
     /// The last wait, logged when it changes, not each cycle.
@@ -27,6 +30,12 @@ pub struct ZoneState {
     pub api_says: Option<(Option<String>, Instant)>,
     /// When the decision under way was first made (until its writes are confirmed).
     pub deciding: Option<Instant>,
+    /// This gateway's witness on the zone's first table, written while it judges a suspected
+    /// carrier's lease and not yet seen in a read: its value, and when it was sent.
+    pub witness_sent: Option<(String, Instant)>,
+    /// When the newest witness a read has shown was sent: that read (and every later one)
+    /// covers every write to the table made before then.
+    pub witnessed: Option<Instant>,
 }
 
 /// A change of carrier seen in a read.
@@ -75,6 +84,29 @@ impl ZoneState {
         self.lease
             .as_ref()
             .map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(*at))
+    }
+
+    /// How long the lease is known (not merely seen) to have gone unrenewed, judged from
+    /// `suspected` (when this gateway began suspecting the carrier) or from when the current
+    /// value was first seen, whichever is later, up to the newest witness a read has shown.
+    /// Zero until a witness sent after that start has been read back.
+    pub fn lease_unrenewed_for(&self, suspected: Instant) -> Duration {
+        let from = self
+            .lease
+            .as_ref()
+            .map_or(suspected, |(_, seen)| (*seen).max(suspected));
+        self.witnessed
+            .map_or(Duration::ZERO, |w| w.saturating_duration_since(from))
+    }
+
+    /// When the judgement of a carrier suspected since `suspected` needs a witness: `lease_ttl`
+    /// after the later of the suspicion and the current lease value's first sighting.
+    pub fn lease_due(&self, suspected: Instant, ttl: Duration) -> Instant {
+        let from = self
+            .lease
+            .as_ref()
+            .map_or(suspected, |(_, seen)| (*seen).max(suspected));
+        from + ttl
     }
 
     pub fn recent_changes(&self, now: Instant, window: Duration) -> u32 {
