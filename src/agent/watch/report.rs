@@ -34,7 +34,9 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
         let cannot_hear: Vec<String> = self
             .peer_views()
             .into_iter()
-            .filter(|p| p.icmp == crate::decide::route::Probe::Down)
+            // From the first missed probe, not only once it counts as down: the peer learns
+            // it must renew while this gateway is still deciding whether it is silent.
+            .filter(|p| p.icmp == crate::decide::route::Probe::Down || p.losing_since.is_some())
             .map(|p| p.zone)
             .collect();
         metrics::set("gateway_agent_zones_carried", &[], carries.len() as f64);

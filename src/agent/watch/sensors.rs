@@ -344,6 +344,7 @@ async fn icmp_task(
                 if state == Probe::Up { 1.0 } else { 0.0 },
             );
         }
+        let mut began_losing = false;
         feed.send_modify(|p| {
             match r.result {
                 Ok(rtt) => {
@@ -351,11 +352,20 @@ async fn icmp_task(
                     p.losing_since = None;
                 }
                 Err(_) => {
+                    began_losing = p.losing_since.is_none();
                     p.losing_since.get_or_insert(r.sent);
                 }
             }
             p.icmp = r.state;
         });
+        if began_losing && r.change.is_none() {
+            // The first missed answer: the cycle renews the lease and tells the peer (through
+            // /health) now, so a peer that suspects this gateway in turn finds it renewing.
+            let _ = tx.try_send(Event::Peer {
+                zone: zone.clone(),
+                state: r.state,
+            });
+        }
         match (r.result, r.change) {
             (_, Some(state)) => {
                 match state {
