@@ -153,6 +153,61 @@ async fn an_instance_refresh_loses_nothing_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refresh_that_launches_first_gets_a_standby_that_takes_over_when_the_old_one_lets_go() {
+    let mut f = pair(true, "[drain]\ngrace_s = 1").await;
+    let stream = f.lab.stream_start("a", 100).await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    let old = f.instance_id("a");
+    let asg = f.zone("a").asg_name.clone();
+    f.lab
+        .refresh(&asg, Some("launch-before-terminate"))
+        .await
+        .unwrap();
+    // The new instance boots while the old one still carries the zone and holds its ENI: it
+    // must neither take the ENI nor ABANDON, but stand by (READY, so the refresh goes on).
+    f.start_replacement("a", &old, WAIT).await.unwrap();
+    let new = f.instance_id("a");
+    let statuses = f.agent("a").notify.statuses().join(" | ");
+    assert!(statuses.contains("standby for"), "{statuses}\n{}", f.logs());
+    let launched = f.lifecycle_result(&new, "LAUNCHING").await.unwrap();
+    assert!(
+        launched
+            .as_deref()
+            .is_some_and(|r| r.starts_with("CONTINUE ")),
+        "{launched:?}\n{}",
+        f.logs()
+    );
+    // The refresh then terminates the old one: it drains, lets the ENI go, and the standby
+    // claims it and takes its zone back from b.
+    let holder = wait_for(secs(60), "the new instance holds the ENI", || async {
+        (f.eni_holder("a").await.ok().flatten().as_deref() == Some(new.as_str())).then_some(())
+    })
+    .await;
+    assert!(holder.is_ok(), "{}", f.logs());
+    f.wait_route("a", "a", secs(20)).await.unwrap();
+    assert!(termination_continued(&f, &old).await, "{}", f.logs());
+    assert!(f.log("a").contains("standby over"), "{}", f.logs());
+    let refreshed = wait_for(secs(30), "the refresh completes", || async {
+        let all = f.lab.activities().await.ok()?;
+        let done = all["refreshes"]
+            .as_array()?
+            .iter()
+            .any(|r| r["group"] == asg.as_str() && r["status"] == "Successful");
+        done.then_some(())
+    })
+    .await;
+    assert!(refreshed.is_ok(), "{}", f.logs());
+    tokio::time::sleep(secs(1)).await;
+    let report = f.lab.stream_stop(stream).await.unwrap();
+    assert_eq!(report.lost, 0, "{report:?}\n{}", f.logs());
+    eprintln!(
+        "figure: launch-before-terminate refresh lost={} sent={}",
+        report.lost, report.sent
+    );
+    f.show_logs();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_whose_uplink_fails_steps_aside_and_comes_back_after_the_hold_down() {
     let f = pair(true, &uplink_check("[failover]\nhold_down_s = 3")).await;
     let primary = f.primary("a");

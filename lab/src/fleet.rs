@@ -183,12 +183,12 @@ impl Fleet {
 
     /// The instance the ASG launched in `zone` in place of `old`.
     pub async fn replacement(&self, zone: &str, old: &str, timeout: Duration) -> Result<Instance> {
+        let az = self.zone(zone).az.clone();
+        // Not `instance_in`: with launch-before-terminate both run at once.
         let found = wait_for(timeout, &format!("{zone}'s replacement"), || async {
-            self.lab
-                .instance_in(zone)
-                .await
-                .ok()
-                .filter(|i| i.instance_id != old)
+            self.lab.instances().await.ok()?.into_iter().find(|i| {
+                i.state == "running" && i.az == az && i.ns.is_some() && i.instance_id != old
+            })
         })
         .await;
         Ok(found?)

@@ -145,9 +145,12 @@ pub enum ClaimError {
     Api(#[from] CloudError),
     #[error("the ENI no longer exists")]
     Gone,
-    /// It must not be claimed (held by a live gateway, in another zone...).
+    /// It must not be claimed (in another zone...).
     #[error("{0}")]
     Refused(String),
+    /// A live instance holds it: this gateway stands by until it is free.
+    #[error("the ENI is held by {holder}, which is {state}: never taken from a live gateway")]
+    HeldByLive { holder: String, state: String },
     #[error("EC2 reports an unusable MAC {0:?}")]
     BadMac(String),
     /// Still not attached here at `boot.attach_timeout_s`; `last` is the last step decided.
@@ -319,6 +322,58 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         }
     }
 
+    /// The ENI and what the claim decides on: its status, and its holder's instance state.
+    async fn observe_eni(
+        &self,
+        eni_id: &str,
+        me: &SelfFacts,
+        deadline: Instant,
+    ) -> Result<(Eni, EniFacts), ClaimError> {
+        let eni = retry(deadline, || self.ec2.describe_eni(eni_id))
+            .await?
+            .ok_or(ClaimError::Gone)?;
+        let holder = match &eni.attachment {
+            Some(a) => {
+                let state = match &a.instance_id {
+                    Some(id) if *id == me.instance_id => Some("running".to_owned()),
+                    Some(id) => retry(deadline, || self.ec2.describe_instance(id))
+                        .await?
+                        .map(|i| i.state.as_str().to_owned()),
+                    None => None,
+                };
+                Some(Holder {
+                    instance_id: a.instance_id.clone().unwrap_or_default(),
+                    attachment_id: a.id.clone(),
+                    instance_state: state,
+                    device_index: i32::try_from(a.device_index).unwrap_or(-1),
+                })
+            }
+            None => None,
+        };
+        let facts = EniFacts {
+            az: eni.az.clone(),
+            holder,
+            status: eni.status.as_str().to_owned(),
+        };
+        Ok((eni, facts))
+    }
+
+    /// What claiming the ENI would do now, without doing it (a standby's poll).
+    pub async fn claim_step(&self, eni_id: &str) -> Result<ClaimStep, ClaimError> {
+        let me = self.self_facts();
+        let deadline = Instant::now() + self.config.boot.attach_timeout();
+        let (_, facts) = self.observe_eni(eni_id, &me, deadline).await?;
+        Ok(claim::next_step(&me, &facts))
+    }
+
+    fn self_facts(&self) -> SelfFacts {
+        SelfFacts {
+            instance_id: self.identity.instance_id.clone(),
+            az: self.identity.availability_zone.clone(),
+            device_index: i32::try_from(self.config.eni.device_index).unwrap_or(1),
+        }
+    }
+
     /// Observe, decide one step, execute, observe again, until the ENI is ours and the kernel
     /// shows it.
     /// The ENI, and whether it is attached here (always, except in a dry run that would have
@@ -326,12 +381,10 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     async fn claim(&mut self, eni_id: &str) -> Result<(Eni, bool), ClaimError> {
         let attach_timeout = self.config.boot.attach_timeout();
         let deadline = self.deadline.min(Instant::now() + attach_timeout);
-        let me = SelfFacts {
-            instance_id: self.identity.instance_id.clone(),
-            az: self.identity.availability_zone.clone(),
-            device_index: i32::try_from(self.config.eni.device_index).unwrap_or(1),
-        };
+        let me = self.self_facts();
         let mut last_step = String::new();
+        // State errors already logged (each once).
+        let mut said = std::collections::BTreeSet::new();
         let eni = loop {
             if Instant::now() >= deadline {
                 return Err(ClaimError::Timeout {
@@ -339,32 +392,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     last: last_step,
                 });
             }
-            let eni = retry(deadline, || self.ec2.describe_eni(eni_id))
-                .await?
-                .ok_or(ClaimError::Gone)?;
-            let holder = match &eni.attachment {
-                Some(a) => {
-                    let state = match &a.instance_id {
-                        Some(id) if *id == me.instance_id => Some("running".to_owned()),
-                        Some(id) => retry(deadline, || self.ec2.describe_instance(id))
-                            .await?
-                            .map(|i| i.state.as_str().to_owned()),
-                        None => None,
-                    };
-                    Some(Holder {
-                        instance_id: a.instance_id.clone().unwrap_or_default(),
-                        attachment_id: a.id.clone(),
-                        instance_state: state,
-                        device_index: i32::try_from(a.device_index).unwrap_or(-1),
-                    })
-                }
-                None => None,
-            };
-            let facts = EniFacts {
-                az: eni.az.clone(),
-                holder,
-                status: eni.status.as_str().to_owned(),
-            };
+            let (eni, facts) = self.observe_eni(eni_id, &me, deadline).await?;
             let step = claim::next_step(&me, &facts);
             if step.to_string() != last_step {
                 info!(eni = %eni_id, status = %facts.status, step = %step, "claim");
@@ -388,9 +416,16 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                             self.attached_at = Some(Instant::now());
                             info!(eni = %eni_id, %attachment, device_index = device, "attached");
                         }
-                        // Someone else attached it between our read and our write: look again.
-                        Err(e) if e.code() == Some("InvalidNetworkInterface.InUse") => {
-                            warn!(eni = %eni_id, error = %e, "attach raced; reading again");
+                        // Someone else attached it between our read and our write, or a
+                        // detach a lagging read did not show is still in flight: look again.
+                        Err(e)
+                            if e.code() == Some("InvalidNetworkInterface.InUse")
+                                || in_flight(&e) =>
+                        {
+                            if said.insert(e.code().unwrap_or_default().to_owned()) {
+                                warn!(eni = %eni_id, error = %e, "attach raced with another change of the ENI; reading again");
+                            }
+                            sleep(CLAIM_POLL).await;
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -399,12 +434,26 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
                     attachment_id,
                     force,
                 } => {
-                    retry(deadline, || self.ec2.detach_eni(&attachment_id, force)).await?;
-                    self.writes += 1;
-                    info!(eni = %eni_id, attachment = %attachment_id, force, "detach requested from a dead holder");
+                    match retry(deadline, || self.ec2.detach_eni(&attachment_id, force)).await {
+                        Ok(()) => {
+                            self.writes += 1;
+                            info!(eni = %eni_id, attachment = %attachment_id, force, "detach requested from a dead holder");
+                        }
+                        // The read lagged behind a detach already done or under way (the dying
+                        // instance released it): not a failure, look again.
+                        Err(e) if in_flight(&e) => {
+                            if said.insert(e.code().unwrap_or_default().to_owned()) {
+                                warn!(eni = %eni_id, attachment = %attachment_id, error = %e, "detach: the attachment is already going or gone; reading again until it is free");
+                            }
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     sleep(CLAIM_POLL).await;
                 }
                 ClaimStep::Wait { .. } => sleep(CLAIM_POLL).await,
+                ClaimStep::Standby { holder, state } => {
+                    return Err(ClaimError::HeldByLive { holder, state });
+                }
                 ClaimStep::Refuse { reason } => return Err(ClaimError::Refused(reason)),
             }
         };
@@ -490,7 +539,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         Ok(desired)
     }
 
-    async fn self_check(&mut self) -> Result<(), SelfCheckError> {
+    pub(super) async fn self_check(&mut self) -> Result<(), SelfCheckError> {
         loop {
             let verdicts = probe::self_check(&self.config.self_check).await?;
             let failed: Vec<String> = verdicts
@@ -642,6 +691,15 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             }
         }
     }
+}
+
+/// An attach or detach refused because the ENI's attachment is changing or already gone: EC2's
+/// reads lag its writes, so the claim reads again instead of giving up.
+fn in_flight(e: &CloudError) -> bool {
+    matches!(
+        e.code(),
+        Some("InvalidAttachmentID.NotFound" | "IncorrectState" | "InvalidNetworkInterface.InUse")
+    )
 }
 
 /// `0a:1b:2c:3d:4e:5f` (either case) → bytes.

@@ -130,6 +130,15 @@ pub(super) async fn run<E: Ec2 + Sync, A: Autoscaling + Sync>(
             "drain ({kind}) gave up at its deadline: no healthy peer; routes left in place"
         ));
     }
+    if action.is_some() && moved {
+        // The instance is being terminated: its replacement may be standing by for the ENI.
+        match supervisor.finish(watch.release_eni()).await {
+            Ok(()) => info!("persistent ENI detached from this instance for its replacement"),
+            Err(e) => {
+                warn!(error = %e, "cannot detach the persistent ENI; the replacement takes it once this instance has shut down")
+            }
+        }
+    }
     if let Some(action) = &action {
         let done = lifecycle::complete(
             asg,

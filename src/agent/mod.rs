@@ -119,7 +119,7 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
         Some(Err(source)) => return fail(BootError::LifecycleLookup { source }, None, &asg).await,
     };
 
-    let action = match action {
+    let mut action = match action {
         Some(a) if config.dry_run => {
             warn!(group = %a.group, hook = %a.hook, "dry-run: would heartbeat and complete the launch lifecycle action (CONTINUE); it stays open and the hook's default result applies at its timeout");
             None
@@ -148,6 +148,33 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     {
         None => return stop(),
         Some(Ok(booted)) => booted,
+        Some(Err(BootError::Claim {
+            eni,
+            source: boot::ClaimError::HeldByLive { holder, state },
+        })) => {
+            let waiting = Standby {
+                config: &config,
+                identity: &identity,
+                imds: &imds,
+                ec2: &ec2,
+                netconf: &netconf,
+                eni: &eni,
+            };
+            match waiting
+                .run(
+                    &mut supervisor,
+                    action.take().as_ref(),
+                    &asg,
+                    (holder, state),
+                )
+                .await
+            {
+                None => return stop(),
+                Some(Ok(booted)) => booted,
+                // The launch action was completed on entering standby: nothing to ABANDON.
+                Some(Err(e)) => return fail(e, None, &asg).await,
+            }
+        }
         Some(Err(e)) => return fail(e, action.as_ref(), &asg).await,
     };
     if let Some(action) = &action {
@@ -188,6 +215,121 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     )
     .await;
     stop()
+}
+
+/// Between standby polls of the ENI: a few reads (the ENI, its holder) every few seconds, for
+/// as long as an instance refresh keeps the old gateway (minutes).
+const STANDBY_POLL: Duration = Duration::from_secs(5);
+
+/// A new gateway whose zone's ENI a live instance of the zone holds: the gateway it replaces,
+/// during an instance refresh that launches before it terminates. It must not take the ENI,
+/// and must not ABANDON either (the refresh could then never terminate the old instance).
+struct Standby<'a> {
+    config: &'a Config,
+    identity: &'a Identity,
+    imds: &'a imds::Client,
+    ec2: &'a SdkEc2,
+    netconf: &'a NetConf,
+    eni: &'a str,
+}
+
+impl Standby<'_> {
+    fn boot(&self) -> boot::Boot<'_, SdkEc2> {
+        boot::Boot {
+            config: self.config,
+            identity: self.identity,
+            imds: self.imds,
+            ec2: self.ec2,
+            netconf: self.netconf,
+            deadline: Instant::now() + self.config.boot.timeout(),
+            writes: 0,
+            attached_at: None,
+        }
+    }
+
+    /// Self-check, CONTINUE the launch (so the ASG can go on and retire the holder), READY with
+    /// a standby STATUS, then poll the ENI until its holder lets go or dies, and boot from the
+    /// claim on. `None` on a stop signal.
+    async fn run(
+        &self,
+        supervisor: &mut Supervisor,
+        action: Option<&lifecycle::Action>,
+        asg: &SdkAutoscaling,
+        (mut holder, mut state): (String, String),
+    ) -> Option<Result<boot::Booted, BootError>> {
+        let zone = &self.identity.availability_zone;
+        crate::metrics::set("gateway_agent_standby", &[], 1.0);
+        warn!(%zone, eni = %self.eni, %holder, %state, "standby: the zone's ENI is held by a live instance (the gateway this one replaces); waiting for it to let go, never taking it");
+        let mut boot = self.boot();
+        systemd::status(&format!("standby for {zone}: self-check"));
+        let heartbeat = self.config.lifecycle.heartbeat_interval();
+        match supervisor
+            .drive(lifecycle::with_heartbeats(
+                action,
+                asg,
+                heartbeat,
+                boot.self_check(),
+            ))
+            .await?
+        {
+            Ok(()) => {}
+            Err(source) => return Some(Err(BootError::SelfCheck { source })),
+        }
+        if let Some(action) = action {
+            systemd::status(&format!(
+                "standby for {zone}: completing the launch lifecycle action"
+            ));
+            let deadline = Instant::now() + self.config.boot.timeout();
+            let done = lifecycle::complete(asg, action, LifecycleResult::Continue, deadline);
+            if let Err(e) = supervisor.drive(done).await? {
+                return Some(Err(BootError::completing(action, e)));
+            }
+        }
+        let say = |holder: &str, state: &str| {
+            format!(
+                "standby for {zone}: {} held by {holder} ({state}); claiming it once it is free",
+                self.eni
+            )
+        };
+        systemd::ready(&say(&holder, &state));
+        loop {
+            supervisor.drive(sleep(STANDBY_POLL)).await?;
+            let boot = self.boot();
+            let step = match supervisor.drive(boot.claim_step(self.eni)).await? {
+                Ok(step) => step,
+                Err(e) => {
+                    warn!(eni = %self.eni, error = %e, "standby: cannot read the ENI; trying again");
+                    continue;
+                }
+            };
+            match step {
+                crate::decide::claim::ClaimStep::Standby {
+                    holder: h,
+                    state: s,
+                } => {
+                    if (&h, &s) != (&holder, &state) {
+                        info!(eni = %self.eni, holder = %h, state = %s, "standby: the ENI's holder changed");
+                        systemd::status(&say(&h, &s));
+                        (holder, state) = (h, s);
+                    }
+                }
+                step => {
+                    info!(eni = %self.eni, %step, "standby over: the ENI can be claimed");
+                    break;
+                }
+            }
+        }
+        crate::metrics::set("gateway_agent_standby", &[], 0.0);
+        match supervisor.drive(self.boot().run()).await? {
+            Ok(booted) => Some(Ok(booted)),
+            // Taken by another live instance between the poll and the claim: stand by again.
+            Err(BootError::Claim {
+                source: boot::ClaimError::HeldByLive { holder, state },
+                ..
+            }) => Box::pin(self.run(supervisor, None, asg, (holder, state))).await,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// After a failed boot: ABANDON the launch action (so the ASG replaces the instance now),

@@ -42,6 +42,10 @@ pub enum ClaimStep {
     Detach { attachment_id: String, force: bool },
     /// Something is in flight (attaching/detaching): look again shortly.
     Wait { reason: String },
+    /// A live instance of this zone holds it (the gateway being replaced, during an instance
+    /// refresh that launches before it terminates): this gateway becomes the zone's standby
+    /// and claims the ENI once its holder lets go of it or dies.
+    Standby { holder: String, state: String },
     /// Never to be done: the agent reports this and gives up (ABANDON at boot).
     Refuse { reason: String },
 }
@@ -62,6 +66,9 @@ impl fmt::Display for ClaimStep {
                 )
             }
             Self::Wait { reason } => write!(f, "wait: {reason}"),
+            Self::Standby { holder, state } => {
+                write!(f, "standby: held by {holder}, which is {state}")
+            }
             Self::Refuse { reason } => write!(f, "refuse: {reason}"),
         }
     }
@@ -106,12 +113,10 @@ pub fn next_step(me: &SelfFacts, eni: &EniFacts) -> ClaimStep {
     }
     let state = holder.instance_state.as_deref();
     if !holder_is_dead(state) {
-        return ClaimStep::Refuse {
-            reason: format!(
-                "the ENI is held by {} which is {}: refusing to take it from a live gateway",
-                holder.instance_id,
-                state.unwrap_or("unknown")
-            ),
+        // Never taken from a live holder: wait as the zone's standby until it lets go.
+        return ClaimStep::Standby {
+            holder: holder.instance_id.clone(),
+            state: state.unwrap_or("unknown").to_owned(),
         };
     }
     if eni.status == "detaching" {
@@ -215,12 +220,16 @@ mod tests {
     }
 
     #[test]
-    fn never_steals_from_a_live_gateway() {
+    fn never_steals_from_a_live_gateway_but_stands_by() {
         for state in ["running", "pending"] {
             let step = next_step(&me(), &eni("in-use", Some(("i-other", Some(state)))));
-            assert!(
-                matches!(&step, ClaimStep::Refuse { reason } if reason.contains("i-other") && reason.contains(state)),
-                "{state}: {step}"
+            assert_eq!(
+                step,
+                ClaimStep::Standby {
+                    holder: "i-other".into(),
+                    state: state.into()
+                },
+                "{state}"
             );
         }
     }

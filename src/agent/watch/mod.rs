@@ -870,6 +870,22 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         Arc::clone(&self.lifecycle)
     }
 
+    /// Detaches the zone's persistent ENI from this instance (gracefully), so the gateway that
+    /// replaces it (a standby, during an instance refresh) can claim it at once instead of
+    /// waiting for this instance to finish shutting down. Only after a drain that handed every
+    /// route over, on the way out of a termination.
+    pub async fn release_eni(&self) -> Result<(), CloudError> {
+        let Some(eni) = self.ec2.describe_eni(&self.own.eni).await? else {
+            return Ok(());
+        };
+        match eni.attachment {
+            Some(a) if a.instance_id.as_deref() == Some(self.own.instance_id.as_str()) => {
+                self.ec2.detach_eni(&a.id, false).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn set_draining(&mut self, draining: bool) {
         self.draining = draining;
         self.publish();
