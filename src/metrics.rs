@@ -40,6 +40,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "1 while draining (planned exit or `gateway-agent drain`).",
     ),
     (
+        "gateway_agent_standby",
+        Type::Gauge,
+        "1 while this gateway waits as its zone's standby for the ENI a live instance holds.",
+    ),
+    (
         "gateway_agent_drain_blocked",
         Type::Gauge,
         "1 while a drain cannot hand its routes to any healthy peer.",
