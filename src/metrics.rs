@@ -40,6 +40,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "1 while draining (planned exit or `gateway-agent drain`).",
     ),
     (
+        "gateway_agent_untrusted_enis",
+        Type::Gauge,
+        "ENIs tagged into the group that discovery does not trust: in another VPC, or one too many for a zone.",
+    ),
+    (
         "gateway_agent_standby",
         Type::Gauge,
         "1 while this gateway waits as its zone's standby for the ENI a live instance holds.",

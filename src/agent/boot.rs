@@ -271,7 +271,7 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
 
         systemd::status(&format!("reclaiming the route tables of {zone}"));
         let (route_tables, epoch) =
-            self.reclaim(&eni.id)
+            self.reclaim(&eni)
                 .await
                 .map_err(|source| BootError::Reclaim {
                     zone: zone.clone(),
@@ -597,8 +597,19 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
     /// race (`RouteAlreadyExists`) or a write that fails is settled by the next read. Before
     /// the first route write, the lease tag is written with a larger epoch, so a peer holding
     /// the zone sees the claim and lets go instead of repairing "drift".
-    async fn reclaim(&mut self, eni_id: &str) -> Result<(Vec<String>, Option<u64>), ReclaimError> {
+    async fn reclaim(&mut self, eni: &Eni) -> Result<(Vec<String>, Option<u64>), ReclaimError> {
+        let eni_id = eni.id.as_str();
         let destinations = &self.config.routes.destinations;
+        // Only routes via the group's own ENIs (in this VPC) are taken back: the tables' tags
+        // say they are ours to manage, not that every ENI in them is a gateway's.
+        let group_tag = [(GROUP_TAG, self.config.group.name.as_str())];
+        let mut group_enis: Vec<String> = retry(self.deadline, || self.ec2.find_enis(&group_tag))
+            .await?
+            .into_iter()
+            .filter(|e| e.vpc_id == eni.vpc_id)
+            .map(|e| e.id)
+            .collect();
+        group_enis.extend(self.config.eni.ids.values().cloned());
         let mut backoff = RETRY_BACKOFF;
         let mut logged_skips = false;
         let mut epoch = None;
@@ -606,7 +617,8 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
             let tables = self.tables().await?;
             let facts: Vec<TableFact> = tables.iter().map(RouteTable::fact).collect();
             let manual = self.config.failover.failback == crate::config::Failback::Manual;
-            let (intents, skipped) = reclaim::reclaim(eni_id, destinations, &facts, manual);
+            let (intents, skipped) =
+                reclaim::reclaim(eni_id, &group_enis, destinations, &facts, manual);
             if !logged_skips {
                 for s in &skipped {
                     warn!(table = %s.table, destination = %s.destination, reason = %s.reason, "route not managed");

@@ -412,6 +412,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         zone: identity.availability_zone.clone(),
         eni: booted.eni.id.clone(),
         ip: own_ip,
+        vpc_id: booted.eni.vpc_id.clone(),
     };
     let mut current = std::sync::Arc::new(config.clone());
     let (mut watch, mut events, report) =

@@ -429,6 +429,7 @@ fn eni(c: &Call, n: &NetworkInterface) -> Result<Eni> {
     };
     Ok(Eni {
         id: id.to_string(),
+        vpc_id: n.vpc_id().unwrap_or_default().to_string(),
         az: n
             .availability_zone()
             .ok_or_else(|| missing("availability zone"))?

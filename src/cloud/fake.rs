@@ -269,6 +269,7 @@ impl FakeCloud {
                 Eni {
                     id: eni.clone(),
                     az: az.clone(),
+                    vpc_id: vpc.clone(),
                     subnet_id: public_subnet.clone(),
                     mac,
                     private_ips: vec![Ipv4Addr::new(10, 0, index, 50)],
@@ -333,6 +334,41 @@ impl FakeCloud {
 
     /// Another private route table of `zone` (letter or AZ name), tagged and routed like the
     /// zone's own but associated with no subnet: a zone with many tables.
+    /// Someone else's ENI tagged into the group for `zone` (a zone letter, or any AZ name for a
+    /// zone the scenario lacks), in the scenario's VPC or in `vpc`: a rogue.
+    pub fn add_tagged_eni(&self, zone: &str, vpc: Option<&str>) -> String {
+        let mut s = self.lock();
+        let az = if zone.len() == 1 {
+            format!("{REGION}{zone}")
+        } else {
+            zone.to_owned()
+        };
+        let group = s.group.clone();
+        let vpc = vpc.map_or_else(|| s.vpc_id.clone(), str::to_owned);
+        let id = s.id("eni");
+        let mac = s.mac();
+        let tags = BTreeMap::from([
+            (GROUP_TAG.to_owned(), group),
+            (ZONE_TAG.to_owned(), az.clone()),
+        ]);
+        s.enis.insert(
+            id.clone(),
+            Eni {
+                id: id.clone(),
+                az,
+                vpc_id: vpc,
+                subnet_id: "subnet-rogue".to_owned(),
+                mac,
+                private_ips: vec![Ipv4Addr::new(10, 0, 9, 99)],
+                status: EniStatus::Available,
+                attachment: None,
+                source_dest_check: true,
+                tags,
+            },
+        );
+        id
+    }
+
     pub fn add_table(&self, zone: &str) -> String {
         let mut s = self.lock();
         let (own, vpc) = (s.zone(zone).table.clone(), s.vpc_id.clone());
@@ -434,6 +470,7 @@ impl State {
             Eni {
                 id: primary.clone(),
                 az,
+                vpc_id: self.vpc_id.clone(),
                 subnet_id: subnet,
                 mac,
                 private_ips: vec![Ipv4Addr::new(10, 0, index, host)],

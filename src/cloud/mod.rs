@@ -123,6 +123,8 @@ fn loader(region: &str, endpoint: Option<&str>) -> aws_config::ConfigLoader {
 pub struct Eni {
     pub id: String,
     pub az: String,
+    /// Empty when EC2 did not say (discovery then treats it as another VPC's).
+    pub vpc_id: String,
     pub subnet_id: String,
     /// Lower-case, colon-separated, as the kernel shows it.
     pub mac: String,

@@ -12,12 +12,14 @@ pub struct Skipped {
 
 /// The writes that make every managed destination of `tables` point at `own_eni`.
 ///
-/// A route held by another ENI (a peer that took over while we were gone, or a dead gateway's
-/// ENI) is ours to take back, unless `manual_failback` and the route is active (its holder
-/// carries it); a blackhole is always replaced; a route to something that is not an
-/// ENI belongs to someone else and is skipped, never overwritten.
+/// A route held by another of the group's ENIs (`group_enis`: a peer that took over while we
+/// were gone, or a dead gateway's ENI) is ours to take back, unless `manual_failback` and the
+/// route is active (its holder carries it); a blackhole is always replaced; a route to anything
+/// else (another ENI, a firewall appliance's, a NAT gateway) belongs to someone else and is
+/// skipped, never overwritten: a table's tags say it is ours to manage, not what it may carry.
 pub fn reclaim(
     own_eni: &str,
+    group_enis: &[String],
     destinations: &[String],
     tables: &[TableFact],
     manual_failback: bool,
@@ -44,6 +46,16 @@ pub fn reclaim(
                 ),
                 Target::Eni(id) if route.blackhole => {
                     (Expect::Blackhole, format!("blackhole via {id}"))
+                }
+                Target::Eni(id) if !group_enis.contains(id) => {
+                    skipped.push(Skipped {
+                        table: table.id.clone(),
+                        destination: dest.clone(),
+                        reason: format!(
+                            "points at {id}, which is not one of the group's gateway ENIs: left alone"
+                        ),
+                    });
+                    continue;
                 }
                 Target::Eni(id) if manual_failback => {
                     skipped.push(Skipped {
@@ -87,6 +99,11 @@ mod tests {
 
     fn eni(id: &str) -> Target {
         Target::Eni(id.into())
+    }
+
+    /// The group's ENIs: this gateway's, a peer's, an old gateway's of this zone.
+    fn group() -> Vec<String> {
+        ["eni-me", "eni-peer", "eni-old"].map(String::from).to_vec()
     }
 
     #[test]
@@ -143,6 +160,16 @@ mod tests {
                 0,
             ),
             (
+                "an ENI outside the group (an appliance's) is left alone; a blackhole is replaced whoever it was",
+                false,
+                vec![
+                    route("0.0.0.0/0", eni("eni-firewall"), false),
+                    route("10.50.0.0/16", eni("eni-gone"), true),
+                ],
+                vec![("10.50.0.0/16", Op::Replace)],
+                1,
+            ),
+            (
                 "manual failback: an active holder keeps it, a blackhole does not",
                 true,
                 vec![
@@ -158,7 +185,7 @@ mod tests {
                 id: "rtb-1".into(),
                 routes,
             }];
-            let (intents, skipped) = reclaim("eni-me", &dests, &tables, manual);
+            let (intents, skipped) = reclaim("eni-me", &group(), &dests, &tables, manual);
             let got: Vec<(&str, Op)> = intents
                 .iter()
                 .map(|i| (i.destination.as_str(), i.op()))
@@ -177,7 +204,7 @@ mod tests {
                 routes: vec![route("0.0.0.0/0", eni("eni-peer"), false)],
             })
             .collect();
-        let (intents, _) = reclaim("eni-me", &dests, &tables, false);
+        let (intents, _) = reclaim("eni-me", &group(), &dests, &tables, false);
         assert_eq!(intents.len(), 3);
         assert_eq!(
             intents[2].to_string(),

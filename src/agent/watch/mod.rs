@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::cloud::{Autoscaling, CloudError, Ec2, RouteTable};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
@@ -68,6 +68,8 @@ pub struct Own {
     pub zone: String,
     pub eni: String,
     pub ip: Ipv4Addr,
+    /// The VPC of the persistent ENI: peers are only ever looked for in it.
+    pub vpc_id: String,
 }
 
 pub struct Watch<'a, E, A> {
@@ -185,13 +187,68 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
 
     /// Finds the group's other gateways and starts watching new ones.
     async fn discover(&mut self) -> Result<(), CloudError> {
-        for (zone, eni, ip) in sensors::discover(self.ec2, &self.config, &self.own.zone).await? {
+        let found = sensors::discover(self.ec2, &self.config, &self.own).await?;
+        let carriers: BTreeMap<String, String> = by_zone(&self.config, &self.tables)
+            .into_iter()
+            .filter_map(|(zone, ts)| {
+                let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
+                carrier(&facts, &self.config.routes.destinations).map(|c| (zone, c))
+            })
+            .collect();
+        let mut refused = 0usize;
+        for (zone, candidates) in found.peers {
             if self.peers.contains_key(&zone) {
                 continue;
             }
-            info!(%zone, %eni, %ip, "watching peer gateway");
-            self.add_peer(&zone, &eni, ip);
+            let chosen = match candidates.as_slice() {
+                [one] => Some(one.clone()),
+                many => {
+                    // Tags are the only proof of membership, and anyone allowed to tag an ENI can
+                    // tag one into the group: with two for one zone, only the one the zone's
+                    // routes already point at is trusted; with none of them carrying it, none.
+                    let chosen = many
+                        .iter()
+                        .find(|(eni, _)| Some(eni) == carriers.get(&zone))
+                        .cloned();
+                    let ids: Vec<&str> = many.iter().map(|(e, _)| e.as_str()).collect();
+                    refused += many.len() - usize::from(chosen.is_some());
+                    error!(
+                        %zone,
+                        enis = %ids.join(","),
+                        trusted = %chosen.as_ref().map_or("none", |(e, _)| e.as_str()),
+                        "more than one ENI is tagged into the group for this zone: only the one its routes point at is watched or handed to; untag the others"
+                    );
+                    hook::emit(
+                        &self.config.events,
+                        &hook::Event {
+                            event: "rogue-eni",
+                            zone: &zone,
+                            from: "-",
+                            to: "-",
+                            reason: &format!(
+                                "{} ENIs tagged into the group for one zone: {}",
+                                ids.len(),
+                                ids.join(",")
+                            ),
+                        },
+                    );
+                    chosen
+                }
+            };
+            if let Some((eni, ip)) = chosen {
+                info!(%zone, %eni, %ip, "watching peer gateway");
+                self.add_peer(&zone, &eni, ip);
+            }
         }
+        for (eni, vpc) in &found.other_vpc {
+            warn!(%eni, vpc = %vpc, own_vpc = %self.own.vpc_id, "an ENI tagged into the group lives in another VPC: ignored");
+        }
+        refused += found.other_vpc.len();
+        if !found.own_zone_others.is_empty() {
+            error!(zone = %self.own.zone, own_eni = %self.own.eni, others = %found.own_zone_others.join(","), "other ENIs are tagged into the group for this gateway's own zone: ignored; untag them");
+            refused += found.own_zone_others.len();
+        }
+        metrics::set("gateway_agent_untrusted_enis", &[], refused as f64);
         self.discovered_at = Some(Instant::now());
         Ok(())
     }

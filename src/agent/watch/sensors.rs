@@ -5,6 +5,7 @@
 //! A task sends an [`Event`] the moment a rise/fall state changes, which starts a cycle at
 //! once instead of at the next tick.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,11 +241,24 @@ pub fn start_peer(
 }
 
 /// The group's gateways other than `own_zone`'s, found by their ENIs: (zone, ENI, address).
+/// The group's ENIs as discovery found them.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// Per peer zone, every candidate ENI in this gateway's VPC (more than one is suspect).
+    pub peers: BTreeMap<String, Vec<(String, Ipv4Addr)>>,
+    /// ENIs tagged into the group in another VPC (or none known): never watched.
+    pub other_vpc: Vec<(String, String)>,
+    /// Other ENIs tagged for this gateway's own zone: never watched.
+    pub own_zone_others: Vec<String>,
+}
+
+/// The group's peer ENIs: tagged into the group (or configured by ID), in this gateway's own
+/// VPC, one list of candidates per zone other than its own.
 pub async fn discover<E: Ec2>(
     ec2: &E,
     config: &crate::config::Config,
-    own_zone: &str,
-) -> Result<Vec<(String, String, Ipv4Addr)>, CloudError> {
+    own: &super::Own,
+) -> Result<Discovered, CloudError> {
     let group = config.group.name.as_str();
     let mut enis = ec2.find_enis(&[(crate::config::GROUP_TAG, group)]).await?;
     for id in config.eni.ids.values() {
@@ -254,8 +268,15 @@ pub async fn discover<E: Ec2>(
             enis.push(eni);
         }
     }
-    let mut out = Vec::new();
+    let mut out = Discovered::default();
     for eni in enis {
+        if eni.id == own.eni {
+            continue;
+        }
+        if eni.vpc_id != own.vpc_id {
+            out.other_vpc.push((eni.id, eni.vpc_id));
+            continue;
+        }
         let zone = config
             .eni
             .ids
@@ -264,14 +285,17 @@ pub async fn discover<E: Ec2>(
             .map(|(z, _)| z.clone())
             .or_else(|| eni.tags.get(ZONE_TAG).cloned())
             .unwrap_or_else(|| eni.az.clone());
-        if zone == own_zone {
+        if zone == own.zone {
+            // This zone's ENI is the one this gateway holds: another one tagged for it is not
+            // a peer, only a claim nobody should have made.
+            out.own_zone_others.push(eni.id);
             continue;
         }
         let Some(ip) = eni.private_ips.first().copied() else {
             warn!(eni = %eni.id, %zone, "peer ENI has no private address: not probed");
             continue;
         };
-        out.push((zone, eni.id, ip));
+        out.peers.entry(zone).or_default().push((eni.id, ip));
     }
     Ok(out)
 }

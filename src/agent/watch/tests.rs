@@ -36,12 +36,19 @@ fn config(extra: &str) -> Arc<Config> {
 impl Rig {
     /// Zone a's gateway, the one under test, in a two-zone group whose peer (b) is up.
     async fn new(extra: &str) -> Self {
+        Self::with(extra, |_| ()).await
+    }
+
+    /// As [`Rig::new`], with `before` done to the cloud before the first cycle.
+    async fn with(extra: &str, before: impl FnOnce(&FakeCloud)) -> Self {
         let cloud: &'static FakeCloud = Box::leak(Box::new(FakeCloud::two_zones()));
+        before(cloud);
         let own = Own {
             instance_id: cloud.instance_of("a"),
             zone: cloud.az_of("a"),
             eni: cloud.eni_of("a"),
             ip: Ipv4Addr::new(10, 0, 0, 50),
+            vpc_id: cloud.vpc_id(),
         };
         let (watch, _events, _report) = Watch::new(config(extra), cloud, cloud, own, Some(1));
         let mut rig = Self {
@@ -50,7 +57,9 @@ impl Rig {
         };
         // The first cycle discovers the peer and sees the zones as they are.
         rig.watch.cycle().await;
-        rig.peer(Probe::Up, true);
+        if rig.watch.peer_feed(&cloud.az_of("b")).is_some() {
+            rig.peer(Probe::Up, true);
+        }
         rig.cloud.clear_calls();
         rig
     }
@@ -496,4 +505,35 @@ async fn a_peer_report_that_disagrees_with_the_last_read_brings_a_read_at_once()
     r.watch.cycle().await;
     assert_eq!(r.cloud.count("DescribeRouteTables", ""), 1);
     assert_eq!(r.wait_kind("a"), Some(WaitKind::HoldDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn enis_tagged_into_the_group_from_another_vpc_or_for_a_fake_zone_are_never_watched() {
+    let mut other_vpc = String::new();
+    let r = Rig::with("", |cloud| {
+        other_vpc = cloud.add_tagged_eni("b", Some("vpc-elsewhere"));
+        cloud.add_tagged_eni("us-east-1z", Some("vpc-elsewhere"));
+    })
+    .await;
+    let watched: Vec<String> = r.watch.peer_views().into_iter().map(|p| p.eni).collect();
+    assert_eq!(watched, [r.cloud.eni_of("b")], "only b's own ENI");
+    assert!(!watched.contains(&other_vpc));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_eni_for_a_zone_is_trusted_only_if_the_routes_point_at_it() {
+    let mut rogue = String::new();
+    let mut r = Rig::with("", |cloud| rogue = cloud.add_tagged_eni("b", None)).await;
+    // Before any read nothing says which is b's: neither is watched, nothing is handed to it.
+    assert!(
+        r.watch.peer_views().is_empty(),
+        "{:?}",
+        r.watch.peer_views().len()
+    );
+    // After a read, the one b's routes point at is; the rogue never is.
+    r.run(Duration::from_secs(65), Duration::from_secs(1)).await;
+    let watched: Vec<String> = r.watch.peer_views().into_iter().map(|p| p.eni).collect();
+    assert_eq!(watched, [r.cloud.eni_of("b")]);
+    assert!(!watched.contains(&rogue));
+    assert_eq!(r.writes("a") + r.writes("b"), 0);
 }
