@@ -22,6 +22,9 @@ pub enum Kind {
     Spot,
     Rebalance,
     Maintenance,
+    /// A scheduled event that does not stop the instance (`system-maintenance`): published,
+    /// never drained for.
+    Advisory,
     /// SIGTERM: `systemctl stop`, a shutdown.
     Stop,
 }
@@ -33,6 +36,7 @@ impl Kind {
             Self::Spot => "spot-interruption",
             Self::Rebalance => "rebalance-recommendation",
             Self::Maintenance => "scheduled-maintenance",
+            Self::Advisory => "maintenance-advisory",
             Self::Stop => "stop",
         }
     }
@@ -144,7 +148,13 @@ pub fn maintenance(text: &str, now_unix: i64, lead_s: i64) -> Result<Option<Exit
     Ok(next
         .filter(|(at, _)| *at - now_unix <= lead_s)
         .map(|(at, ev)| Exit {
-            kind: Kind::Maintenance,
+            // Only events that stop, reboot or retire the instance take it out of service;
+            // `system-maintenance` (network, power) leaves it running.
+            kind: if ev.code == "system-maintenance" {
+                Kind::Advisory
+            } else {
+                Kind::Maintenance
+            },
             reason: format!(
                 "scheduled maintenance {} ({}) at {}",
                 ev.code, ev.description, ev.not_before
@@ -281,6 +291,26 @@ mod tests {
                 .kind,
             Kind::Rebalance
         );
+    }
+
+    #[test]
+    fn system_maintenance_is_advice_and_stop_events_drain() {
+        let now = 1_795_600_800 - 60;
+        let event = |code: &str| {
+            format!(
+                r#"[{{"Code": "{code}", "Description": "x", "NotBefore": "25 Nov 2026 10:00:00 GMT", "State": "active"}}]"#
+            )
+        };
+        for (code, kind) in [
+            ("system-maintenance", Kind::Advisory),
+            ("instance-stop", Kind::Maintenance),
+            ("instance-retirement", Kind::Maintenance),
+            ("system-reboot", Kind::Maintenance),
+            ("instance-reboot", Kind::Maintenance),
+        ] {
+            let exit = maintenance(&event(code), now, 600).unwrap().unwrap();
+            assert_eq!(exit.kind, kind, "{code}");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct Report {
     /// Zones whose gateways this one cannot hear now (ICMP down): a gateway listed here renews
     /// its lease, so a one-way partition is never read as its death.
     pub cannot_hear: Vec<String>,
+    /// An advisory notice (a rebalance recommendation, a `system-maintenance` event) says this
+    /// instance may go: peers choose it last as a successor.
+    #[serde(default)]
+    pub at_risk: bool,
 }
 
 /// Serves `GET /health` on `addr:port` with the latest report until the task is dropped.

@@ -40,6 +40,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "1 while draining (planned exit or `gateway-agent drain`).",
     ),
     (
+        "gateway_agent_at_risk",
+        Type::Gauge,
+        "1 while an advisory notice (rebalance recommendation, system-maintenance event) says this instance may go.",
+    ),
+    (
         "gateway_agent_untrusted_enis",
         Type::Gauge,
         "ENIs tagged into the group that discovery does not trust: in another VPC, or one too many for a zone.",

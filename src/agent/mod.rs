@@ -501,7 +501,39 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         }
         match woke {
             None => break None,
-            Some(Wake::Exit(exit)) => break Some(exit),
+            Some(Wake::Exit(exit)) => {
+                use crate::config::OnRebalance;
+                use crate::events::Kind;
+                let advice = match (exit.kind, current.drain.on_rebalance) {
+                    (Kind::Advisory, _) | (Kind::Rebalance, OnRebalance::Publish) => Some(false),
+                    (Kind::Rebalance, OnRebalance::Replace) => Some(true),
+                    _ => None,
+                };
+                let Some(replace) = advice else {
+                    break Some(exit);
+                };
+                // Advice, not an interruption: the gateway stays in service.
+                crate::hook::emit(
+                    &current.events,
+                    &crate::hook::Event {
+                        event: "at-risk",
+                        zone: &identity.availability_zone,
+                        from: "-",
+                        to: "-",
+                        reason: &exit.reason,
+                    },
+                );
+                watch.set_at_risk(Some(exit.reason.clone()));
+                if replace
+                    && supervisor
+                        .drive(watch.request_replacement())
+                        .await
+                        .is_none()
+                {
+                    break None;
+                }
+                continue;
+            }
             Some(Wake::Kernel) => {
                 kernel.repair().await;
                 continue;

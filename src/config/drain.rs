@@ -20,6 +20,22 @@ pub const DEFAULT_DRAIN_TIMEOUT_S: u64 = 90;
 /// Ten minutes ahead of a scheduled reboot or retirement.
 pub const DEFAULT_MAINTENANCE_LEAD_S: u64 = 600;
 
+/// What a rebalance recommendation (advice: often no interruption follows) makes the agent do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnRebalance {
+    /// Publish it (log, event, metric, `/health` at risk) and become the last choice as a
+    /// successor; no route moves. With Capacity Rebalancing the group's replacement and
+    /// termination hook then drive the hand-over.
+    #[default]
+    Publish,
+    /// Drain and leave at once (the instance keeps running without its agent until it goes).
+    Drain,
+    /// Publish, and ask the group to replace this instance (SetInstanceHealth Unhealthy): the
+    /// termination hook then drains it.
+    Replace,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Drain {
@@ -30,6 +46,7 @@ pub struct Drain {
     pub timeout_s: u64,
     pub maintenance_lead_s: u64,
     pub set_unhealthy: bool,
+    pub on_rebalance: OnRebalance,
 }
 
 impl Default for Drain {
@@ -42,6 +59,7 @@ impl Default for Drain {
             timeout_s: DEFAULT_DRAIN_TIMEOUT_S,
             maintenance_lead_s: DEFAULT_MAINTENANCE_LEAD_S,
             set_unhealthy: false,
+            on_rebalance: OnRebalance::Publish,
         }
     }
 }

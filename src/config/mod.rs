@@ -108,7 +108,7 @@ pub use boot::{
 pub use conditional::Conditional;
 pub use drain::{
     DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_GRACE_S, DEFAULT_IMDS_POLL_MS, DEFAULT_MAINTENANCE_LEAD_S,
-    DEFAULT_RESTART_MARKER, Drain,
+    DEFAULT_RESTART_MARKER, Drain, OnRebalance,
 };
 pub use endpoints::{
     Aws, DEFAULT_IMDS_ENDPOINT, DEFAULT_IMDS_TIMEOUT_MS, Imds, MAX_IMDS_TIMEOUT_MS,

@@ -33,6 +33,8 @@ use super::route::{TableFact, Target};
 pub struct SelfReport {
     pub healthy: bool,
     pub draining: bool,
+    /// An advisory notice says its instance may go: the last choice as a successor.
+    pub at_risk: bool,
 }
 
 /// One zone's gateway (whoever holds the zone's persistent ENI), as seen from here.
@@ -78,6 +80,8 @@ pub struct Me {
     pub healthy_for: Duration,
     /// Leaving (planned exit): hands everything it carries to others and takes nothing.
     pub draining: bool,
+    /// An advisory notice says this instance may go: the last choice as a successor.
+    pub at_risk: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -659,15 +663,29 @@ fn successor_among<'a>(f: &'a Facts, zone: &str, include_me: bool) -> Option<&'a
     rest.dedup();
     ring.extend(rest);
     let start = ring.iter().position(|z| *z == zone)?;
-    (1..ring.len())
-        .map(|i| ring[(start + i) % ring.len()])
-        .find(|z| {
-            if *z == f.me.zone {
-                include_me && f.me.healthy && !f.me.draining
-            } else {
-                f.peers.iter().any(|g| g.zone == *z && g.eligible())
-            }
-        })
+    let eligible = |z: &&str| {
+        if *z == f.me.zone {
+            include_me && f.me.healthy && !f.me.draining
+        } else {
+            f.peers.iter().any(|g| g.zone == *z && g.eligible())
+        }
+    };
+    let at_risk = |z: &&str| {
+        if *z == f.me.zone {
+            f.me.at_risk
+        } else {
+            f.peers
+                .iter()
+                .any(|g| g.zone == *z && g.report.is_some_and(|r| r.at_risk))
+        }
+    };
+    let order = (1..ring.len()).map(|i| ring[(start + i) % ring.len()]);
+    // A gateway an advisory notice puts at risk carries others' zones only if nobody else can.
+    order
+        .clone()
+        .filter(eligible)
+        .find(|z| !at_risk(z))
+        .or_else(|| order.filter(eligible).next())
 }
 
 fn managed(f: &Facts) -> impl Iterator<Item = (&String, bool)> {

@@ -34,6 +34,7 @@ impl World {
                 healthy: true,
                 healthy_for: Duration::from_secs(3600),
                 draining: false,
+                at_risk: false,
             },
             ring: Vec::new(),
             peers: zones
@@ -47,6 +48,7 @@ impl World {
                     report: Some(SelfReport {
                         healthy: true,
                         draining: false,
+                        at_risk: false,
                     }),
                     api_gone: None,
                 })
@@ -195,6 +197,7 @@ fn two_zones_takeover_needs_probe_and_confirmation() {
                 w.hung("b").peer("b").report = Some(SelfReport {
                     healthy: true,
                     draining: true,
+                    at_risk: false,
                 });
             },
             true,
@@ -205,6 +208,7 @@ fn two_zones_takeover_needs_probe_and_confirmation() {
                 w.hung("b").peer("b").report = Some(SelfReport {
                     healthy: false,
                     draining: false,
+                    at_risk: false,
                 });
             },
             true,
@@ -333,6 +337,7 @@ fn three_zones_the_third_steps_in_when_the_successor_is_down_too() {
     w.peer("a").report = Some(SelfReport {
         healthy: true,
         draining: true,
+        at_risk: false,
     });
     assert_eq!(summary(&w.decide()), takes("c", "takeover", "via eni-c"));
     // Or its agent is dead (no /health): it would never act, so b does.
@@ -624,6 +629,7 @@ fn a_leaving_gateway_with_no_healthy_peer_keeps_its_routes() {
         w.peer("b").report = Some(SelfReport {
             healthy: false,
             draining: false,
+            at_risk: false,
         });
         let o = w.decide();
         assert!(o.decisions.is_empty(), "{o:?}");
@@ -644,8 +650,29 @@ fn a_sick_gateway_demotes_itself_to_its_successor() {
     w.peer("c").report = Some(SelfReport {
         healthy: true,
         draining: true,
+        at_risk: false,
     });
     assert_eq!(w.decide().decisions[0].target, "eni-a");
+}
+
+#[test]
+fn a_gateway_at_risk_is_the_last_choice_as_a_successor() {
+    let mut w = World::new("b", &["a", "b", "c"]);
+    w.f.me.healthy = false;
+    w.peer("c").report = Some(SelfReport {
+        healthy: true,
+        draining: false,
+        at_risk: true,
+    });
+    // c comes first in the ring, but a rebalance recommendation says it may go.
+    assert_eq!(w.decide().decisions[0].target, "eni-a");
+    // With nobody else eligible it still beats keeping routes on a sick gateway.
+    w.peer("a").report = Some(SelfReport {
+        healthy: false,
+        draining: false,
+        at_risk: false,
+    });
+    assert_eq!(w.decide().decisions[0].target, "eni-c");
 }
 
 #[test]
@@ -733,6 +760,7 @@ fn every_wait_has_a_kind_the_agent_can_match() {
     w.peer("b").report = Some(SelfReport {
         healthy: false,
         draining: false,
+        at_risk: false,
     });
     let o = w.decide();
     assert_eq!(o.waits.len(), 1, "{o:?}");

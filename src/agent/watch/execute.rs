@@ -191,7 +191,14 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
     /// After a demotion, with `drain.set_unhealthy`: tell the ASG this instance is unhealthy,
     /// so it is replaced rather than left sick (once; the ASG takes it from there).
     async fn ask_for_replacement(&mut self) {
-        if !self.config.drain.set_unhealthy || self.reported_unhealthy || self.config.dry_run {
+        if !self.config.drain.set_unhealthy {
+            return;
+        }
+        self.ask_for_replacement_now().await;
+    }
+
+    pub(super) async fn ask_for_replacement_now(&mut self) {
+        if self.reported_unhealthy || self.config.dry_run {
             return;
         }
         match self

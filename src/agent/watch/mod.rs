@@ -99,6 +99,9 @@ pub struct Watch<'a, E, A> {
     rules: Vec<conditional::RuleWatch>,
     /// A planned exit is under way: hand everything over, take nothing.
     draining: bool,
+    /// Why an advisory notice says this instance may go (a rebalance recommendation, a
+    /// `system-maintenance` event): published, and the last choice as a successor.
+    at_risk: Option<String>,
     /// SetInstanceHealth Unhealthy was sent (`drain.set_unhealthy`).
     reported_unhealthy: bool,
     /// The ASG lifecycle state IMDS last gave (kept current by the planned-exit watcher).
@@ -130,6 +133,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             carries: vec![own.zone.clone()],
             version: env!("CARGO_PKG_VERSION").to_owned(),
             cannot_hear: Vec::new(),
+            at_risk: false,
         });
         let mut zones: BTreeMap<String, ZoneState> = BTreeMap::new();
         zones.entry(own.zone.clone()).or_default().epoch = claimed_epoch;
@@ -160,6 +164,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             failback_requested: false,
             rules: Vec::new(),
             draining: false,
+            at_risk: None,
             reported_unhealthy: false,
             lifecycle: Arc::default(),
             paused: false,
@@ -838,6 +843,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     (now.saturating_duration_since(*at) <= REPORT_FRESH).then_some(SelfReport {
                         healthy: r.healthy,
                         draining: r.draining,
+                        at_risk: r.at_risk,
                     })
                 }),
                 api_gone: if p.icmp == Probe::Down {
@@ -886,6 +892,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     Duration::ZERO
                 },
                 draining: self.draining,
+                at_risk: self.at_risk.is_some(),
             },
             ring: f.ring.clone(),
             peers,
@@ -941,6 +948,30 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             }
             _ => Ok(()),
         }
+    }
+
+    /// An advisory notice: nothing moves; `/health` says at risk, so peers choose this gateway
+    /// last as a successor. `None` when the notice is gone.
+    pub fn set_at_risk(&mut self, why: Option<String>) {
+        match &why {
+            Some(why) => {
+                warn!(%why, "advisory notice: this instance may go; no route moves, this gateway becomes the last choice as a successor");
+            }
+            None if self.at_risk.is_some() => info!("advisory notice gone: no longer at risk"),
+            None => {}
+        }
+        metrics::set(
+            "gateway_agent_at_risk",
+            &[],
+            if why.is_some() { 1.0 } else { 0.0 },
+        );
+        self.at_risk = why;
+        self.publish();
+    }
+
+    /// Asks the group to replace this instance (SetInstanceHealth Unhealthy), once.
+    pub async fn request_replacement(&mut self) {
+        self.ask_for_replacement_now().await;
     }
 
     pub fn set_draining(&mut self, draining: bool) {

@@ -30,6 +30,7 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
         let own = self.own_health.borrow().clone();
         let carries = self.carried();
         let draining = self.draining;
+        let at_risk = self.at_risk.is_some();
         let role = self.role(&carries);
         let cannot_hear: Vec<String> = self
             .peer_views()
@@ -57,12 +58,14 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
                 || r.carries != carries
                 || r.draining != draining
                 || r.role != role
-                || r.cannot_hear != cannot_hear;
+                || r.cannot_hear != cannot_hear
+                || r.at_risk != at_risk;
             r.role = role.to_owned();
             r.healthy = own.healthy;
             r.draining = draining;
             r.carries.clone_from(&carries);
             r.cannot_hear = cannot_hear;
+            r.at_risk = at_risk;
             changed
         });
     }

@@ -108,6 +108,7 @@ impl Rig {
                         carries,
                         version: "test".into(),
                         cannot_hear: Vec::new(),
+                        at_risk: false,
                     },
                     Instant::now(),
                 )
