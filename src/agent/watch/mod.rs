@@ -52,6 +52,10 @@ const RETRY_SOON: Duration = Duration::from_millis(100);
 const REDISCOVER_AFTER: Duration = Duration::from_secs(60);
 /// A witness sent but not yet seen is looked for this often (EC2's reads lag its writes).
 const WITNESS_REREAD: Duration = Duration::from_millis(100);
+/// A silent peer the API still calls alive is asked about again this soon.
+const UNCONFIRMED_REASK: Duration = Duration::from_millis(250);
+/// For this long after it fell silent (EC2's read lag, with room).
+const UNCONFIRMED_WINDOW: Duration = Duration::from_secs(5);
 /// A decision made on a read this recent is written without reading again first.
 const FRESH_ENOUGH: Duration = Duration::from_millis(300);
 /// A witness not seen this long after it was sent is taken as lost and sent again.
@@ -90,6 +94,8 @@ pub struct Watch<'a, E, A> {
     /// The group's tables as last read, and when.
     tables: Vec<RouteTable>,
     read_at: Option<Instant>,
+    /// When the leases were last renewed.
+    renewed_at: Option<Instant>,
     /// Why the lease is being renewed and the tables read fast, as last logged.
     trouble_logged: Option<String>,
     last_api_error: Option<Instant>,
@@ -158,6 +164,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             zones,
             tables: Vec::new(),
             read_at: None,
+            renewed_at: None,
             trouble_logged: None,
             last_api_error: None,
             failures: 0,
@@ -327,6 +334,19 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         let now = Instant::now();
         let outcome = failover::decide(&self.facts(now, false));
         self.log_waits(&outcome.waits);
+        // A silent peer the API does not yet call dead is asked again soon: EC2's reads lag,
+        // and a terminated instance reads `running` for a while after it died.
+        // Only just after the peer fell silent: a partition stays unconfirmed for good, and is
+        // not worth more than the regular cadence.
+        let unconfirmed = outcome
+            .waits
+            .iter()
+            .any(|w| w.kind == failover::WaitKind::Unconfirmed)
+            && self.peer_views().iter().any(|p| {
+                p.icmp == Probe::Down
+                    && p.losing_since
+                        .is_some_and(|at| now.saturating_duration_since(at) < UNCONFIRMED_WINDOW)
+            });
         for (zone, st) in &mut self.zones {
             if !outcome.decisions.iter().any(|d| &d.zone == zone) {
                 st.deciding = None;
@@ -349,7 +369,12 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             Some(self.backoff())
         } else {
             self.failures = 0;
-            self.lease_lapses(Instant::now())
+            let lapse = self.lease_lapses(Instant::now());
+            if unconfirmed {
+                Some(lapse.map_or(UNCONFIRMED_REASK, |d| d.min(UNCONFIRMED_REASK)))
+            } else {
+                lapse
+            }
         }
     }
 
@@ -429,9 +454,14 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     /// Renews the leases this gateway holds, reads every route table of the group and asks
     /// the API about silent peers, all at once.
     async fn observe(&mut self, now: Instant) -> Result<Vec<RouteTable>, CloudError> {
-        let renewals = if self.config.dry_run || self.renew_reason(now).is_none() {
+        // Cycles may come quicker than the renewal period (a lapse, a re-ask); renewals do not.
+        let renew_due = self.renewed_at.is_none_or(|at| {
+            now.saturating_duration_since(at) >= self.config.failover.lease_renew() / 2
+        });
+        let renewals = if self.config.dry_run || !renew_due || self.renew_reason(now).is_none() {
             Vec::new()
         } else {
+            self.renewed_at = Some(now);
             self.renewals()
         };
         let down: Vec<(String, String)> = self
