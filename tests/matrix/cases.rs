@@ -148,6 +148,90 @@ impl Ctx {
     }
 }
 
+/// An instance refresh of zone b's group under `policy`; answers the old and the new instance.
+async fn refresh_b(c: &mut Ctx, policy: &str) -> Result<(String, String), Failure> {
+    let old = c.f.instance_id("b");
+    let asg = c.f.zone("b").asg_name.clone();
+    // The old gateway drains and leaves with its instance: not a crash.
+    c.f.gateway_mut("b").expect_exit = true;
+    c.f.lab.refresh(&asg, Some(policy)).await?;
+    c.f.start_replacement("b", &old, wait()).await?;
+    let new = c.f.instance_id("b");
+    Ok((old, new))
+}
+
+/// Fails unless `instance`'s `transition` lifecycle action ended with CONTINUE.
+async fn continued(c: &Ctx, instance: &str, transition: &str) -> Result<(), Failure> {
+    let result = c.f.lifecycle_result(instance, transition).await?;
+    c.check(
+        result
+            .as_deref()
+            .is_some_and(|r| r.starts_with("CONTINUE ")),
+        &format!("{instance}'s {transition} action ended {result:?}, not CONTINUE"),
+    )
+}
+
+/// Until the refresh of `asg` reports Successful.
+async fn refresh_done(c: &Ctx) -> Result<(), Failure> {
+    let asg = c.f.zone("b").asg_name.clone();
+    let done = wait_for(wait(), "the instance refresh completes", || async {
+        let all = c.f.lab.activities().await.ok()?;
+        all["refreshes"]
+            .as_array()?
+            .iter()
+            .any(|r| r["group"] == asg.as_str() && r["status"] == "Successful")
+            .then_some(())
+    })
+    .await;
+    c.check(done.is_ok(), "the instance refresh never completed")
+}
+
+fn refresh_launch_first(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let (old, new) = refresh_b(c, "launch-before-terminate").await?;
+        // It boots while the old gateway holds the ENI: a standby, READY, the launch continued.
+        c.check_status("b", "standby for", "the new gateway did not stand by")?;
+        continued(c, &new, "LAUNCHING").await?;
+        // The old one drains to a and lets the ENI go; the standby claims it and its zone.
+        let holder = wait_for(wait(), "the new instance holds b's ENI", || async {
+            (c.f.eni_holder("b").await.ok().flatten().as_deref() == Some(new.as_str()))
+                .then_some(())
+        })
+        .await;
+        c.check(holder.is_ok(), "the standby never got the ENI")?;
+        let carrying = wait_for(wait(), "the new gateway carries b", || async {
+            c.f.agent("b")
+                .notify
+                .statuses()
+                .iter()
+                .any(|s| s.starts_with("carrying"))
+                .then_some(())
+        })
+        .await;
+        c.check(carrying.is_ok(), "the new gateway never carried its zone")?;
+        c.f.wait_kernel_route("b", "b", secs(10)).await?;
+        continued(c, &old, "TERMINATING").await?;
+        refresh_done(c).await
+    })
+}
+
+fn refresh_terminate_first(c: &mut Ctx) -> CaseFut<'_> {
+    Box::pin(async move {
+        let old = c.f.instance_id("b");
+        let asg = c.f.zone("b").asg_name.clone();
+        c.f.gateway_mut("b").expect_exit = true;
+        c.f.lab.refresh(&asg, Some("terminate-and-launch")).await?;
+        // The old gateway drains to a before its instance goes.
+        c.f.wait_kernel_route("b", "a", wait()).await?;
+        c.f.start_replacement("b", &old, wait()).await?;
+        let new = c.f.instance_id("b");
+        continued(c, &new, "LAUNCHING").await?;
+        c.f.wait_kernel_route("b", "b", secs(10)).await?;
+        continued(c, &old, "TERMINATING").await?;
+        refresh_done(c).await
+    })
+}
+
 fn peer_terminated(c: &mut Ctx) -> CaseFut<'_> {
     Box::pin(async move {
         let b = c.terminate("b").await?;
@@ -541,6 +625,23 @@ pub fn cases() -> Vec<Case> {
             ..Case::new("peer instance terminated, replaced", peer_terminated)
         },
         Case::new("peer instance stopped", peer_stopped),
+        Case {
+            max_loss: Some(0),
+            max_writers: 2,
+            max_writes: Some(2),
+            ..Case::new(
+                "instance refresh, launch-before-terminate",
+                refresh_launch_first,
+            )
+        },
+        Case {
+            max_writers: 2,
+            max_writes: Some(2),
+            ..Case::new(
+                "instance refresh, terminate-and-launch",
+                refresh_terminate_first,
+            )
+        },
         Case {
             black_ms: Some(LEASE_BUDGET_MS),
             max_writers: 2,
