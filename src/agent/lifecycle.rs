@@ -145,10 +145,54 @@ pub async fn complete<A: Autoscaling>(
     result: LifecycleResult,
     deadline: Instant,
 ) -> cloud::Result<()> {
-    crate::cloud::retry::retry(deadline, || {
+    let done = crate::cloud::retry::retry(deadline, || {
         asg.complete_lifecycle_action(&action.group, &action.hook, &action.instance_id, result)
     })
-    .await?;
+    .await;
+    match done {
+        Ok(()) => {}
+        // A retry whose first attempt took effect but lost its answer finds no action left:
+        // done, if the instance has moved on from the wait.
+        Err(e) if no_active_action(&e) => match asg.asg_instance(&action.instance_id).await {
+            Ok(Some(i)) if !i.lifecycle_state.ends_with(":Wait") => {
+                info!(group = %action.group, hook = %action.hook, result = result.as_str(), lifecycle_state = %i.lifecycle_state, "lifecycle action already completed (an earlier attempt's answer was lost)");
+                return Ok(());
+            }
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    }
     info!(group = %action.group, hook = %action.hook, result = result.as_str(), "lifecycle action completed");
     Ok(())
+}
+
+fn no_active_action(e: &cloud::CloudError) -> bool {
+    e.code() == Some("ValidationError")
+        && e.to_string()
+            .to_ascii_lowercase()
+            .contains("no active lifecycle action")
+}
+
+#[cfg(test)]
+mod complete_tests {
+    use super::*;
+    use crate::cloud::fake::{FakeCloud, Fault, LAUNCH_HOOK};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_whose_answer_was_lost_counts_as_done_once_the_instance_moved_on() {
+        let cloud = FakeCloud::two_zones();
+        let new = cloud.launch("a");
+        let action = Action {
+            group: cloud.asg_of("a"),
+            hook: LAUNCH_HOOK.into(),
+            instance_id: new.clone(),
+        };
+        cloud.fail_next("CompleteLifecycleAction", 1, Fault::LostAnswer);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        complete(&cloud, &action, LifecycleResult::Continue, deadline)
+            .await
+            .expect("done");
+        assert_eq!(cloud.completions().len(), 1);
+        assert_eq!(cloud.lifecycle_state(&new).as_deref(), Some("InService"));
+    }
 }
