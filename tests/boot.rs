@@ -163,19 +163,83 @@ async fn restart_changes_nothing_and_drift_is_repaired() {
     assert!(log.contains("kernel repaired"), "{log}");
 }
 
-/// Each failure: non-zero exit, a STATUS= saying why, ABANDON, and nothing half-done.
+/// The network manager (or anyone) removing the agent's rule or route is repaired on the kernel's
+/// own notification, not at the next reconcile interval (set to a minute here, so the interval
+/// cannot be what repairs it).
 #[tokio::test(flavor = "multi_thread")]
-async fn eni_held_by_a_live_gateway_is_never_stolen() {
+async fn a_foreign_change_to_the_agents_rule_or_table_is_repaired_on_notification() {
+    let mut f = boot_fleet(ScenarioOptions::default()).await;
+    let inst = f.instance("a").await.unwrap();
+    let ns = inst.ns.clone().unwrap();
+    let extra = "[kernel]\nreconcile_interval_ms = 60000";
+    f.spawn("a", inst, Spec::new().extra(extra)).unwrap();
+    f.ready("a").await.unwrap();
+    let eni_ip = f.zone("a").eni_ip.clone();
+    let restored = || async {
+        let rules = ip(&ns, &["rule", "show"]);
+        let table = ip(&ns, &["route", "show", "table", "7700"]);
+        (rules.contains(&format!("from {eni_ip} lookup 7700")) && table.contains("default via"))
+            .then_some(())
+    };
+    ip(&ns, &["rule", "del", "pref", "7700"]);
+    if let Err(e) = wait_for(secs(10), "rule restored", restored).await {
+        panic!("the notification brings no repair: {e}\n{}", f.log("a"));
+    }
+    ip(&ns, &["route", "del", "default", "table", "7700"]);
+    if let Err(e) = wait_for(secs(10), "route restored", restored).await {
+        panic!("the notification brings no repair: {e}\n{}", f.log("a"));
+    }
+    let log = f.log("a");
+    assert_eq!(log.matches("kernel repaired").count(), 2, "{log}");
+}
+
+/// A live holder (the gateway being replaced) keeps the ENI: the new gateway stands by (its
+/// launch continued, READY with a standby STATUS), and claims the ENI once the holder is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn eni_held_by_a_live_gateway_is_never_stolen_but_waited_for() {
     let mut f = boot_fleet(ScenarioOptions::default()).await;
     let inst = f.instance("a").await.unwrap();
     let holder = f.old_holder("a").await.unwrap();
     let route_before = f.route("a", "0.0.0.0/0").await.unwrap();
     f.spawn("a", inst.clone(), Spec::new()).unwrap();
-    let reason =
-        format!("held by {holder} which is running: refusing to take it from a live gateway");
-    assert_abandoned(&mut f, &inst, 4, &reason).await;
-    assert_eq!(f.eni_holder("a").await.unwrap(), Some(holder));
+    f.ready("a").await.unwrap();
+    let status = f.agent("a").notify.statuses().join(" | ");
+    assert!(
+        status.contains(&format!("standby for {}", f.zone("a").az)) && status.contains(&holder),
+        "{status}"
+    );
+    let launched = f
+        .lifecycle_result(&inst.instance_id, "LAUNCHING")
+        .await
+        .unwrap();
+    assert!(
+        launched
+            .as_deref()
+            .is_some_and(|r| r.starts_with("CONTINUE ")),
+        "{launched:?}"
+    );
+    // Standing by takes nothing.
+    tokio::time::sleep(secs(6)).await;
+    assert_eq!(f.eni_holder("a").await.unwrap(), Some(holder.clone()));
     assert_eq!(f.route("a", "0.0.0.0/0").await.unwrap(), route_before);
+    // The holder dies: the standby claims the ENI and carries its zone.
+    f.lab.terminate(&holder).await.unwrap();
+    let claimed = wait_for(secs(30), "the standby claims the ENI", || async {
+        (f.eni_holder("a").await.ok().flatten().as_deref() == Some(inst.instance_id.as_str()))
+            .then_some(())
+    })
+    .await;
+    assert!(claimed.is_ok(), "{}", f.log("a"));
+    let carrying = wait_for(secs(20), "the standby carries its zone", || async {
+        f.agent("a")
+            .notify
+            .statuses()
+            .iter()
+            .any(|s| s.starts_with("carrying"))
+            .then_some(())
+    })
+    .await;
+    assert!(carrying.is_ok(), "{}", f.log("a"));
 }
 
 /// On a plain instance (no Auto Scaling group, so nothing to ABANDON and nothing terminates

@@ -217,6 +217,9 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     stop()
 }
 
+/// After a kernel change notification, the pause before the repair it triggers.
+const KERNEL_SETTLE: Duration = Duration::from_millis(50);
+
 /// Between standby polls of the ENI: a few reads (the ENI, its holder) every few seconds, for
 /// as long as an instance refresh keeps the old gateway (minutes).
 const STANDBY_POLL: Duration = Duration::from_secs(5);
@@ -476,6 +479,15 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
             None
         }
     };
+    let mut kernel_changes = match NetConf::watch_changes() {
+        Ok(rx) => rx,
+        Err(e) => {
+            warn!(error = %e, "cannot subscribe to kernel change notifications; repairing every kernel.reconcile_interval_ms only");
+            tokio::sync::mpsc::channel(1).1
+        }
+    };
+    // What changed between boot's configuration and the subscription was not notified.
+    kernel.repair().await;
     let mut lease_ticker = interval(config.failover.lease_renew());
     lease_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut soon: Option<Duration> = None;
@@ -488,6 +500,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                     Some(event) = events.recv() => Wake::Event(event),
                     Some(request) = control.recv() => Wake::Control(request),
                     _ = kernel_ticker.tick() => Wake::Kernel,
+                    Some(()) = kernel_changes.recv() => Wake::KernelChanged,
                     _ = sleep(soon.unwrap_or(Duration::from_secs(3600))), if soon.is_some() => Wake::Cycle,
                 }
             })
@@ -538,6 +551,17 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                 kernel.repair().await;
                 continue;
             }
+            Some(Wake::KernelChanged) => {
+                // Let the burst settle (a network manager writes several things in a row), and
+                // never more than one repair per pause however busy the kernel is.
+                if supervisor.drive(sleep(KERNEL_SETTLE)).await.is_none() {
+                    break None;
+                }
+                while kernel_changes.try_recv().is_ok() {}
+                debug!("kernel change notified: reconciling now");
+                kernel.repair().await;
+                continue;
+            }
             Some(Wake::Event(event)) => debug!(?event, "probe state changed: deciding now"),
             Some(Wake::Control(request)) => {
                 let Some(answer) = supervisor.drive(watch.command(request.command)).await else {
@@ -585,6 +609,8 @@ enum Wake {
     Event(watch::Event),
     Control(crate::control::Request),
     Kernel,
+    /// The kernel's links, addresses, routes or rules changed (anyone's change).
+    KernelChanged,
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

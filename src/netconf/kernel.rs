@@ -57,6 +57,38 @@ impl NetConf {
         Ok(Self { handle })
     }
 
+    /// Notifications of changes to links, IPv4 addresses, routes and rules, by anyone (the
+    /// network manager reconfiguring a hot-plugged ENI, an operator): one `()` per burst on the
+    /// returned channel, so the caller reconciles at once instead of at its next interval.
+    pub fn watch_changes() -> Result<tokio::sync::mpsc::Receiver<()>> {
+        use futures::StreamExt;
+        use rtnetlink::constants::{
+            RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE, RTMGRP_LINK,
+        };
+        use rtnetlink::sys::AsyncSocket;
+        let (mut connection, _handle, mut messages) =
+            rtnetlink::new_connection().map_err(NetconfError::Socket)?;
+        // Bound with the groups (as rtnetlink's own monitor example does): an unbound socket's
+        // memberships receive nothing.
+        let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, groups))
+            .map_err(NetconfError::Socket)?;
+        tokio::spawn(connection);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while messages.next().await.is_some() {
+                // A full channel already holds a pending notification: this one joins it.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                    break;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// All links: `(index, name, up, mac)`.
     async fn links(&self) -> Result<Vec<(Link, Option<[u8; 6]>)>> {
         let dump_err = |source| NetconfError::Dump {

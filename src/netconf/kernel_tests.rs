@@ -543,3 +543,21 @@ fn sysctls_follow_the_thread_network_namespace() {
         .unwrap();
     assert_eq!(after, root);
 }
+
+#[test]
+fn anyones_change_to_rules_or_routes_is_notified() {
+    let netns = Netns::new();
+    netns.ns().add_veth("notx0", "02:a7:00:00:00:04");
+    let got = in_netns(&netns, |ns| async move {
+        let mut changes = NetConf::watch_changes().expect("subscribe");
+        // Someone else (a network manager) adds a rule.
+        ns.ip(&[
+            "rule", "add", "from", "10.9.9.9", "lookup", "9999", "pref", "9999",
+        ]);
+        tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .ok()
+            .flatten()
+    });
+    assert_eq!(got, Some(()), "a notification within 5 s");
+}
