@@ -679,13 +679,13 @@ fn successor_among<'a>(f: &'a Facts, zone: &str, include_me: bool) -> Option<&'a
                 .any(|g| g.zone == *z && g.report.is_some_and(|r| r.at_risk))
         }
     };
-    let order = (1..ring.len()).map(|i| ring[(start + i) % ring.len()]);
+    let mut order = (1..ring.len()).map(|i| ring[(start + i) % ring.len()]);
     // A gateway an advisory notice puts at risk carries others' zones only if nobody else can.
     order
         .clone()
         .filter(eligible)
         .find(|z| !at_risk(z))
-        .or_else(|| order.filter(eligible).next())
+        .or_else(|| order.find(eligible))
 }
 
 fn managed(f: &Facts) -> impl Iterator<Item = (&String, bool)> {
