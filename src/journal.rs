@@ -225,7 +225,11 @@ mod tests {
         );
         let f = fields(
             "claim",
-            &[("eni", "eni-1"), ("status", "available"), ("step", "attach")],
+            &[
+                ("eni", "eni-1"),
+                ("status", "available"),
+                ("step", "attach"),
+            ],
         );
         assert_eq!(f.line(), "claim eni=eni-1 status=available step=attach");
         let f = fields("x", &[("a", ""), ("b", "say \"hi\""), ("c", "k=v")]);
@@ -250,16 +254,15 @@ mod tests {
             let nl = rest.iter().position(|b| *b == b'\n').unwrap();
             let name = std::str::from_utf8(&rest[..nl]).unwrap().to_owned();
             let len = u64::from_le_bytes(rest[nl + 1..nl + 9].try_into().unwrap()) as usize;
-            let value = std::str::from_utf8(&rest[nl + 9..nl + 9 + len]).unwrap().to_owned();
+            let value = std::str::from_utf8(&rest[nl + 9..nl + 9 + len])
+                .unwrap()
+                .to_owned();
             assert_eq!(rest[nl + 9 + len], b'\n');
             rest = &rest[nl + 10 + len..];
             found.push((name, value));
         }
         let get = |n: &str| found.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-        assert_eq!(
-            get("MESSAGE"),
-            Some("event event=takeover zone=us-east-1b")
-        );
+        assert_eq!(get("MESSAGE"), Some("event event=takeover zone=us-east-1b"));
         assert_eq!(get("F_EVENT"), Some("takeover"));
         assert_eq!(get("F_ZONE"), Some("us-east-1b"));
         assert_eq!(get("PRIORITY"), Some("5"));

@@ -176,7 +176,15 @@ fn nspawn_state_dir() -> Result<()> {
     }
     std::fs::create_dir_all(NSPAWN_STATE)
         .map_err(|e| Failure(format!("mkdir {NSPAWN_STATE}: {e}")))?;
-    run_host(&["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", NSPAWN_STATE])
+    run_host(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "mode=0755",
+        "tmpfs",
+        NSPAWN_STATE,
+    ])
 }
 
 fn run_host(argv: &[&str]) -> Result<()> {
@@ -341,13 +349,14 @@ impl Container {
         std::fs::write(&host, content).map_err(|e| Failure(format!("{}: {e}", host.display())))
     }
 
-    /// Copies a host file to `/tmp/<its name>` inside; answers that path.
+    /// Copies a host file to `/var/tmp/<its name>` inside (systemd mounts a tmpfs over /tmp);
+    /// answers that path.
     pub fn copy_in(&self, file: &Path) -> Result<String> {
         let name = file
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| Failure(format!("{}: no file name", file.display())))?;
-        let inside = format!("/tmp/{name}");
+        let inside = format!("/var/tmp/{name}");
         let host = self.merged.join(inside.trim_start_matches('/'));
         std::fs::copy(file, &host).map_err(|e| {
             Failure(format!(
@@ -368,7 +377,12 @@ impl Container {
             .args(["-a", "--"])
             .args(["env", "-i"])
             .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .args(["LC_ALL=C.UTF-8", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0", "TERM=dumb"])
+            .args([
+                "LC_ALL=C.UTF-8",
+                "SYSTEMD_PAGER=",
+                "SYSTEMD_COLORS=0",
+                "TERM=dumb",
+            ])
             .args(argv)
             .stdin(Stdio::null())
             .output()
@@ -387,7 +401,11 @@ impl Container {
         if out.ok() {
             Ok(out)
         } else {
-            Err(Failure(format!("{} in {}: {out}", argv.join(" "), self.name)))
+            Err(Failure(format!(
+                "{} in {}: {out}",
+                argv.join(" "),
+                self.name
+            )))
         }
     }
 

@@ -988,7 +988,10 @@ mod tests {
             value: 1,
             source: io::Error::from_raw_os_error(30),
         };
-        assert!(err.to_string().contains("/proc/sys is read-only here"), "{err}");
+        assert!(
+            err.to_string().contains("/proc/sys is read-only here"),
+            "{err}"
+        );
         let err = NetconfError::Socket(io::Error::from_raw_os_error(13));
         assert!(err.to_string().contains("needs CAP_NET_ADMIN"), "{err}");
     }
