@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# packaging/root.sh DEB: the smallest Debian 12 a user could install DEB on, cached.
+# packaging/root.sh DEB [PACKAGE...]: the smallest Debian 12 a user could install DEB on, cached.
 #
 # Prints the path of a debootstrapped root holding Debian's minbase, systemd (so that the root
 # boots with systemd-nspawn -b, and the package's systemd integration has something to talk
 # to) and exactly the packages DEB declares in Depends (first alternative, versions ignored),
 # nothing else. A run time need the package does not declare then shows as a failure in the
 # tests that install DEB there (packaging/test.sh, tests/systemd.rs), as it would on a user's
-# minimal image. The root is never modified by its users: they copy it or lay an overlay on it.
+# minimal image. PACKAGEs are added on top (tests/systemd.rs adds Debian's rpm to install the
+# .rpm under systemd). The root is never modified by its users: they copy it or lay an overlay
+# on it.
 #
 # Cached under $GATEWAY_AGENT_CACHE/debootstrap (default ~/.cache/gateway-agent), one root per
 # set of dependencies: the first run for a set takes a few minutes (debootstrap from
@@ -22,8 +24,9 @@ fail() {
     exit 1
 }
 
-[ "$#" = 1 ] || fail "usage: packaging/root.sh <gateway-agent .deb>"
+[ "$#" -ge 1 ] || fail "usage: packaging/root.sh <gateway-agent .deb> [package...]"
 DEB=$1
+shift
 [ -f "$DEB" ] || fail "$DEB: no such package; build it with 'make package'"
 [ "$(id -u)" = 0 ] || fail "debootstrap needs root"
 command -v debootstrap >/dev/null || fail "debootstrap is missing: apt-get install debootstrap (scripts/setup.sh does)"
@@ -32,7 +35,7 @@ command -v debootstrap >/dev/null || fail "debootstrap is missing: apt-get insta
 depends=$(dpkg-deb -f "$DEB" Depends) || fail "cannot read Depends of $DEB"
 mapfile -t deps < <(echo "$depends" | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep -v '^$' | sort -u)
 include=systemd
-for d in "${deps[@]}"; do
+for d in "${deps[@]}" "$@"; do
     include="$include,$d"
 done
 ROOT=$CACHE/debootstrap/$SUITE-minbase-$(echo "$include" | tr ',' '+')

@@ -33,27 +33,53 @@ struct Gw {
     packages: Packages,
 }
 
-/// The packages and the root they install on, or why these tests cannot run here (once per
-/// process: the tests run side by side).
-fn prepare() -> Option<(Packages, PathBuf)> {
-    static PREPARED: std::sync::OnceLock<Option<(Packages, PathBuf)>> = std::sync::OnceLock::new();
-    PREPARED
-        .get_or_init(|| {
-            // `<target>/debug/gateway-agent`: the packages are under `<target>/packages`.
-            let target = Path::new(AGENT)
-                .parent()
-                .and_then(Path::parent)
-                .expect("the agent binary lives in <target>/<profile>/");
-            let packages = Packages::find_or_build(target).unwrap();
-            let image = container::image(&packages.deb).unwrap();
-            if let Some(why) = container::cannot_run(&image) {
-                eprintln!("SKIPPED: {why}");
-                return None;
-            }
-            Some((packages, image))
-        })
-        .clone()
+/// Which package zone a's instance gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Deb,
+    /// Into the same Debian with Debian's rpm, `--nodeps` (its database knows no Debian
+    /// package): only Debian's mirror is reachable here, so no RPM distribution's root can be
+    /// made. What it proves is the .rpm's files and scriptlets against a real systemd.
+    Rpm,
 }
+
+/// The packages and the root they install on, or why these tests cannot run here (once per
+/// process and format: the tests run side by side).
+fn prepare(format: Format) -> Option<(Packages, PathBuf)> {
+    type Prepared = std::sync::OnceLock<Option<(Packages, PathBuf)>>;
+    static DEB: Prepared = std::sync::OnceLock::new();
+    static RPM: Prepared = std::sync::OnceLock::new();
+    let (cell, extra): (&Prepared, &[&str]) = match format {
+        Format::Deb => (&DEB, &[]),
+        // The .deb's Depends stand for the .rpm's Requires (the CA store, kill).
+        Format::Rpm => (&RPM, &["rpm"]),
+    };
+    cell.get_or_init(|| {
+        // `<target>/debug/gateway-agent`: the packages are under `<target>/packages`.
+        let target = Path::new(AGENT)
+            .parent()
+            .and_then(Path::parent)
+            .expect("the agent binary lives in <target>/<profile>/");
+        let packages = Packages::find_or_build(target).unwrap();
+        let image = container::image(&packages.deb, extra).unwrap();
+        if let Some(why) = container::cannot_run(&image) {
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        Some((packages, image))
+    })
+    .clone()
+}
+
+/// `rpm` inside the Debian root: its own database where RPM systems keep it, and past the
+/// checks that guard a Debian system's packages (see [`Format::Rpm`]).
+const RPM: [&str; 5] = [
+    "rpm",
+    "--dbpath",
+    "/var/lib/rpm",
+    "--nodeps",
+    "--force-debian",
+];
 
 /// The config an operator writes for the lab: the group, and the API endpoint (on EC2 the
 /// regional endpoints are the default), then `extra`.
@@ -67,7 +93,11 @@ fn config(group: &str, extra: &str) -> String {
 /// A lab with both zones, b's agent READY (unless `peer` is false), and a's instance booted
 /// with systemd, the .deb installed and configured with `extra` but the service not started.
 async fn gateway(extra: &str, peer: bool) -> Option<Gw> {
-    let (packages, image) = prepare()?;
+    gateway_from(Format::Deb, extra, peer).await
+}
+
+async fn gateway_from(format: Format, extra: &str, peer: bool) -> Option<Gw> {
+    let (packages, image) = prepare(format)?;
     let mut f = fleet(ScenarioOptions::default()).await;
     let (ia, ib) = (
         f.instance("a").await.unwrap(),
@@ -83,13 +113,29 @@ async fn gateway(extra: &str, peer: bool) -> Option<Gw> {
         .await
         .unwrap();
     eprintln!("figure: container booted in {:?}", ct.booted_in);
-    let deb = ct.copy_in(&packages.deb).unwrap();
-    let install = ct.run(&["dpkg", "-i", &deb]).unwrap();
-    assert!(install.ok(), "dpkg -i {deb}: {install}");
-    // The packaged config is unconfigured on purpose: installed and enabled, not started.
-    assert!(install.stderr.contains("not started"), "{install}");
+    match format {
+        Format::Deb => {
+            let deb = ct.copy_in(&packages.deb).unwrap();
+            let install = ct.run(&["dpkg", "-i", &deb]).unwrap();
+            assert!(install.ok(), "dpkg -i {deb}: {install}");
+            // The packaged config is unconfigured on purpose: installed and enabled, not
+            // started.
+            assert!(install.stderr.contains("not started"), "{install}");
+            assert_eq!(ct.show(UNIT, "UnitFileState").unwrap(), "enabled");
+        }
+        Format::Rpm => {
+            let rpm = ct.copy_in(&packages.rpm).unwrap();
+            ct.must(&[RPM[0], RPM[1], RPM[2], "--initdb"]).unwrap();
+            let mut argv = RPM.to_vec();
+            argv.extend(["-i", &rpm]);
+            let install = ct.run(&argv).unwrap();
+            assert!(install.ok(), "rpm -i {rpm}: {install}");
+            // %post made the service's user (systemd-sysusers) and told systemd of the unit.
+            ct.must(&["getent", "passwd", "gateway-agent"]).unwrap();
+            assert_eq!(ct.show(UNIT, "LoadState").unwrap(), "loaded");
+        }
+    }
     assert_eq!(ct.show(UNIT, "ActiveState").unwrap(), "inactive");
-    assert_eq!(ct.show(UNIT, "UnitFileState").unwrap(), "enabled");
     ct.write(CONFIG, &config(&f.sc.group, extra)).unwrap();
     ct.write(
         DROP_IN,
@@ -556,7 +602,17 @@ async fn systemctl_stop_hands_the_zone_over_first() {
 /// agent in place (the restart marker), which moves no route and loses nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dpkg_upgrade_restarts_in_place_without_a_route_write() {
-    let Some(gw) = gateway("", true).await else {
+    upgrade_in_place(Format::Deb).await;
+}
+
+/// The same with `rpm -U` of the next release (its %post restarts in place).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_rpm_upgrade_restarts_in_place_without_a_route_write() {
+    upgrade_in_place(Format::Rpm).await;
+}
+
+async fn upgrade_in_place(format: Format) {
+    let Some(gw) = gateway_from(format, "", true).await else {
         return;
     };
     gw.start();
@@ -564,21 +620,43 @@ async fn a_dpkg_upgrade_restarts_in_place_without_a_route_write() {
     sleep_s(2.0).await;
     let pid = gw.main_pid();
     let writes = f.route_writes().await.unwrap();
-    let deb = gw.ct.copy_in(&gw.packages.deb_upgrade).unwrap();
+    let (package, mut argv) = match format {
+        Format::Deb => (&gw.packages.deb_upgrade, vec!["dpkg", "-i"]),
+        Format::Rpm => (&gw.packages.rpm_upgrade, [&RPM[..], &["-U"]].concat()),
+    };
+    let package = gw.ct.copy_in(package).unwrap();
+    argv.push(&package);
     let stream = f.lab.stream_start("a", RATE).await.unwrap();
     sleep_s(1.0).await;
     let began = std::time::Instant::now();
-    let out = gw.ct.run(&["dpkg", "-i", &deb]).unwrap();
+    let out = gw.ct.run(&argv).unwrap();
     let took = began.elapsed();
-    assert!(out.ok(), "dpkg -i {deb}: {out}");
+    assert!(out.ok(), "{}: {out}", argv.join(" "));
     sleep_s(1.0).await;
     let report = f.lab.stream_stop(stream).await.unwrap();
-    let version = gw
-        .ct
-        .must(&["dpkg-query", "-W", "-f=${Version}", "gateway-agent"])
-        .unwrap()
-        .stdout;
-    assert!(version.ends_with("-2"), "{version}");
+    let version = match format {
+        Format::Deb => {
+            gw.ct
+                .must(&["dpkg-query", "-W", "-f=${Version}", "gateway-agent"])
+                .unwrap()
+                .stdout
+        }
+        Format::Rpm => {
+            gw.ct
+                .must(&[
+                    RPM[0],
+                    RPM[1],
+                    RPM[2],
+                    "-q",
+                    "--qf",
+                    "%{RELEASE}",
+                    "gateway-agent",
+                ])
+                .unwrap()
+                .stdout
+        }
+    };
+    assert!(version.ends_with('2'), "{version}");
     assert_eq!(gw.show("ActiveState"), "active", "{}", gw.story());
     assert_ne!(gw.main_pid(), pid, "the upgrade must run the new binary");
     let journal = gw.journal();
@@ -593,7 +671,8 @@ async fn a_dpkg_upgrade_restarts_in_place_without_a_route_write() {
     );
     let moved = f.route_writes().await.unwrap() - writes;
     eprintln!(
-        "figure: dpkg -i upgrade {:.1} s, lost {} of {}, route writes {moved}",
+        "figure: {} upgrade {:.1} s, lost {} of {}, route writes {moved}",
+        argv[..argv.len() - 1].join(" "),
         took.as_secs_f64(),
         report.lost,
         report.sent

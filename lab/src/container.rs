@@ -107,12 +107,13 @@ pub fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-/// The cached root for `deb` (packaging/root.sh: minbase + systemd + the .deb's Depends);
-/// built on first use, which takes a few minutes.
-pub fn image(deb: &Path) -> Result<PathBuf> {
+/// The cached root for `deb` (packaging/root.sh: minbase + systemd + the .deb's Depends, and
+/// the Debian packages `extra`); built on first use, which takes a few minutes.
+pub fn image(deb: &Path, extra: &[&str]) -> Result<PathBuf> {
     let script = repo_root().join("packaging/root.sh");
     let out = Command::new(&script)
         .arg(deb)
+        .args(extra)
         .stderr(Stdio::inherit())
         .output()
         .map_err(|e| Failure(format!("run {}: {e}", script.display())))?;
