@@ -16,12 +16,12 @@ mod support;
 
 use std::path::Path;
 
-use gateway_lab::container::{self, Container, Out, Packages};
+use gateway_lab::container::{
+    self, CONFIG, Container, DROP_IN, DROP_IN_TEXT, Out, Packages, config,
+};
 use support::*;
 
 const UNIT: &str = "gateway-agent";
-const CONFIG: &str = "/etc/gateway-agent/config.toml";
-const DROP_IN: &str = "/etc/systemd/system/gateway-agent.service.d/lab.conf";
 /// What a stream sends per second: a lost packet is 10 ms of outage.
 const RATE: u32 = 100;
 
@@ -81,15 +81,6 @@ const RPM: [&str; 5] = [
     "--force-debian",
 ];
 
-/// The config an operator writes for the lab: the group, and the API endpoint (on EC2 the
-/// regional endpoints are the default), then `extra`.
-fn config(group: &str, extra: &str) -> String {
-    format!(
-        "version = 1\n[group]\nname = \"{group}\"\n[aws]\nendpoint = \"{}\"\n{extra}\n",
-        gateway_lab::VPC_ENDPOINT
-    )
-}
-
 /// A lab with both zones, b's agent READY (unless `peer` is false), and a's instance booted
 /// with systemd, the .deb installed and configured with `extra` but the service not started.
 async fn gateway(extra: &str, peer: bool) -> Option<Gw> {
@@ -137,12 +128,7 @@ async fn gateway_from(format: Format, extra: &str, peer: bool) -> Option<Gw> {
     }
     assert_eq!(ct.show(UNIT, "ActiveState").unwrap(), "inactive");
     ct.write(CONFIG, &config(&f.sc.group, extra)).unwrap();
-    ct.write(
-        DROP_IN,
-        "[Service]\n# The lab's API takes any key; on EC2 the instance profile provides them.\n\
-         Environment=AWS_ACCESS_KEY_ID=lab AWS_SECRET_ACCESS_KEY=lab\n",
-    )
-    .unwrap();
+    ct.write(DROP_IN, DROP_IN_TEXT).unwrap();
     ct.must(&["gateway-agent", "check-config"]).unwrap();
     ct.must(&["systemctl", "daemon-reload"]).unwrap();
     Some(Gw { ct, f, packages })

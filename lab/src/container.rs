@@ -236,6 +236,23 @@ impl std::fmt::Display for Out {
     }
 }
 
+/// The package's config file.
+pub const CONFIG: &str = "/etc/gateway-agent/config.toml";
+/// Where the lab's credentials go, as an operator gives a service its environment.
+pub const DROP_IN: &str = "/etc/systemd/system/gateway-agent.service.d/lab.conf";
+pub const DROP_IN_TEXT: &str = "[Service]\n# The lab's API takes any key; on EC2 the instance profile \
+                                provides them.\nEnvironment=AWS_ACCESS_KEY_ID=lab \
+                                AWS_SECRET_ACCESS_KEY=lab\n";
+
+/// The config an operator writes for a lab gateway: the group and the API endpoint as the
+/// instance reaches it (on EC2 the regional endpoints are the default), then `extra`.
+pub fn config(group: &str, extra: &str) -> String {
+    format!(
+        "version = 1\n[group]\nname = \"{group}\"\n[aws]\nendpoint = \"{}\"\n{extra}\n",
+        crate::VPC_ENDPOINT
+    )
+}
+
 /// A Debian 12 booted with systemd in a lab instance's network namespace.
 pub struct Container {
     pub name: String,
@@ -250,6 +267,8 @@ pub struct Container {
     pub console: PathBuf,
     /// Wall-clock time `systemctl` reported the system running.
     pub booted_in: Duration,
+    /// Left running when dropped (`gwlab systemd`): the lab's teardown ends it.
+    detached: bool,
 }
 
 impl Container {
@@ -303,6 +322,7 @@ impl Container {
             nspawn,
             console,
             booted_in: Duration::ZERO,
+            detached: false,
         };
         let deadline = Instant::now() + BOOT_TIMEOUT;
         loop {
@@ -433,6 +453,19 @@ impl Container {
     pub fn console_text(&self) -> String {
         std::fs::read_to_string(&self.console).unwrap_or_default()
     }
+
+    /// The container's PID 1 as the host sees it (`nsenter -t <it> -a` enters the container).
+    pub fn leader(&self) -> i32 {
+        self.leader
+    }
+
+    /// Leaves the container running when this value goes: it lives in the instance's
+    /// namespace, so deleting the instance or tearing the lab down ends it (and `gwlab down`
+    /// unmounts its overlay).
+    pub fn detach(mut self) -> i32 {
+        self.detached = true;
+        self.leader
+    }
 }
 
 impl Drop for Container {
@@ -440,6 +473,9 @@ impl Drop for Container {
     /// routes over, which is no part of a cleanup. Killing the PID namespace's init takes
     /// every process of the container with it.
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         if self.leader != 0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.leader),
