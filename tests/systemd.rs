@@ -61,6 +61,13 @@ fn prepare(format: Format) -> Option<(Packages, PathBuf)> {
             .and_then(Path::parent)
             .expect("the agent binary lives in <target>/<profile>/");
         let packages = Packages::find_or_build(target).unwrap();
+        let age = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if age(&packages.deb) < age(Path::new(AGENT)) {
+            eprintln!(
+                "note: {} is older than this build's agent; `make package` for a fresh one",
+                packages.deb.display()
+            );
+        }
         let image = container::image(&packages.deb, extra).unwrap();
         if let Some(why) = container::cannot_run(&image) {
             eprintln!("SKIPPED: {why}");
@@ -88,8 +95,20 @@ async fn gateway(extra: &str, peer: bool) -> Option<Gw> {
 }
 
 async fn gateway_from(format: Format, extra: &str, peer: bool) -> Option<Gw> {
+    let caps = ["CAP_NET_ADMIN", "CAP_NET_RAW"];
+    gateway_with(format, extra, peer, &caps, ScenarioOptions::default()).await
+}
+
+/// Like [`gateway_from`], the container given `capabilities`, the lab's VPC built with `opts`.
+async fn gateway_with(
+    format: Format,
+    extra: &str,
+    peer: bool,
+    capabilities: &[&str],
+    opts: ScenarioOptions,
+) -> Option<Gw> {
     let (packages, image) = prepare(format)?;
-    let mut f = fleet(ScenarioOptions::default()).await;
+    let mut f = fleet(opts).await;
     let (ia, ib) = (
         f.instance("a").await.unwrap(),
         f.instance("b").await.unwrap(),
@@ -100,9 +119,15 @@ async fn gateway_from(format: Format, extra: &str, peer: bool) -> Option<Gw> {
     }
     let ns = ia.ns.clone().expect("a running instance has a namespace");
     let name = format!("gw-{}-a", f.lab.lab_id());
-    let ct = Container::boot(&image, &ns, Path::new(&f.lab.info.run_dir), &name)
-        .await
-        .unwrap();
+    let ct = Container::boot_with(
+        &image,
+        &ns,
+        Path::new(&f.lab.info.run_dir),
+        &name,
+        capabilities,
+    )
+    .await
+    .unwrap();
     eprintln!("figure: container booted in {:?}", ct.booted_in);
     match format {
         Format::Deb => {
@@ -434,6 +459,37 @@ fn exposure_is_the_readmes(gw: &Gw) {
         .to_owned();
     eprintln!("figure: systemd-analyze security exposure {measured} (README: {stated})");
     assert_eq!(measured, stated, "{}", out.stdout);
+}
+
+/// A start that cannot succeed says why and what to do, where an operator looks first: in a
+/// container without CAP_NET_ADMIN netlink refuses the agent even as root (issue 18).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_names_the_cause_and_the_fix() {
+    // Without a launch hook: an ABANDONed launch would have the lab terminate the instance,
+    // and the container with it, before the journal is read.
+    let opts = ScenarioOptions {
+        hooks: false,
+        ..ScenarioOptions::default()
+    };
+    let Some(gw) = gateway_with(Format::Deb, "", false, &["CAP_NET_RAW"], opts).await else {
+        return;
+    };
+    let out = gw.systemctl(&["start", UNIT]);
+    assert!(!out.ok(), "{out}\n{}", gw.story());
+    let journal = gw.journal();
+    let failed = journal
+        .lines()
+        .find(|l| l.contains("boot failed"))
+        .unwrap_or_else(|| panic!("no boot failure in the journal:\n{journal}"));
+    eprintln!("journal: {failed}");
+    assert!(failed.contains("Operation not permitted"), "{failed}");
+    assert!(failed.contains("needs CAP_NET_ADMIN"), "{failed}");
+    assert!(
+        failed.contains("in a container give the container CAP_NET_ADMIN"),
+        "{failed}"
+    );
+    let status = gw.status_line().unwrap_or_default();
+    assert!(status.contains("needs CAP_NET_ADMIN"), "{status}");
 }
 
 /// A frozen agent (SIGSTOP) stops petting the watchdog: systemd kills it and starts it again,

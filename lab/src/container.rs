@@ -275,6 +275,18 @@ impl Container {
     /// Boots `image` (read-only lower layer; writes go to `<dir>/<name>/upper`) in network
     /// namespace `ns` and waits until systemd reports the system up.
     pub async fn boot(image: &Path, ns: &str, dir: &Path, name: &str) -> Result<Container> {
+        Container::boot_with(image, ns, dir, name, &["CAP_NET_ADMIN", "CAP_NET_RAW"]).await
+    }
+
+    /// Like [`Container::boot`], granting the container `capabilities` on top of nspawn's
+    /// default set (which lacks the two the agent needs).
+    pub async fn boot_with(
+        image: &Path,
+        ns: &str,
+        dir: &Path,
+        name: &str,
+        capabilities: &[&str],
+    ) -> Result<Container> {
         if let Some(why) = cannot_run(image) {
             return Err(Failure(why));
         }
@@ -304,7 +316,10 @@ impl Container {
             .arg("--directory")
             .arg(&merged)
             .arg(format!("--network-namespace-path=/run/netns/{ns}"))
-            .arg("--capability=CAP_NET_ADMIN,CAP_NET_RAW")
+            .args(
+                (!capabilities.is_empty())
+                    .then(|| format!("--capability={}", capabilities.join(","))),
+            )
             // The console is this log; a pty nobody reads would block systemd once it filled.
             .arg("--console=pipe")
             .args(["--resolv-conf=off", "--timezone=off", "--link-journal=no"])
