@@ -1,7 +1,8 @@
 //! A tiny HTTP/1.1 responder for the agent's two read-only endpoints (`/health` on the ENI
 //! address, `/metrics` on localhost): one GET, one answer, close. Small on purpose: no
 //! keep-alive, no request bodies, a bounded read with a timeout, so a misbehaving client costs
-//! one short-lived task and nothing else.
+//! one short-lived task and nothing else. Also the builder of the agent's plain-HTTP clients
+//! ([`plain_client`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut source = err.source();
     while let Some(e) = source {
         let next = e.to_string();
+        // Some layers repeat their source's text in their own; say it once.
         if !text.ends_with(&next) {
             text.push_str(": ");
             text.push_str(&next);
