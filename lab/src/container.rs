@@ -42,8 +42,8 @@ pub struct Packages {
 
 impl Packages {
     /// The packages under `<target dir>/packages`, building them first
-    /// (`packaging/test.sh --build-only`, a release build) when there are none. `GATEWAY_AGENT_DEB`
-    /// points at another directory holding the same layout.
+    /// (`packaging/test.sh --build-only`, a release build) when there are none.
+    /// `GATEWAY_AGENT_PACKAGES` points at another directory holding the same layout.
     pub fn find_or_build(target_dir: &Path) -> Result<Packages> {
         let dir = std::env::var_os("GATEWAY_AGENT_PACKAGES")
             .map_or_else(|| target_dir.join("packages"), PathBuf::from);
