@@ -6,7 +6,8 @@
 #
 # Steps: build the release binary and the man page/completions generator; build both packages;
 # run shellcheck on the package scripts; lintian and rpmlint; systemd-analyze verify and security
-# (exposure must be <= MAX_EXPOSURE); then, in a debootstrapped Debian 12 root (cached), install,
+# (exposure must be <= MAX_EXPOSURE); then, in a debootstrapped Debian 12 root (cached, holding
+# minbase, systemd and the package's dependencies only: packaging/root.sh), install,
 # edit the config, upgrade, remove and purge, for the .deb with dpkg and for the .rpm with
 # `rpm --root`, once with systemd installed but not running (an image build or chroot: the
 # scripts must not try to start anything) and once with a recording fake systemctl that stands
@@ -178,19 +179,12 @@ if [ "$BUILD_ONLY" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-step "debootstrap $SUITE root (cached)"
-PRISTINE=$CACHE/debootstrap/$SUITE-minbase-systemd
-if [ ! -x "$PRISTINE/usr/bin/dpkg" ]; then
-    rm -rf "$PRISTINE.tmp"
-    mkdir -p "$CACHE/debootstrap"
-    # systemd installed but not running: what an image build or a chroot looks like, and what
-    # systemd-analyze verify --root needs (targets, /bin/kill from procps).
-    debootstrap --variant=minbase --include=systemd,procps "$SUITE" "$PRISTINE.tmp" "$DEBIAN_MIRROR" >"$CACHE/debootstrap/log" 2>&1 ||
-        fail "debootstrap $SUITE from $DEBIAN_MIRROR failed: see $CACHE/debootstrap/log (set DEBIAN_MIRROR for another mirror)"
-    mv "$PRISTINE.tmp" "$PRISTINE"
-else
-    echo "reusing $PRISTINE"
-fi
+step "debootstrap $SUITE root: minbase + systemd + the package's Depends (cached)"
+# The smallest system the package could be installed on (packaging/root.sh): a run time need
+# missing from Depends fails here, as it would on a user's minimal image.
+PRISTINE=$(DEBIAN_MIRROR=$DEBIAN_MIRROR packaging/root.sh "$DEB") ||
+    fail "packaging/root.sh could not make the $SUITE root (above)"
+echo "root: $PRISTINE"
 
 WORK=$(mktemp -d "$CACHE/pkgtest.XXXXXX")
 cleanup() { rm -rf "$WORK"; }

@@ -19,9 +19,11 @@ fi
 # nat_monitor.sh baseline of `gwlab bench-failover`, faketime (libfaketime) for the fault
 # matrix's wall-clock jumps; systemd (systemd-networkd, networkctl), dbus (dbus-daemon) and
 # util-linux (unshare, nsenter) for the network manager the `aws` lab profile runs in every
-# instance; packer and shellcheck for `make ami-check` (ami/validate.sh), which `make test` runs.
+# instance; packer and shellcheck for `make ami-check` (ami/validate.sh), which `make test` runs;
+# systemd-container (systemd-nspawn) and debootstrap for tests/systemd.rs, which boots the
+# installed package under systemd in a debootstrapped Debian (packaging/root.sh).
 debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping faketime systemd dbus util-linux
-      packer shellcheck)
+      packer shellcheck systemd-container debootstrap)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

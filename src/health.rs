@@ -22,7 +22,11 @@ pub enum Error {
     },
     #[error("/health of {url}: {source}")]
     Fetch { url: String, source: reqwest::Error },
-    #[error("/health: cannot build the HTTP client: {0}")]
+    #[error(
+        "/health: cannot build the HTTP client: {}; this is a bug of the agent (/health is \
+         plain HTTP and needs no CA roots): report it with this line",
+        crate::http::chain(.0)
+    )]
     Client(reqwest::Error),
 }
 
@@ -86,11 +90,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(source: Ipv4Addr, port: u16, timeout: Duration) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
+        let http = crate::http::plain_client()
             .local_address(std::net::IpAddr::V4(source))
             .timeout(timeout)
             .connect_timeout(timeout)
-            .no_proxy()
             // A fresh connection per ask: a pooled one to a dead peer would only time out later.
             .pool_max_idle_per_host(0)
             .build()

@@ -1,7 +1,8 @@
 //! A tiny HTTP/1.1 responder for the agent's two read-only endpoints (`/health` on the ENI
 //! address, `/metrics` on localhost): one GET, one answer, close. Small on purpose: no
 //! keep-alive, no request bodies, a bounded read with a timeout, so a misbehaving client costs
-//! one short-lived task and nothing else.
+//! one short-lived task and nothing else. Also the builder of the agent's plain-HTTP clients
+//! ([`plain_client`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,35 @@ use tracing::{debug, warn};
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests are one line and a few headers; anything longer is not a client of ours.
 const MAX_REQUEST: usize = 4096;
+
+/// The builder of every client the agent uses for plain HTTP (IMDS, peers' `/health`).
+///
+/// With no root given, reqwest loads the platform's CA store while building the client and
+/// fails without one ("builder error" on a minimal image that lacks `ca-certificates`): an
+/// empty root store keeps these clients independent of it, and they never speak TLS anyway.
+/// A proxy from the environment must never see metadata requests, tokens or peer probes.
+pub fn plain_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(std::iter::empty::<reqwest::Certificate>())
+}
+
+/// An error and every source under it, in one line: reqwest's own text ("builder error")
+/// names neither the cause nor the fix.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        // Some layers repeat their source's text in their own; say it once.
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
+}
 
 pub struct Response {
     pub status: &'static str,

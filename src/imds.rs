@@ -30,7 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("IMDS: cannot build the HTTP client: {0}")]
+    #[error(
+        "IMDS: cannot build the HTTP client: {}; this is a bug of the agent (IMDS is plain HTTP \
+         and needs no CA roots): report it with this line",
+        crate::http::chain(.0)
+    )]
     Client(#[source] reqwest::Error),
     #[error("IMDS {call}: no usable answer within {timeout:?} ({attempts} attempts); last: {last}")]
     DeadlineExceeded {
@@ -113,9 +117,7 @@ impl Client {
     /// `base` is the endpoint without a path (`http://169.254.169.254`); `timeout` bounds each
     /// call, retries included.
     pub fn new(base: &str, timeout: Duration) -> Result<Self> {
-        // A proxy from the environment must never see metadata requests or tokens.
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = crate::http::plain_client()
             // A fresh connection per call: IMDS is a link-local hop away (a connect costs
             // microseconds), calls are rare, and an idle kept-alive connection that the IMDS
             // side has dropped (or that stalls on delayed ACKs, as the lab's emulator did at

@@ -55,6 +55,7 @@ pub mod health;
 pub mod hook;
 pub mod http;
 pub mod imds;
+pub mod journal;
 pub mod metrics;
 pub mod netconf;
 pub mod probe;

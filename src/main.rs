@@ -150,7 +150,7 @@ fn init_logging(level: &str) {
     // Under journald, structured fields go to the journal natively; writing stderr as well
     // would log every line twice, since stderr is that same journal stream.
     let journald = stderr_is_journal()
-        .then(|| tracing_journald::layer().ok())
+        .then(|| gateway_agent::journal::Layer::new().ok())
         .flatten();
     // Fails only if a subscriber is already set, and then that one keeps logging.
     let _ = match journald {

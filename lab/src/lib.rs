@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub mod agent;
+pub mod container;
 pub mod fleet;
 mod netns;
 pub mod report;
@@ -850,6 +851,8 @@ where
 
 /// Remove one lab's namespaces (killing what runs in them). For labs whose labd was killed.
 pub fn cleanup_lab(lab_id: &str) -> usize {
+    // Containers (tests/systemd.rs) keep their overlays under the lab's run directory.
+    container::unmount_under(Path::new(&format!("/run/gateway-lab/{lab_id}")));
     let prefix = format!("gl-{lab_id}-");
     let mut n = 0;
     for ns in netns_list() {

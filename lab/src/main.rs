@@ -9,6 +9,9 @@
 //!   gwlab fault [--action A] --kind throttle|5xx|latency [--count N] [--latency-ms MS] | --clear
 //!   gwlab stream --zone a [--rate 100] [--seconds 10]
 //!   gwlab exec <zone|instance-id> -- CMD...
+//!   gwlab systemd <zone|instance-id> [--deb P] [--start]
+//!                               boot the instance with systemd (a Debian 12 container) and
+//!                               install the package there, as tests/systemd.rs does
 //!   gwlab down [--all]          tear down the lab (--all: also any lab left by a killed labd)
 //!   gwlab bench                 the lab's own figures (moto latency, route-mirror lag)
 //!   gwlab bench-boot --agent P  the agent's boot time and API calls
@@ -22,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale};
+use gateway_lab::{Fault, Info, Lab, ScenarioOptions, cleanup_lab, cleanup_stale, container};
 
 mod bench;
 mod bootbench;
@@ -137,6 +140,19 @@ enum Cmd {
         target: String,
         #[arg(last = true, required = true)]
         argv: Vec<String>,
+    },
+    /// Boot an instance with systemd (Debian 12 in a container, joined to its namespace) and
+    /// install the package there, configured for the lab; then drive it with
+    /// `nsenter -t <pid> -a systemctl ...` (the pid is printed).
+    Systemd {
+        target: String,
+        /// The .deb to install (default: the one `make package` left under
+        /// $CARGO_TARGET_DIR/packages, built when there is none).
+        #[arg(long)]
+        deb: Option<String>,
+        /// `systemctl start gateway-agent` once it is configured.
+        #[arg(long)]
+        start: bool,
     },
     /// The lab's own figures.
     Bench {
@@ -270,6 +286,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Down { all } => {
             if let Ok(lab) = current() {
+                // Containers (gwlab systemd) keep their overlays in the lab's run directory.
+                container::unmount_under(std::path::Path::new(&lab.info.run_dir));
                 let _ = lab.shutdown().await;
                 for _ in 0..100 {
                     if !gateway_lab::process_alive(lab.info.pid) {
@@ -464,6 +482,50 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map_err(s)?;
             println!("pid {pid}, output in {log}");
+        }
+        Cmd::Systemd { target, deb, start } => {
+            let mut lab = current()?;
+            let group = lab
+                .fetch_scenario()
+                .await
+                .map_err(s)?
+                .map(|sc| sc.group)
+                .ok_or("the lab has no scenario")?;
+            let id = resolve(&lab, &target).await?;
+            let inst = lab
+                .instances()
+                .await
+                .map_err(s)?
+                .into_iter()
+                .find(|i| i.instance_id == id)
+                .ok_or(format!("no instance {id}"))?;
+            let ns = inst.ns.ok_or(format!("{id} is not running"))?;
+            let deb = match deb {
+                Some(deb) => std::path::PathBuf::from(deb),
+                None => {
+                    let target_dir = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
+                        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+                        format!("{home}/.cache/gateway-agent/target")
+                    });
+                    container::Packages::find_or_build(std::path::Path::new(&target_dir))?.deb
+                }
+            };
+            let image = container::image(&deb, &[])?;
+            let dir = std::path::PathBuf::from(&lab.info.run_dir);
+            let ct = container::Container::boot(&image, &ns, &dir, &format!("gw-{id}")).await?;
+            let inside = ct.copy_in(&deb)?;
+            ct.must(&["dpkg", "-i", &inside])?;
+            ct.write(container::CONFIG, &container::config(&group, ""))?;
+            ct.write(container::DROP_IN, container::DROP_IN_TEXT)?;
+            ct.must(&["systemctl", "daemon-reload"])?;
+            if start {
+                ct.must(&["systemctl", "start", "gateway-agent"])?;
+            }
+            let pid = ct.detach();
+            println!("{id} runs systemd (container PID 1 is host pid {pid}); for example:");
+            println!("  nsenter -t {pid} -a systemctl status gateway-agent");
+            println!("  nsenter -t {pid} -a journalctl -u gateway-agent");
+            println!("  nsenter -t {pid} -a gateway-agent status");
         }
         Cmd::Bench { calls } => bench::run(calls).await?,
         Cmd::BenchBoot { agent, runs, logs } => bootbench::run(&agent, runs, logs).await?,

@@ -51,7 +51,10 @@ pub enum Error {
     #[error(transparent)]
     Imds(#[from] imds::Error),
     #[error(
-        "IMDS: no answer within the boot deadline ({0:?}); the instance cannot learn who it is"
+        "IMDS: no answer within the boot deadline ({0:?}); the instance cannot learn who it is. \
+         Check that the instance's metadata service is enabled (HttpEndpoint=enabled) and \
+         reachable at imds.endpoint (default http://169.254.169.254; from a container, \
+         HttpPutResponseHopLimit must be 2 or more)"
     )]
     ImdsDeadline(Duration),
     #[error("cannot install the {signal} handler: {source}")]

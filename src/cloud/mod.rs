@@ -31,6 +31,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 
+use crate::http::chain;
+
 pub mod autoscaling;
 pub mod ec2;
 #[cfg(any(test, feature = "fake-cloud"))]
@@ -647,23 +649,6 @@ where
             detail: chain(&err),
         },
     }
-}
-
-/// An error and its sources in one line (`dispatch failure: io error: ...: Connection refused`),
-/// without the SDK's debug dump.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let next = e.to_string();
-        // Some layers repeat their source's text in their own; say it once.
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = e.source();
-    }
-    text
 }
 
 /// `[("k", "v")]` as `tag:k=v,tag:k2=v2`, for naming a filtered call.

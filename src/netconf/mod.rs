@@ -298,10 +298,10 @@ impl fmt::Display for Change {
 /// Errors, each naming the operation and the object it was applied to.
 #[derive(Debug, thiserror::Error)]
 pub enum NetconfError {
-    #[error("netlink: open a route socket: {0}")]
+    #[error("netlink: open a route socket: {}{}", .0, privilege_hint(.0))]
     Socket(#[source] io::Error),
     /// A dump (links, addresses, routes of a table, rules) failed.
-    #[error("netlink: dump {what}: {source}")]
+    #[error("netlink: dump {what}: {source}{}", privilege_hint(source))]
     Dump {
         what: String,
         #[source]
@@ -309,7 +309,7 @@ pub enum NetconfError {
     },
     /// A netlink write failed; Display reads e.g. "netlink: replace route 0.0.0.0/0 via 10.0.0.1
     /// dev ens6 table 7700 proto 0xa7: Network is unreachable (os error 101)".
-    #[error("netlink: {change}: {source}")]
+    #[error("netlink: {change}: {source}{}", privilege_hint(source))]
     Apply {
         change: Change,
         #[source]
@@ -321,7 +321,7 @@ pub enum NetconfError {
         #[source]
         source: io::Error,
     },
-    #[error("sysctl: write {value} to {}: {source}", path.display())]
+    #[error("sysctl: write {value} to {}: {source}{}", path.display(), privilege_hint(source))]
     SysctlWrite {
         path: PathBuf,
         value: u32,
@@ -337,6 +337,25 @@ pub enum NetconfError {
 }
 
 pub type Result<T, E = NetconfError> = std::result::Result<T, E>;
+
+/// What to do about a refusal: the cause is almost always the process's privileges, and the
+/// kernel's "Operation not permitted" names neither which privilege nor where it is granted.
+fn privilege_hint(error: &io::Error) -> &'static str {
+    use nix::errno::Errno;
+    match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EPERM | Errno::EACCES) => {
+            " (the agent needs CAP_NET_ADMIN: the packaged unit grants it with \
+             AmbientCapabilities=; run it as root or with that capability, and in a container \
+             give the container CAP_NET_ADMIN too)"
+        }
+        Some(Errno::EROFS) => {
+            " (/proc/sys is read-only here: the unit must not set ProtectKernelTunables=, and a \
+             container must give the instance its own network namespace, whose /proc/sys/net \
+             is writable)"
+        }
+        _ => "",
+    }
+}
 
 /// The network address of `address/prefix` (`10.0.0.50/24` → `10.0.0.0`).
 fn network(address: Ipv4Addr, prefix: u8) -> Ipv4Addr {
@@ -952,6 +971,29 @@ mod tests {
             err.to_string(),
             "no network interface with MAC 02:00:5e:10:00:01 appeared within 5s"
         );
+    }
+
+    #[test]
+    fn a_refusal_says_which_privilege_is_missing_and_where_it_is_granted() {
+        let err = NetconfError::Apply {
+            change: Change::ReplaceRoute(default_route()),
+            source: io::Error::from_raw_os_error(1),
+        };
+        let text = err.to_string();
+        assert!(text.contains("Operation not permitted"), "{text}");
+        assert!(text.contains("needs CAP_NET_ADMIN"), "{text}");
+        assert!(text.contains("AmbientCapabilities="), "{text}");
+        let err = NetconfError::SysctlWrite {
+            path: PathBuf::from("/proc/sys/net/ipv4/ip_forward"),
+            value: 1,
+            source: io::Error::from_raw_os_error(30),
+        };
+        assert!(
+            err.to_string().contains("/proc/sys is read-only here"),
+            "{err}"
+        );
+        let err = NetconfError::Socket(io::Error::from_raw_os_error(13));
+        assert!(err.to_string().contains("needs CAP_NET_ADMIN"), "{err}");
     }
 
     #[test]
