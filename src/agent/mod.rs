@@ -419,27 +419,36 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     if let Err(e) = watch.start_own_health() {
         error!(error = %e, "cannot run the continuous self-check; this gateway counts as healthy");
     }
+    let health_allow = crate::http::Allow::nets(config.failover.health_allow_nets());
+    watch.allow_peers(health_allow.clone());
     if let Err(e) = watch.start_conditional() {
         error!(error = %e, "cannot probe the conditional routes' targets; their routes are not managed");
     }
-    let _health = match crate::health::serve(own_ip, config.failover.health_port, report).await {
-        Ok(task) => Some(AbortOnDrop(task)),
-        Err(e) => {
-            // Peers then see no /health: they never pick this gateway as a successor, and
-            // confirm its death by lease or API only. It still carries its own zone.
-            error!(error = %e, "cannot serve /health; peers will not count on this gateway");
-            None
-        }
-    };
+    let _health =
+        match crate::health::serve(own_ip, config.failover.health_port, report, health_allow).await
+        {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                // Peers then see no /health: they never pick this gateway as a successor, and
+                // confirm its death by lease or API only. It still carries its own zone.
+                error!(error = %e, "cannot serve /health; peers will not count on this gateway");
+                None
+            }
+        };
     let _metrics = match config.metrics.addr() {
         None => None,
-        Some(addr) => match crate::http::serve(addr, |path| match path {
-            "/metrics" => crate::http::Response::text(
-                "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(),
-            ),
-            _ => crate::http::Response::not_found(),
-        })
+        Some(addr) => match crate::http::serve(
+            addr,
+            "/metrics",
+            (crate::http::Limits::METRICS, crate::http::Allow::any()),
+            |path| match path {
+                "/metrics" => crate::http::Response::text(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::render(),
+                ),
+                _ => crate::http::Response::not_found(),
+            },
+        )
         .await
         {
             Ok(task) => Some(AbortOnDrop(task)),

@@ -56,6 +56,7 @@
 //! | `failover.hold_down_s`        | [`DEFAULT_HOLD_DOWN_S`]          | continuous health before an owner reclaims      |
 //! | `failover.damping_max_s`      | [`DEFAULT_DAMPING_MAX_S`]        | cap of the doubling hold-down of a flapping zone |
 //! | `failover.health_port`        | [`DEFAULT_HEALTH_PORT`]          | TCP port of `/health` on the ENI address        |
+//! | `failover.health_allow`      | `[]`                             | networks that may ask `/health` besides the group's peers and loopback |
 //! | `failover.ring`               | `[]` (zone names sorted)         | successor order of the zones                    |
 //! | `conditional[].probe`         | required per rule                | IPv4 address probed from the ENI (rise/fall of `failover`) |
 //! | `conditional[].destinations`  | required per rule                | CIDRs routed via this ENI while the probe fails |
