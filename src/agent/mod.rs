@@ -461,7 +461,10 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
     let _control = match crate::control::serve(
         &config.control.socket,
-        config.control.group.as_deref(),
+        (
+            config.control.group.as_deref(),
+            config.control.group_operates,
+        ),
         control_tx,
     ) {
         Ok(task) => Some(AbortOnDrop(task)),

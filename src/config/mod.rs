@@ -74,7 +74,8 @@
 //! | `events.timeout_s`            | [`DEFAULT_HOOK_TIMEOUT_S`]       | the hook is killed past this                    |
 //! | `metrics.listen`              | [`DEFAULT_METRICS_LISTEN`]       | `/metrics` address; `""` turns it off           |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
-//! | `control.group`               | none (root only)                 | a group that may also use the socket (mode 0660) |
+//! | `control.group`               | none (root only)                 | a group that may also use the socket (mode 0660): `status` |
+//! | `control.group_operates`      | `false`                          | the group may also run failover, failback, drain, undrain, pause, resume |
 
 //!
 //! # Checked once
