@@ -418,7 +418,9 @@ mod tests {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
         };
         let me = nix::unistd::geteuid();
-        let cases: &[(&str, u32, u32, Option<u32>, &[&str])] = &[
+        // (case, config mode, hook mode, hook owner, what the error must say; nothing: valid)
+        type Case<'a> = (&'a str, u32, u32, Option<u32>, &'a [&'a str]);
+        let cases: &[Case] = &[
             ("both private", 0o600, 0o755, None, &[]),
             (
                 "config group-writable",
