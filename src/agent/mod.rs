@@ -421,6 +421,22 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     }
     let health_allow = crate::http::Allow::nets(config.failover.health_allow_nets());
     watch.allow_peers(health_allow.clone());
+    if !config.failover.enabled {
+        // The loop watches no peer, so it learns none; peers still ask this gateway's /health
+        // (it may be their successor), so they are looked up once for the allow-list.
+        match watch::sensors::discover(ec2, config, &identity.availability_zone).await {
+            Ok(peers) => health_allow.set_hosts(
+                peers
+                    .iter()
+                    .map(|(_, _, ip)| *ip)
+                    .chain([own_ip])
+                    .map(std::net::IpAddr::V4),
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot look up the group's gateways: /health answers loopback and failover.health_allow only");
+            }
+        }
+    }
     if let Err(e) = watch.start_conditional() {
         error!(error = %e, "cannot probe the conditional routes' targets; their routes are not managed");
     }
