@@ -271,3 +271,81 @@ async fn control_group_works_under_the_units_syscall_filter_and_members_may_only
     assert!(log_a.contains("control command refused"), "{log_a}");
     f.show_logs();
 }
+
+/// Issue 17: the hook ran with the agent's powers. Here the agent runs as the packaged unit
+/// runs it (an unprivileged user with ambient CAP_NET_ADMIN and CAP_NET_RAW, set up with
+/// setpriv as tests/boot.rs does), with a secret in its environment; a SIGHUP reload fires the
+/// `config-reload` event, and the hook must see no capability of any kind and none of the
+/// agent's environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hook_of_an_unprivileged_agent_has_no_capabilities_and_a_clean_environment() {
+    const NOBODY: u32 = 65_534;
+    let mut f = fleet(zones(&["a", "b"])).await;
+    f.sockets = false;
+    let inst = f.instance("a").await.unwrap();
+    let dir = PathBuf::from(&f.lab.info.run_dir).join("hook-a");
+    std::fs::create_dir(&dir).unwrap();
+    nix::unistd::chown(&dir, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
+    let out = dir.join("hook.out");
+    let extra = format!(
+        "[control]\nsocket = \"{dir}/control.sock\"\n[drain]\nrestart_marker = \"{marker}\"\n\
+         [events]\ncommand = [\"/bin/sh\", \"-c\", \"{{ grep -E '^(Uid|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs)' /proc/self/status; env; echo END; }} > {out}\", \"hook\"]\n",
+        dir = dir.display(),
+        marker = f.restart_marker("hook-a").display(),
+        out = out.display(),
+    );
+    let caps = "-all,+net_admin,+net_raw";
+    let spec = Spec::new()
+        .extra(extra)
+        .env("GATEWAY_TEST_SECRET", "do-not-leak")
+        .wrap(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "--",
+        ]);
+    f.spawn("a", inst, spec).unwrap();
+    let notify = &f.agent("a").notify.path;
+    std::fs::set_permissions(notify, std::fs::Permissions::from_mode(0o777)).unwrap();
+    f.ready("a").await.unwrap();
+    let agent = std::fs::read_to_string(format!("/proc/{}/status", f.agent("a").pid())).unwrap();
+    assert!(
+        agent.contains("CapAmb:\t0000000000003000"),
+        "the agent holds ambient caps:\n{agent}"
+    );
+
+    f.agent("a")
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    let text = wait_for(secs(10), "the hook's output", || async {
+        std::fs::read_to_string(&out)
+            .ok()
+            .filter(|t| t.ends_with("END\n"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", f.logs()));
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(cap))
+            .unwrap_or_default();
+        assert!(line.ends_with("0000000000000000"), "{cap}: {line}\n{text}");
+    }
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("GATEWAY_AGENT_EVENT=config-reload"), "{text}");
+    for leaked in [
+        "GATEWAY_TEST_SECRET",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "NOTIFY_SOCKET",
+        "RUST_LOG",
+    ] {
+        assert!(!text.contains(leaked), "{leaked} reached the hook:\n{text}");
+    }
+    f.show_logs();
+}
