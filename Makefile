@@ -40,7 +40,7 @@ lab-test: clean-lab
 	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
 
 # The fault matrix (tests/matrix/) is one of the test binaries: it prints its table.
-test: setup lint deny examples-check ami-check package-test
+test: setup lint iam-reference deny examples-check ami-check package-test
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
 	$(MAKE) --no-print-directory aws-smoke

@@ -12,6 +12,19 @@ Where the actions come from, all under src/ outside `#[cfg(test)]` items and `//
   * as a cross-check, every SDK request built there (`.client.describe_route_tables()`) must
     also be wrapped in one of the above, so an unwrapped call cannot slip past this test.
 
+Beyond the action list, the conditions the agent's safety rests on (issue 17), with the tag
+keys read from the source too:
+  * ec2:CreateTags is allowed for exactly the keys the agent writes (the lease tag and the
+    witness tags of src/decide/lease.rs), on route tables in the role's own VPC;
+  * the deny that protects the group and zone tags (src/config/group.rs) compares keys without
+    regard to case;
+  * ec2:ModifyNetworkInterfaceAttribute stands alone, limited to turning the source/dest check
+    off (ec2:Attribute, ec2:Attribute/SourceDestCheck);
+  * route writes carry an ec2:Vpc condition;
+  * autoscaling:SetInstanceHealth stands alone in a statement whose Sid starts with "Optional"
+    (drop it when drain.set_unhealthy is off).
+packaging/check-iam-reference.py checks the same file against AWS's authorization reference.
+
 Usage: packaging/check-iam.py [REPO_ROOT]   (default: the repository holding this script)
 Exit status: 0 when policy == code, 1 on a mismatch (each one printed with its fix), 2 on bad input.
 """
@@ -128,6 +141,83 @@ def policy_actions(policy_path: Path) -> tuple[set[str], set[str], list[str]]:
     return allowed, denied, problems
 
 
+def const_str(path: Path, name: str) -> str | None:
+    m = re.search(rf'const\s+{name}\s*:\s*&(?:\'static\s+)?str\s*=\s*"([^"]+)"', path.read_text(encoding="utf-8"))
+    return m.group(1) if m else None
+
+
+def listed(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def shape_problems(root: Path, policy: dict) -> list[str]:
+    """The conditions of the module docstring; each problem names the statement and the fix."""
+    out = []
+    lease_rs, group_rs = root / "src/decide/lease.rs", root / "src/config/group.rs"
+    lease = const_str(lease_rs, "LEASE_TAG")
+    m = re.search(r'format!\("(gateway-agent:witness:)\{', lease_rs.read_text(encoding="utf-8"))
+    group, zone = const_str(group_rs, "GROUP_TAG"), const_str(group_rs, "ZONE_TAG")
+    if not (lease and m and group and zone):
+        return [f"cannot find LEASE_TAG, witness_tag in {lease_rs} or GROUP_TAG, ZONE_TAG in "
+                f"{group_rs}: update the patterns in {Path(__file__).name}"]
+    written = {lease, m.group(1) + "*"}
+    statements = listed(policy.get("Statement", []))
+    by_action: dict[str, list[dict]] = {}
+    for st in statements:
+        for a in listed(st.get("Action", [])):
+            by_action.setdefault(a, []).append(st)
+
+    def sid(st):
+        return st.get("Sid", "?")
+
+    for st in by_action.get("ec2:CreateTags", []):
+        cond = st.get("Condition", {})
+        if st.get("Effect") == "Allow":
+            keys = set(listed(cond.get("ForAllValues:StringLike", {}).get("aws:TagKeys", []))
+                       + listed(cond.get("ForAllValues:StringEquals", {}).get("aws:TagKeys", [])))
+            if keys != written:
+                out.append(f"statement {sid(st)}: ec2:CreateTags allows tag keys {sorted(keys)}; the "
+                           f"agent writes exactly {sorted(written)}: list those in "
+                           "ForAllValues:StringLike aws:TagKeys")
+            if "ec2:Vpc" not in cond.get("ArnLike", {}) and "ec2:Vpc" not in cond.get("ArnEquals", {}):
+                out.append(f"statement {sid(st)}: ec2:CreateTags without an ec2:Vpc condition; add "
+                           "ArnLike ec2:Vpc = arn:aws:ec2:*:*:vpc/${aws:PrincipalTag/gateway-agent:vpc}")
+        else:
+            ops = [op for op, c in cond.items() if "aws:TagKeys" in c]
+            keys = {k for op in ops for k in listed(cond[op]["aws:TagKeys"])}
+            if not {group, zone} <= keys:
+                out.append(f"statement {sid(st)}: the deny protects {sorted(keys)}, not "
+                           f"{group} and {zone}: list both")
+            if not all(op.endswith("IgnoreCase") for op in ops):
+                out.append(f"statement {sid(st)}: the deny's operators {ops} are case-sensitive; "
+                           "use ForAnyValue:StringEqualsIgnoreCase")
+    if not any(st.get("Effect") == "Deny" for st in by_action.get("ec2:CreateTags", [])):
+        out.append(f"no statement denies ec2:CreateTags of {group} and {zone}: add it back")
+    for st in by_action.get("ec2:ModifyNetworkInterfaceAttribute", []):
+        cond = st.get("Condition", {})
+        attrs = cond.get("ForAllValues:StringEquals", {}).get("ec2:Attribute")
+        value = cond.get("StringEqualsIfExists", {}).get("ec2:Attribute/SourceDestCheck")
+        if listed(st.get("Action")) != ["ec2:ModifyNetworkInterfaceAttribute"] or \
+                listed(attrs or []) != ["SourceDestCheck"] or value != "false":
+            out.append(f"statement {sid(st)}: ec2:ModifyNetworkInterfaceAttribute must stand alone, "
+                       "with ForAllValues:StringEquals ec2:Attribute = SourceDestCheck and "
+                       "StringEqualsIfExists ec2:Attribute/SourceDestCheck = false (the agent only "
+                       "turns the check off)")
+    for action in ("ec2:CreateRoute", "ec2:DeleteRoute", "ec2:ReplaceRoute"):
+        for st in by_action.get(action, []):
+            cond = st.get("Condition", {})
+            if "ec2:Vpc" not in cond.get("ArnLike", {}) and "ec2:Vpc" not in cond.get("ArnEquals", {}):
+                out.append(f"statement {sid(st)}: {action} without an ec2:Vpc condition; add ArnLike "
+                           "ec2:Vpc = arn:aws:ec2:*:*:vpc/${aws:PrincipalTag/gateway-agent:vpc}")
+    for st in by_action.get("autoscaling:SetInstanceHealth", []):
+        if listed(st.get("Action")) != ["autoscaling:SetInstanceHealth"] or \
+                not sid(st).startswith("Optional"):
+            out.append(f"statement {sid(st)}: autoscaling:SetInstanceHealth must stand alone in a "
+                       "statement whose Sid starts with Optional (it is needed only with "
+                       "drain.set_unhealthy = true)")
+    return out
+
+
 def main() -> int:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent
     src, policy_path = root / "src", root / "packaging" / "iam-policy.json"
@@ -138,6 +228,7 @@ def main() -> int:
     actions, problems = code_actions(src)
     allowed, denied, policy_problems = policy_actions(policy_path)
     problems += policy_problems
+    problems += shape_problems(root, json.loads(policy_path.read_text(encoding="utf-8")))
     if not actions:
         problems.append(f"no AWS call found under {src}: the patterns in {Path(__file__).name} no "
                         "longer match the code; update them (an empty policy check proves nothing)")

@@ -260,6 +260,21 @@ expect_no_log() {
     }
 }
 
+# What the agent's user (or its hook) could do in /run/gateway-agent, which it owns: a link at
+# the marker's name to a file root would then create. The scripts must replace the link, never
+# write through it.
+plant_links() {
+    local root=$1
+    rm -f "$root/etc/planted-by-agent-user"
+    ln -sfn /etc/planted-by-agent-user "$root/run/gateway-agent/restart"
+}
+expect_links_not_followed() {
+    local root=$1
+    if [ -e "$root/etc/planted-by-agent-user" ]; then
+        fail "$2 followed a link planted at /run/gateway-agent/restart and created /etc/planted-by-agent-user as root"
+    fi
+}
+
 # dpkg-query formats: ${Field} is dpkg's syntax, not the shell's.
 # shellcheck disable=SC2016
 CONFFILES_FMT='${Conffiles}\n' VERSION_FMT='${Version}'
@@ -341,9 +356,11 @@ expect_log "$R" 'start gateway-agent.service' "on install with a valid config"
 # The service "runs": its RuntimeDirectory exists. The upgrade must restart it with the marker
 # present (no route hand-over), never stop it in prerm, and leave no marker behind.
 mkdir -p "$R/run/gateway-agent"
+plant_links "$R"
 : >"$R/tmp/systemctl.log"
 in_root "$R" "${DPKG[@]}" -i "/tmp/pkg/${DEB2##*/}" || fail "upgrade with systemd failed"
 expect_log "$R" 'try-restart gateway-agent.service marker=present' "on upgrade"
+expect_links_not_followed "$R" "postinst on upgrade"
 expect_no_log "$R" ' stop gateway-agent' "on upgrade (a stop would hand the routes over)"
 expect_no_file "$R" /run/gateway-agent/restart "the upgrade (a stale marker would skip the hand-over at the next real stop)"
 : >"$R/tmp/systemctl.log"
@@ -393,9 +410,11 @@ rpm_in "$R" -i "$R/tmp/pkg/${RPM##*/}" || fail "rpm -i with systemd failed"
 expect_log "$R" 'preset gateway-agent.service' "on install (%systemd_post)"
 expect_no_log "$R" ' start gateway-agent' "on install (RPM distributions start nothing on install)"
 mkdir -p "$R/run/gateway-agent"
+plant_links "$R"
 : >"$R/tmp/systemctl.log"
 rpm_in "$R" -U "$R/tmp/pkg/${RPM2##*/}" || fail "rpm -U with systemd failed"
 expect_log "$R" 'try-restart gateway-agent.service marker=present' "on upgrade"
+expect_links_not_followed "$R" "%post on upgrade"
 expect_no_log "$R" 'stop gateway-agent' "on upgrade (a stop would hand the routes over)"
 expect_no_file "$R" /run/gateway-agent/restart "rpm -U (a stale marker would skip the hand-over at the next real stop)"
 : >"$R/tmp/systemctl.log"

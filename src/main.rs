@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
             Exit::Ok
         }
         Command::CheckConfig(arg) => check_config(&arg.path()),
+        Command::PrepareRuntime(arg) => prepare_runtime(&arg.path()),
         Command::Run(arg) => run(&arg.config.path(), arg.dry_run).await,
         Command::Failback(args) => failback(args).await,
         Command::Status(args) => status(args).await,
@@ -48,6 +49,32 @@ fn check_config(path: &Path) -> Exit {
         }
         Err(error) => {
             eprintln!("{error}");
+            Exit::from(&error)
+        }
+    }
+}
+
+fn prepare_runtime(path: &Path) -> Exit {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Exit::from(&error);
+        }
+    };
+    let Some(group) = config.control.group.as_deref() else {
+        return Exit::Ok;
+    };
+    match control::prepare(&config.control.socket, group) {
+        Ok(()) => {
+            println!(
+                "control socket directory of {} prepared for group {group}",
+                config.control.socket.display()
+            );
+            Exit::Ok
+        }
+        Err(error) => {
+            eprintln!("gateway-agent prepare-runtime: {error}");
             Exit::from(&error)
         }
     }

@@ -90,6 +90,12 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "ICMP round trip to a peer's ENI; labels: zone.",
     ),
     (
+        "gateway_agent_http_refused_total",
+        Type::Counter,
+        "Connections to /health or /metrics reset unanswered; labels: endpoint, reason \
+         (not-allowed: source not on the allow-list; busy, busy-source: the connection cap).",
+    ),
+    (
         "gateway_agent_probe_failures_total",
         Type::Counter,
         "Lost ICMP probes to a peer; labels: zone.",

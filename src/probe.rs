@@ -58,21 +58,18 @@ impl Icmp {
         })
     }
 
-    /// One echo: its round trip, or why none came back within `timeout`.
-    pub async fn echo(
-        &self,
-        target: Ipv4Addr,
-        ident: u16,
-        seq: u16,
-        timeout: Duration,
-    ) -> Result<Duration, String> {
+    /// One echo: its round trip, or why none came back within `timeout`. Each echo carries a
+    /// fresh random identifier and sequence ([`nonce`]), and only a reply from `target` with
+    /// both counts: a host that sees no request cannot answer it for a hung peer.
+    pub async fn echo(&self, target: Ipv4Addr, timeout: Duration) -> Result<Duration, String> {
+        let (ident, seq) = nonce();
         let mut pinger = self
             .client
             .pinger(IpAddr::V4(target), PingIdentifier(ident))
             .await;
         pinger.timeout(timeout);
         pinger
-            .ping(PingSequence(seq), &[0; 16])
+            .ping(PingSequence(seq), &payload())
             .await
             .map(|(_, rtt)| rtt)
             .map_err(|e| e.to_string())
@@ -80,22 +77,17 @@ impl Icmp {
 
     /// Up to `attempts` echoes, `timeout` each; passes on the first reply.
     pub async fn check(&self, target: Ipv4Addr, timeout: Duration, attempts: u32) -> Verdict {
-        // The identifier separates our replies from other pingers' on a shared raw socket.
-        let ident = PingIdentifier(rand_ident(target));
-        let mut pinger = self.client.pinger(IpAddr::V4(target), ident).await;
-        pinger.timeout(timeout);
         let mut last = String::new();
-        for seq in 0..attempts {
-            let seq = u16::try_from(seq).unwrap_or(u16::MAX);
-            match pinger.ping(PingSequence(seq), &[0; 16]).await {
-                Ok((_, rtt)) => {
+        for _ in 0..attempts {
+            match self.echo(target, timeout).await {
+                Ok(rtt) => {
                     return Verdict {
                         probe: format!("icmp {target}"),
                         ok: true,
                         detail: format!("echo reply in {:.1} ms", rtt.as_secs_f64() * 1e3),
                     };
                 }
-                Err(error) => last = error.to_string(),
+                Err(error) => last = error,
             }
         }
         Verdict {
@@ -183,15 +175,12 @@ pub async fn probe_loop(
     mut round: impl FnMut(Round<'_>) + Send,
 ) {
     let mut rf = RiseFall::new(rise, fall);
-    let ident = rand_ident(ip);
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq: u16 = 0;
     loop {
         ticker.tick().await;
-        seq = seq.wrapping_add(1);
         let sent = tokio::time::Instant::now();
-        let result = icmp.echo(ip, ident, seq, timeout).await;
+        let result = icmp.echo(ip, timeout).await;
         let change = rf.record(result.is_ok());
         round(Round {
             result: &result,
@@ -203,11 +192,27 @@ pub async fn probe_loop(
     }
 }
 
-/// Identifiers need only differ between concurrent pingers of this process.
-pub fn rand_ident(target: Ipv4Addr) -> u16 {
-    let pid = std::process::id();
-    let [.., c, d] = target.octets();
-    (pid as u16) ^ u16::from_be_bytes([c, d])
+/// A random (identifier, sequence) for one echo: 32 bits a reply must match (surge-ping
+/// matches replies on source, identifier and sequence). Predictable ones (the pid, a counter)
+/// would let a host with source/dest check off answer for a hung peer without seeing the
+/// requests. Should the kernel's random source fail, the clock's nanoseconds still differ per
+/// echo.
+pub fn nonce() -> (u16, u16) {
+    let n = getrandom::u32().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    });
+    let [a, b, c, d] = n.to_be_bytes();
+    (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]))
+}
+
+/// The echo's payload: random too, so a reply is not a canned packet (surge-ping 0.9 does not
+/// hand the reply's payload back, so the identifier and sequence are what is checked).
+fn payload() -> [u8; 16] {
+    let mut p = [0u8; 16];
+    let _ = getrandom::fill(&mut p);
+    p
 }
 
 /// `systemctl is-active <unit>`: a unit that must run for this gateway to be useful (the VPN
@@ -286,6 +291,14 @@ mod tests {
         // Down is reachable from Unknown too (a peer dead before we started).
         let mut rf = RiseFall::new(3, 2);
         assert_eq!(seq(&mut rf, &[false, false]), [None, Some(Probe::Down)]);
+    }
+
+    #[test]
+    fn every_echo_gets_its_own_random_nonce() {
+        let nonces: std::collections::BTreeSet<(u16, u16)> = (0..1000).map(|_| nonce()).collect();
+        // 1000 draws of 32 random bits: a repeat has odds of about 1 in 10,000.
+        assert!(nonces.len() >= 999, "{} distinct", nonces.len());
+        assert_ne!(payload(), payload());
     }
 
     #[tokio::test]

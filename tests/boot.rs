@@ -395,9 +395,9 @@ async fn an_unprivileged_user_with_two_capabilities_runs_the_whole_boot() {
     nix::unistd::chown(&dir, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
     let caps = "-all,+net_admin,+net_raw";
     let extra = format!(
-        "[control]\nsocket = \"{}/control.sock\"\n[drain]\nrestart_marker = \"{}/restart\"",
+        "[control]\nsocket = \"{}/control.sock\"\n[drain]\nrestart_marker = \"{}\"",
         dir.display(),
-        dir.display()
+        f.restart_marker("unprivileged").display()
     );
     let spec = Spec::new().extra(extra).wrap(&[
         "setpriv",

@@ -75,7 +75,12 @@ async fn sigterm_hands_the_zone_over_without_losing_a_packet() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_the_restart_marker_moves_nothing() {
-    let marker = std::env::temp_dir().join(format!("gateway-agent-restart-{}", std::process::id()));
+    // Named before the fleet exists: the same directory and name pattern as Fleet::restart_marker.
+    std::fs::create_dir_all("/run/gateway-agent").unwrap();
+    let marker = PathBuf::from(format!(
+        "/run/gateway-agent/test-exits-{}.restart",
+        std::process::id()
+    ));
     let mut f = pair(
         true,
         &format!("[drain]\nrestart_marker = \"{}\"", marker.display()),

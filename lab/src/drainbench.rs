@@ -266,7 +266,9 @@ impl Ctx {
         let marker = if self.event == Event::RestartMarker && who.starts_with('a') {
             self.marker.clone()
         } else {
-            format!("{}/{name}.no-restart", f.lab.info.run_dir)
+            f.restart_marker(&format!("{name}.no"))
+                .display()
+                .to_string()
         };
         let extra = format!("[drain]\ngrace_s = 1\nrestart_marker = \"{marker}\"");
         f.spawn(zone, inst, Spec::new().name(name).extra(extra))
@@ -297,7 +299,7 @@ async fn measure(
     let tag = format!("drain-{}-{n}", event.name());
     let cx = Ctx {
         event,
-        marker: format!("{}/{tag}.restart", f.lab.info.run_dir),
+        marker: f.restart_marker(&tag).display().to_string(),
         tag,
         phase: run.phase,
     };

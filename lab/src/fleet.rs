@@ -216,6 +216,17 @@ impl Fleet {
             .collect()
     }
 
+    /// A restart marker for the agent named `name`, of this lab alone: the agent accepts one
+    /// only directly in /run/gateway-agent (created here when missing), as the unit's
+    /// RuntimeDirectory gives it.
+    pub fn restart_marker(&self, name: &str) -> PathBuf {
+        let _ = std::fs::create_dir_all("/run/gateway-agent");
+        PathBuf::from(format!(
+            "/run/gateway-agent/{}-{name}.restart",
+            self.lab.lab_id()
+        ))
+    }
+
     /// Where the agent named `name` listens for commands (with [`Fleet::sockets`]).
     pub fn socket_path(&self, name: &str) -> PathBuf {
         PathBuf::from(&self.lab.info.run_dir).join(format!("{name}.sock"))

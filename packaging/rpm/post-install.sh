@@ -25,8 +25,12 @@ if [ -d /run/systemd/system ]; then
     if [ "$1" -eq 1 ]; then
         systemctl --no-reload preset gateway-agent.service >/dev/null 2>&1 || :
     else
-        if [ -d /run/gateway-agent ]; then
-            touch /run/gateway-agent/restart || :
+        # Never `touch` there: the directory belongs to the agent's user, who could have
+        # planted a link at the marker's name. mktemp makes a new file (O_EXCL), mv -T renames
+        # it over the name (a link is replaced, not followed).
+        if [ -d /run/gateway-agent ] && [ ! -L /run/gateway-agent ]; then
+            tmp=$(mktemp /run/gateway-agent/.restart.XXXXXX) &&
+                { mv -fT "$tmp" /run/gateway-agent/restart || rm -f "$tmp"; }
         fi
         systemctl try-restart gateway-agent.service >/dev/null 2>&1 || :
         rm -f /run/gateway-agent/restart

@@ -421,32 +421,64 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         vpc_id: booted.eni.vpc_id.clone(),
     };
     let mut current = std::sync::Arc::new(config.clone());
-    let (mut watch, mut events, report) =
-        watch::Watch::new(std::sync::Arc::clone(&current), ec2, asg, own, booted.epoch);
+    let (mut watch, mut events, report) = watch::Watch::new(
+        std::sync::Arc::clone(&current),
+        ec2,
+        asg,
+        own.clone(),
+        booted.epoch,
+    );
     if let Err(e) = watch.start_own_health() {
         error!(error = %e, "cannot run the continuous self-check; this gateway counts as healthy");
+    }
+    let health_allow = crate::http::Allow::nets(config.failover.health_allow_nets());
+    watch.allow_peers(health_allow.clone());
+    if !config.failover.enabled {
+        // The loop watches no peer, so it learns none; peers still ask this gateway's /health
+        // (it may be their successor), so they are looked up once for the allow-list.
+        match watch::sensors::discover(ec2, config, &own).await {
+            Ok(found) => health_allow.set_hosts(
+                found
+                    .peers
+                    .values()
+                    .flatten()
+                    .map(|(_, ip)| *ip)
+                    .chain([own_ip])
+                    .map(std::net::IpAddr::V4),
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot look up the group's gateways: /health answers loopback and failover.health_allow only");
+            }
+        }
     }
     if let Err(e) = watch.start_conditional() {
         error!(error = %e, "cannot probe the conditional routes' targets; their routes are not managed");
     }
-    let _health = match crate::health::serve(own_ip, config.failover.health_port, report).await {
-        Ok(task) => Some(AbortOnDrop(task)),
-        Err(e) => {
-            // Peers then see no /health: they never pick this gateway as a successor, and
-            // confirm its death by lease or API only. It still carries its own zone.
-            error!(error = %e, "cannot serve /health; peers will not count on this gateway");
-            None
-        }
-    };
+    let _health =
+        match crate::health::serve(own_ip, config.failover.health_port, report, health_allow).await
+        {
+            Ok(task) => Some(AbortOnDrop(task)),
+            Err(e) => {
+                // Peers then see no /health: they never pick this gateway as a successor, and
+                // confirm its death by lease or API only. It still carries its own zone.
+                error!(error = %e, "cannot serve /health; peers will not count on this gateway");
+                None
+            }
+        };
     let _metrics = match config.metrics.addr() {
         None => None,
-        Some(addr) => match crate::http::serve(addr, |path| match path {
-            "/metrics" => crate::http::Response::text(
-                "text/plain; version=0.0.4; charset=utf-8",
-                crate::metrics::render(),
-            ),
-            _ => crate::http::Response::not_found(),
-        })
+        Some(addr) => match crate::http::serve(
+            addr,
+            "/metrics",
+            (crate::http::Limits::METRICS, crate::http::Allow::any()),
+            |path| match path {
+                "/metrics" => crate::http::Response::text(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::render(),
+                ),
+                _ => crate::http::Response::not_found(),
+            },
+        )
         .await
         {
             Ok(task) => Some(AbortOnDrop(task)),
@@ -459,7 +491,10 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
     let _control = match crate::control::serve(
         &config.control.socket,
-        config.control.group.as_deref(),
+        (
+            config.control.group.as_deref(),
+            config.control.group_operates,
+        ),
         control_tx,
     ) {
         Ok(task) => Some(AbortOnDrop(task)),

@@ -10,6 +10,9 @@ use super::error::Problems;
 
 /// Where the packages' upgrade scripts put the restart marker (systemd's RuntimeDirectory).
 pub const DEFAULT_RESTART_MARKER: &str = "/run/gateway-agent/restart";
+/// The only directory a restart marker may live in: the service's RuntimeDirectory, which
+/// only root and the agent's user can write, and which goes away when the service stops.
+pub const RESTART_MARKER_DIR: &str = "/run/gateway-agent";
 /// A spot notice gives 120 s; a poll a second costs nothing (IMDS is local).
 pub const DEFAULT_IMDS_POLL_MS: u64 = 1000;
 /// Packets already on their way to this gateway (route caches, in-flight segments) arrive
@@ -84,6 +87,24 @@ impl Drain {
                 "drain.restart_marker",
                 format!(
                     "{:?} is not an absolute path; remove the key for the default {DEFAULT_RESTART_MARKER} (the packages use it)",
+                    self.restart_marker
+                ),
+            );
+        } else if self.restart_marker.parent() != Some(std::path::Path::new(RESTART_MARKER_DIR))
+            || self.restart_marker.components().any(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+        {
+            // Anyone who can create the marker can make the next stop skip its hand-over; and
+            // the packages create it as root, which must happen in a directory no one else
+            // controls.
+            problems.fail(
+                "drain.restart_marker",
+                format!(
+                    "{:?} is not a file directly in {RESTART_MARKER_DIR} (the service's RuntimeDirectory); remove the key for the default {DEFAULT_RESTART_MARKER}, or name another file there",
                     self.restart_marker
                 ),
             );
@@ -171,6 +192,26 @@ mod tests {
                 "not an absolute path",
             ),
             (
+                "[drain]\nrestart_marker = \"/tmp/restart\"",
+                "drain.restart_marker",
+                "not a file directly in /run/gateway-agent",
+            ),
+            (
+                "[drain]\nrestart_marker = \"/run/gateway-agent/../restart\"",
+                "drain.restart_marker",
+                "not a file directly in /run/gateway-agent",
+            ),
+            (
+                "[drain]\nrestart_marker = \"/run/gateway-agent/sub/restart\"",
+                "drain.restart_marker",
+                "not a file directly in /run/gateway-agent",
+            ),
+            (
+                "[drain]\nrestart_marker = \"/run/gateway-agent\"",
+                "drain.restart_marker",
+                "remove the key for the default",
+            ),
+            (
                 "[drain]\nmaintenance_lead_s = 604801",
                 "drain.maintenance_lead_s",
                 "use 0 to 604800",
@@ -186,7 +227,7 @@ mod tests {
         assert_eq!(config.drain.maintenance_lead(), Duration::ZERO);
         let config = valid(
             "[drain]\nimds_poll_ms = 60000\ngrace_s = 60\ntimeout_s = 80\n\
-             maintenance_lead_s = 604800\nrestart_marker = \"/run/x\"",
+             maintenance_lead_s = 604800\nrestart_marker = \"/run/gateway-agent/lab-a.restart\"",
         );
         assert_eq!(
             config.drain.maintenance_lead(),

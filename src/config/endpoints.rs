@@ -19,14 +19,39 @@ pub const MAX_IMDS_TIMEOUT_MS: u64 = 60_000;
 #[serde(default, deny_unknown_fields)]
 pub struct Aws {
     pub endpoint: Option<String>,
+    /// Accept a plain `http://` endpoint that is not on loopback (a lab's emulator on another
+    /// host). Off: the API's answers steer routes, and on plain HTTP anyone on the path could
+    /// write them.
+    pub insecure_endpoint: bool,
 }
 
 impl Aws {
     pub(super) fn validate(&self, problems: &mut Problems) {
         if let Some(endpoint) = &self.endpoint {
-            let ok = reqwest::Url::parse(endpoint)
-                .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
-            if !ok {
+            let url = reqwest::Url::parse(endpoint)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+            let loopback = |url: &reqwest::Url| {
+                let host = url.host_str().unwrap_or_default();
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            };
+            if let Some(url) = &url
+                && url.scheme() == "http"
+                && !loopback(url)
+                && !self.insecure_endpoint
+            {
+                problems.fail(
+                    "aws.endpoint",
+                    format!(
+                        "{endpoint:?} is plain http:// off this host: the API's answers would steer routes over a path anyone on it could change; use https://, or (a lab's emulator only) set aws.insecure_endpoint = true"
+                    ),
+                );
+            }
+            if url.is_none() {
                 problems.fail(
                     "aws.endpoint",
                     format!(
@@ -104,6 +129,16 @@ mod tests {
                 "not an http(s):// URL",
             ),
             (
+                "[aws]\nendpoint = \"http://198.51.100.2\"",
+                "aws.endpoint",
+                "plain http:// off this host",
+            ),
+            (
+                "[aws]\nendpoint = \"http://ec2.us-east-1.amazonaws.com\"",
+                "aws.endpoint",
+                "use https://",
+            ),
+            (
                 "[imds]\nendpoint = \"https://169.254.169.254\"",
                 "imds.endpoint",
                 "not an http:// URL",
@@ -126,6 +161,9 @@ mod tests {
     fn endpoints_accept_the_edges() {
         valid("[aws]\nendpoint = \"https://ec2.us-east-1.amazonaws.com\"");
         valid("[aws]\nendpoint = \"http://127.0.0.1:5000\"");
+        valid("[aws]\nendpoint = \"http://localhost:5000\"");
+        valid("[aws]\nendpoint = \"http://[::1]:5000\"");
+        valid("[aws]\nendpoint = \"http://198.51.100.2\"\ninsecure_endpoint = true");
         valid("[imds]\nendpoint = \"http://[fd00:ec2::254]\"\ntimeout_ms = 1");
         valid("[imds]\ntimeout_ms = 60000");
     }

@@ -52,6 +52,9 @@ pub struct Failover {
     pub hold_down_s: u64,
     pub damping_max_s: u64,
     pub health_port: u16,
+    /// Networks allowed to ask `/health` besides the group's peers and loopback (a monitoring
+    /// host, say); `[]`: nobody else.
+    pub health_allow: Vec<String>,
     pub ring: Vec<String>,
 }
 
@@ -71,12 +74,21 @@ impl Default for Failover {
             hold_down_s: DEFAULT_HOLD_DOWN_S,
             damping_max_s: DEFAULT_DAMPING_MAX_S,
             health_port: DEFAULT_HEALTH_PORT,
+            health_allow: Vec::new(),
             ring: Vec::new(),
         }
     }
 }
 
 impl Failover {
+    /// `health_allow` as networks (validation refused anything unparsable).
+    pub fn health_allow_nets(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.health_allow
+            .iter()
+            .filter_map(|c| super::parse_cidr(c.trim()).ok())
+            .collect()
+    }
+
     pub fn probe_interval(&self) -> Duration {
         Duration::from_millis(self.probe_interval_ms)
     }
@@ -194,6 +206,16 @@ impl Failover {
                 ),
             );
         }
+        for cidr in &self.health_allow {
+            if let Err(e) = super::parse_cidr(cidr.trim()) {
+                problems.fail(
+                    "failover.health_allow",
+                    format!(
+                        "{cidr:?} {e}; list networks that may ask /health besides the group's peers, e.g. [\"10.0.5.0/24\"], or remove the key (peers and loopback only)"
+                    ),
+                );
+            }
+        }
         let mut ring_seen = BTreeSet::new();
         for zone in &self.ring {
             if zone.trim().is_empty() || zone.trim() != zone {
@@ -299,6 +321,16 @@ mod tests {
                 "0 is not a port",
             ),
             (
+                "[failover]\nhealth_allow = [\"10.0.5.1/24\"]",
+                "failover.health_allow",
+                "host bits set",
+            ),
+            (
+                "[failover]\nhealth_allow = [\"monitoring\"]",
+                "failover.health_allow",
+                "list networks that may ask /health",
+            ),
+            (
                 "[failover]\nring = [\"us-east-1a\", \"us-east-1a\"]",
                 "failover.ring",
                 "listed twice",
@@ -325,6 +357,8 @@ mod tests {
         valid("[failover]\nhold_down_s = 0\ndamping_max_s = 0\nhealth_port = 65535");
         valid("[failover]\nhold_down_s = 86400\ndamping_max_s = 86400\nenabled = false");
         valid("[failover]\nring = [\"us-east-1b\", \"us-east-1a\"]");
+        let c = valid("[failover]\nhealth_allow = [\"10.0.5.0/24\", \"fd00::/8\"]");
+        assert_eq!(c.failover.health_allow_nets().len(), 2);
     }
 
     /// A hold-down past its own range is reported there alone, not again as a damping cap

@@ -40,6 +40,7 @@
 //! | `boot.timeout_s`              | [`DEFAULT_BOOT_TIMEOUT_S`]       | the whole boot, IMDS wait included              |
 //! | `boot.attach_timeout_s`       | [`DEFAULT_ATTACH_TIMEOUT_S`]     | claim of the ENI until the kernel shows it      |
 //! | `aws.endpoint`                | none (`AWS_ENDPOINT_URL`, else AWS) | EC2/Auto Scaling endpoint override          |
+//! | `aws.insecure_endpoint`      | `false`                          | accept a plain `http://` `aws.endpoint` off loopback (a lab emulator) |
 //! | `imds.endpoint`               | [`DEFAULT_IMDS_ENDPOINT`]        | IMDS base URL (tests point elsewhere)           |
 //! | `imds.timeout_ms`             | [`DEFAULT_IMDS_TIMEOUT_MS`]      | overall deadline of one IMDS call               |
 //! | `log.level`                   | [`DEFAULT_LOG_LEVEL`]            | tracing filter; `RUST_LOG` overrides            |
@@ -56,6 +57,7 @@
 //! | `failover.hold_down_s`        | [`DEFAULT_HOLD_DOWN_S`]          | continuous health before an owner reclaims      |
 //! | `failover.damping_max_s`      | [`DEFAULT_DAMPING_MAX_S`]        | cap of the doubling hold-down of a flapping zone |
 //! | `failover.health_port`        | [`DEFAULT_HEALTH_PORT`]          | TCP port of `/health` on the ENI address        |
+//! | `failover.health_allow`      | `[]`                             | networks that may ask `/health` besides the group's peers and loopback |
 //! | `failover.ring`               | `[]` (zone names sorted)         | successor order of the zones                    |
 //! | `conditional[].probe`         | required per rule                | IPv4 address probed from the ENI (rise/fall of `failover`) |
 //! | `conditional[].destinations`  | required per rule                | CIDRs routed via this ENI while the probe fails |
@@ -72,7 +74,8 @@
 //! | `events.timeout_s`            | [`DEFAULT_HOOK_TIMEOUT_S`]       | the hook is killed past this                    |
 //! | `metrics.listen`              | [`DEFAULT_METRICS_LISTEN`]       | `/metrics` address; `""` turns it off           |
 //! | `control.socket`              | [`crate::control::DEFAULT_SOCKET`] | local Unix socket for `gateway-agent failback` |
-//! | `control.group`               | none (root only)                 | a group that may also use the socket (mode 0660) |
+//! | `control.group`               | none (root only)                 | a group that may also use the socket (mode 0660): `status` |
+//! | `control.group_operates`      | `false`                          | the group may also run failover, failback, drain, undrain, pause, resume |
 
 //!
 //! # Checked once
@@ -178,13 +181,49 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, and checks that neither it nor the
+    /// event hook's program can be changed by anyone but root or this process's user (either
+    /// could steer the agent: the file its routes, the hook whatever it runs).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path)
+        let mut trust: Vec<Invalid> = Vec::new();
+        if let Some(message) = untrusted(path, "the config file") {
+            trust.push(Invalid {
+                key: "file".into(),
+                message,
+            });
+        }
+        match Self::parse(&text, path) {
+            Ok(config) => {
+                if let Some(program) = config.events.command.first()
+                    && let Some(message) = untrusted(Path::new(program), "the hook program")
+                {
+                    trust.push(Invalid {
+                        key: "events.command".into(),
+                        message,
+                    });
+                }
+                if trust.is_empty() {
+                    Ok(config)
+                } else {
+                    Err(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        errors: trust,
+                    })
+                }
+            }
+            Err(ConfigError::Invalid { path, errors }) => {
+                trust.extend(errors);
+                Err(ConfigError::Invalid {
+                    path,
+                    errors: trust,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Parses and validates `text`; `path` only labels the errors.
@@ -235,6 +274,35 @@ impl Config {
         self.log.validate(&mut problems);
         problems.into_vec()
     }
+}
+
+/// Why `path` (what it is: `what`) cannot be trusted, if it cannot: owned by someone other
+/// than root or this process's user, or writable by its group or others.
+fn untrusted(path: &Path, what: &str) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            return Some(format!(
+                "{what} {shown} cannot be examined: {e}; give an existing file"
+            ));
+        }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Some(format!(
+            "{what} {shown} is owned by uid {}, neither root nor this agent's user (uid {me}): its owner could steer the agent; run chown root {shown}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some(format!(
+            "{what} {shown} is writable by its group or others (mode {:04o}): anyone who can write it could steer the agent; run chmod go-w {shown}",
+            meta.mode() & 0o7777
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -326,5 +394,101 @@ mod tests {
         assert_eq!(config.events.timeout(), Duration::from_secs(7));
         assert_eq!(config.drain.maintenance_lead(), Duration::from_secs(120));
         assert!(config.metrics.addr().is_some());
+    }
+
+    /// Tests run as root, so a file root owns passes the owner rule; another owner is made with
+    /// chown.
+    #[test]
+    fn a_config_or_hook_others_can_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gateway-agent-trust-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hook = dir.join("hook");
+        std::fs::write(&hook, "#!/bin/sh\n").unwrap();
+        let file = dir.join("config.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "version = 1\n[group]\nname = \"egress\"\n[events]\ncommand = [\"{}\"]\n",
+                hook.display()
+            ),
+        )
+        .unwrap();
+        let set = |p: &Path, mode| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let me = nix::unistd::geteuid();
+        // (case, config mode, hook mode, hook owner, what the error must say; nothing: valid)
+        type Case<'a> = (&'a str, u32, u32, Option<u32>, &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("both private", 0o600, 0o755, None, &[]),
+            (
+                "config group-writable",
+                0o660,
+                0o755,
+                None,
+                &["file: the config file", "chmod go-w"],
+            ),
+            (
+                "config world-writable",
+                0o646,
+                0o755,
+                None,
+                &["file: the config file", "mode 0646"],
+            ),
+            (
+                "hook writable by others",
+                0o644,
+                0o757,
+                None,
+                &["events.command: the hook program", "chmod go-w"],
+            ),
+            (
+                "hook owned by another user",
+                0o644,
+                0o755,
+                Some(65534),
+                &[
+                    "events.command: the hook program",
+                    "owned by uid 65534",
+                    "chown root",
+                ],
+            ),
+        ];
+        for (name, config_mode, hook_mode, hook_owner, want) in cases {
+            set(&file, *config_mode);
+            set(&hook, *hook_mode);
+            nix::unistd::chown(
+                &hook,
+                Some(nix::unistd::Uid::from_raw(
+                    hook_owner.unwrap_or(me.as_raw()),
+                )),
+                None,
+            )
+            .unwrap();
+            let result = Config::load(&file);
+            if want.is_empty() {
+                assert!(
+                    result.is_ok(),
+                    "{name}: {:?}",
+                    result.err().map(|e| e.to_string())
+                );
+            } else {
+                let text = result.expect_err(name).to_string();
+                for w in *want {
+                    assert!(text.contains(w), "{name}: {w:?} not in {text}");
+                }
+            }
+        }
+        // A missing hook is named too, beside any other problem of the file.
+        std::fs::remove_file(&hook).unwrap();
+        set(&file, 0o666);
+        let text = Config::load(&file).unwrap_err().to_string();
+        assert!(
+            text.contains("file: the config file")
+                && text.contains("events.command: the hook program"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -99,6 +99,9 @@ pub struct Control {
     pub socket: PathBuf,
     /// A group whose members may use the socket too (mode 0660); none: root only (0600).
     pub group: Option<String>,
+    /// The group may also run the commands that change things (failover, drain, pause...);
+    /// else it may ask `status` only.
+    pub group_operates: bool,
 }
 
 impl Default for Control {
@@ -106,12 +109,19 @@ impl Default for Control {
         Self {
             socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
             group: None,
+            group_operates: false,
         }
     }
 }
 
 impl Control {
     pub(super) fn validate(&self, problems: &mut Problems) {
+        if self.group_operates && self.group.is_none() {
+            problems.fail(
+                "control.group_operates",
+                "true without control.group: there is no group to let operate; name it in control.group, or remove this key",
+            );
+        }
         if let Some(g) = &self.group
             && (g.is_empty() || g.contains([':', '/', ' ', '\n']))
         {
@@ -239,6 +249,11 @@ mod tests {
                 "[control]\ngroup = \"a:b\"",
                 "control.group",
                 "not a group name",
+            ),
+            (
+                "[control]\ngroup_operates = true",
+                "control.group_operates",
+                "without control.group",
             ),
             ("[log]\nlevel = \"loud\"", "log.level", "not a log filter"),
             ("[log]\nlevel = \"\"", "log.level", "not a log filter"),

@@ -25,6 +25,26 @@ pub fn witness_tag(judge_zone: &str) -> String {
     format!("gateway-agent:witness:{judge_zone}")
 }
 
+/// The largest epoch a lease may carry. A claim adds one, so a real group never comes near
+/// (a claim a second for a million years); a tag above it was written by someone else, and
+/// believing it would make every later claim overflow.
+pub const MAX_EPOCH: u64 = 1 << 48;
+
+/// The most a zone's epoch may move past the one this gateway last knew for it and still be
+/// believed as a peer's claim: each claim adds one, and claims come one at a time, minutes
+/// apart at most, per zone. A larger jump is a foreign or hand-edited tag: it wins nothing.
+pub const MAX_EPOCH_JUMP: u64 = 1000;
+
+/// Whether `holder` may stand in a lease: an EC2 instance or ENI ID's shape (letters, digits,
+/// `-`, at most 64). Anything else (a `/` above all) would make the tag unreadable.
+pub fn valid_holder(holder: &str) -> bool {
+    !holder.is_empty()
+        && holder.len() <= 64
+        && holder
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub holder: String,
@@ -33,19 +53,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// `None` for anything that is not exactly `<holder>/<epoch>/<unix-ms>`: a hand-edited or
-    /// foreign tag is ignored (it only delays a lease-confirmed takeover, never causes one).
+    /// `None` for anything that is not exactly `<holder>/<epoch>/<unix-ms>` with an epoch up to
+    /// [`MAX_EPOCH`]: a hand-edited or foreign tag is ignored (it only delays a lease-confirmed takeover, never causes one).
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split('/');
         let holder = parts.next()?;
-        let epoch = parts.next()?.parse().ok()?;
+        let epoch = parts.next()?.parse().ok().filter(|e| *e <= MAX_EPOCH)?;
         let unix_ms = parts.next()?.parse().ok()?;
-        let valid_holder = !holder.is_empty()
-            && holder.len() <= 64
-            && holder
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-');
-        (parts.next().is_none() && valid_holder).then(|| Self {
+        (parts.next().is_none() && valid_holder(holder)).then(|| Self {
             holder: holder.to_owned(),
             epoch,
             unix_ms,
@@ -77,24 +92,35 @@ pub enum Renewal {
 
 /// The epoch a carrier renews a zone's lease with, from the newest lease on the zone's tables
 /// and the epoch this gateway claimed it with (if it remembers one).
+///
+/// A newer claim wins only when it is plausible: at most [`MAX_EPOCH_JUMP`] past this
+/// gateway's own. A tag that jumps further was not written by a peer's claim; the carrier keeps
+/// renewing its own epoch (and the tag stays for an operator to read).
 pub fn renewal(me: &str, newest: Option<&Lease>, mine: Option<u64>) -> Renewal {
     match (newest, mine) {
-        (Some(l), Some(e)) if l.holder != me && l.epoch > e => Renewal::LetGo {
-            holder: l.holder.clone(),
-            epoch: l.epoch,
-        },
+        (Some(l), Some(e)) if l.holder != me && l.epoch > e && l.epoch - e <= MAX_EPOCH_JUMP => {
+            Renewal::LetGo {
+                holder: l.holder.clone(),
+                epoch: l.epoch,
+            }
+        }
         (_, Some(e)) => Renewal::Renew(e),
         // A hand-over names its receiver as the holder: the receiver adopts that epoch.
         (Some(l), None) if l.holder == me => Renewal::Renew(l.epoch),
-        (Some(l), None) => Renewal::Renew(l.epoch + 1),
+        (Some(l), None) => Renewal::Renew(next(l.epoch)),
         (None, None) => Renewal::Renew(1),
     }
+}
+
+/// One past `epoch`, never past [`MAX_EPOCH`]: no tag can make a claim overflow.
+pub fn next(epoch: u64) -> u64 {
+    epoch.saturating_add(1).min(MAX_EPOCH)
 }
 
 /// The epoch a claim (a takeover, a reclaim, a hand-over) is written with: larger than any
 /// seen on the zone, so a reader that finds routes and lease disagreeing knows who claimed last.
 pub fn claim_epoch(newest: Option<&Lease>) -> u64 {
-    newest.map_or(1, |l| l.epoch + 1)
+    newest.map_or(1, |l| next(l.epoch))
 }
 
 #[cfg(test)]
@@ -143,12 +169,41 @@ mod tests {
                 None,
                 Renewal::Renew(8),
             ),
+            (
+                "a foreign claim at the largest plausible jump: let go",
+                Some(l("i-peer", 4 + MAX_EPOCH_JUMP)),
+                Some(4),
+                Renewal::LetGo {
+                    holder: "i-peer".into(),
+                    epoch: 4 + MAX_EPOCH_JUMP,
+                },
+            ),
+            (
+                "a foreign tag one past the largest jump: kept renewing the own epoch",
+                Some(l("i-peer", 5 + MAX_EPOCH_JUMP)),
+                Some(4),
+                Renewal::Renew(4),
+            ),
+            (
+                "a foreign tag at the largest epoch: kept renewing",
+                Some(l("i-peer", MAX_EPOCH)),
+                Some(4),
+                Renewal::Renew(4),
+            ),
+            (
+                "nothing remembered under a lease at the largest epoch: no overflow",
+                Some(l("i-peer", MAX_EPOCH)),
+                None,
+                Renewal::Renew(MAX_EPOCH),
+            ),
         ];
         for (name, newest, mine, want) in cases {
             assert_eq!(renewal("i-me", newest.as_ref(), mine), want, "{name}");
         }
         assert_eq!(claim_epoch(None), 1);
         assert_eq!(claim_epoch(Some(&l("i-peer", 9))), 10);
+        assert_eq!(claim_epoch(Some(&l("i-peer", MAX_EPOCH))), MAX_EPOCH);
+        assert_eq!(next(u64::MAX), MAX_EPOCH);
     }
 
     #[test]
@@ -157,6 +212,10 @@ mod tests {
         assert_eq!(l.holder, "i-0abc");
         assert_eq!(l.epoch, 7);
         assert_eq!(Lease::parse(&l.to_string()), Some(l));
+        assert_eq!(
+            Lease::parse("i-1/281474976710656/3").map(|l| l.epoch),
+            Some(MAX_EPOCH)
+        );
         for bad in [
             "",
             "i-1",
@@ -166,6 +225,10 @@ mod tests {
             "/2/3",
             "i 1/2/3",
             "i-1/-2/3",
+            // Epochs no claim could reach: u64::MAX (and past it) would overflow the next claim.
+            "i-1/18446744073709551615/3",
+            "i-1/18446744073709551616/3",
+            "i-1/281474976710657/3",
         ] {
             assert_eq!(Lease::parse(bad), None, "{bad:?}");
         }

@@ -15,6 +15,37 @@ use crate::{hook, metrics};
 impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
     /// Claims the zone, re-reads, writes what still matches, confirms. `false` when
     /// something is left for the next cycle.
+    /// The holder a hand-over to `eni` names in the lease: the instance its `/health` reported,
+    /// only when EC2 says that instance is the one attached to `eni` (a peer's word about
+    /// itself is no proof: any host that answers on its address could claim any instance);
+    /// else the ENI, which the receiver also adopts. One DescribeNetworkInterfaces per
+    /// hand-over, which are rare.
+    async fn receiver(&self, eni: &str, reported: Option<&str>) -> String {
+        let Some(reported) = reported.filter(|r| lease::valid_holder(r)) else {
+            return eni.to_owned();
+        };
+        match self.ec2.describe_eni(eni).await {
+            Ok(Some(e))
+                if e.attachment.as_ref().and_then(|a| a.instance_id.as_deref())
+                    == Some(reported) =>
+            {
+                reported.to_owned()
+            }
+            Ok(found) => {
+                let attached = found
+                    .and_then(|e| e.attachment)
+                    .and_then(|a| a.instance_id)
+                    .unwrap_or_else(|| "nothing".into());
+                warn!(%eni, reported, %attached, "the peer's /health names an instance EC2 does not show on its ENI: the lease names the ENI");
+                eni.to_owned()
+            }
+            Err(e) => {
+                warn!(%eni, error = %e, "DescribeNetworkInterfaces failed: the hand-over's lease names the ENI, not the instance /health reported");
+                eni.to_owned()
+            }
+        }
+    }
+
     pub(super) async fn execute(&mut self, d: &Decision) -> bool {
         // A decision retried after a failed write is timed from its first attempt.
         let decided = *self
@@ -39,17 +70,18 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             )
             .as_ref(),
         )
-        .max(self.zones.get(&d.zone).map_or(0, |z| z.epoch_high) + 1);
+        .max(lease::next(
+            self.zones.get(&d.zone).map_or(0, |z| z.epoch_high),
+        ));
+        // This gateway's claims carry its instance; a hand-over names the receiver (the
+        // instance EC2 says holds its ENI, else its ENI) so the receiver adopts the epoch.
+        let holder = if d.target == self.own.eni {
+            self.own.instance_id.clone()
+        } else {
+            self.receiver(&d.target, d.target_instance.as_deref()).await
+        };
         let value = Lease {
-            // This gateway's claims carry its instance; a hand-over names the receiver (its
-            // instance from /health, else its ENI) so the receiver adopts the epoch.
-            holder: if d.target == self.own.eni {
-                self.own.instance_id.clone()
-            } else {
-                d.target_instance
-                    .clone()
-                    .unwrap_or_else(|| d.target.clone())
-            },
+            holder,
             epoch,
             unix_ms: unix_ms(),
         }

@@ -67,6 +67,7 @@ const API_LOG_EVERY: Duration = Duration::from_secs(60);
 const CHANGE_IS_RECENT: Duration = Duration::from_secs(10);
 
 /// This gateway, as the loop needs it.
+#[derive(Debug, Clone)]
 pub struct Own {
     pub instance_id: String,
     pub zone: String,
@@ -118,6 +119,8 @@ pub struct Watch<'a, E, A> {
     paused_logged: std::collections::BTreeSet<String>,
     /// The last decisions and how they ended, newest last (for `gateway-agent status`).
     history: std::collections::VecDeque<DecisionRecord>,
+    /// Who may ask this gateway's `/health`: the peers found, kept current here.
+    health_allow: crate::http::Allow,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -177,6 +180,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             paused: false,
             paused_logged: std::collections::BTreeSet::new(),
             history: std::collections::VecDeque::new(),
+            health_allow: crate::http::Allow::default(),
         };
         (watch, events_rx, report_rx)
     }
@@ -265,6 +269,18 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         Ok(())
     }
 
+    /// Makes `allow` (the `/health` server's allow-list) admit every peer this loop watches.
+    pub fn allow_peers(&mut self, allow: crate::http::Allow) {
+        self.health_allow = allow;
+        self.publish_peers();
+    }
+
+    fn publish_peers(&self) {
+        let ips = self.peers.values().map(|p| p.view.borrow().ip);
+        self.health_allow
+            .set_hosts(ips.chain([self.own.ip]).map(std::net::IpAddr::V4));
+    }
+
     /// Watches a peer: its view's feed, and (unless a test plays them) its probe tasks.
     pub fn add_peer(&mut self, zone: &str, eni: &str, ip: Ipv4Addr) -> Feed<PeerView> {
         let (feed, view) = watch::channel(PeerView::new(zone, eni, ip));
@@ -287,6 +303,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 _tasks: tasks,
             },
         );
+        self.publish_peers();
         feed
     }
 

@@ -134,13 +134,11 @@ pub fn start_own_health(
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut units_ok = (true, String::new());
         let mut units_at: Option<Instant> = None;
-        let mut seq: u16 = 0;
         loop {
             ticker.tick().await;
-            seq = seq.wrapping_add(1);
             let echoes = targets.iter().map(|t| {
                 let icmp = &icmp;
-                async move { (*t, icmp.echo(*t, probe::rand_ident(*t), seq, timeout).await) }
+                async move { (*t, icmp.echo(*t, timeout).await) }
             });
             let results = futures::future::join_all(echoes).await;
             if units_at.is_none_or(|at| at.elapsed() >= UNIT_CHECK_EVERY) {

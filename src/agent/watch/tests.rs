@@ -312,6 +312,39 @@ async fn a_draining_gateway_hands_its_zone_to_a_healthy_peer() {
     );
 }
 
+/// Issue 17: a peer's /health names the instance it likes; the hand-over's lease names the
+/// instance EC2 shows on the peer's ENI, or the ENI, never the claim.
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_names_the_instance_ec2_shows_not_the_one_health_claims() {
+    for (claimed, want_instance) in [("i-0someoneelse", false), ("", false), ("own", true)] {
+        let mut r = Rig::new("").await;
+        let b = r.cloud.instance_of("b");
+        let feed = r
+            .watch
+            .peer_feed(&r.cloud.az_of("b"))
+            .expect("b discovered");
+        let claimed = if claimed == "own" {
+            b.clone()
+        } else {
+            claimed.to_owned()
+        };
+        feed.send_modify(|p: &mut PeerView| {
+            if let Some((report, _)) = &mut p.report {
+                report.instance_id = claimed.clone();
+            }
+        });
+        r.watch.set_draining(true);
+        r.watch.cycle().await;
+        assert_eq!(r.target("a"), Some(r.eni("b")), "{claimed:?}");
+        let want = if want_instance {
+            b
+        } else {
+            r.cloud.eni_of("b")
+        };
+        assert_eq!(r.lease("a").map(|l| l.holder), Some(want), "{claimed:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_draining_gateway_with_no_healthy_peer_keeps_its_routes_and_says_why() {
     let mut r = Rig::new("").await;
