@@ -269,16 +269,19 @@ pub fn serve(
             use std::os::unix::fs::MetadataExt;
             let gid = gid_of(name).map_err(|e| listen(std::io::Error::other(e)))?;
             let made = std::fs::metadata(path).map_err(listen)?.gid();
-            if made != gid {
-                if filtered() {
-                    let _ = std::fs::remove_file(path);
-                    return Err(listen(std::io::Error::other(format!(
-                        "control.group {name:?}: the socket came out group {made}, not {gid}, and a chown under this process's syscall filter would kill it; run `gateway-agent prepare-runtime` as root first (the shipped unit's ExecStartPre=+ does), or remove control.group"
-                    ))));
+            if made != gid && filtered() {
+                // systemd re-applies the RuntimeDirectory's owner and mode before ExecStart=,
+                // which undoes the setgid directory `prepare-runtime` made in ExecStartPre=, and
+                // the filter forbids the chown: root and this user keep the socket, the group
+                // does not get it.
+                tracing::error!(group = %name, socket = %path.display(), made, "control.group: the socket came out in the agent's own group and a chown is not allowed under the unit's syscall filter; only root can use the control socket (a known gap: see the README)");
+                0o600
+            } else {
+                if made != gid {
+                    std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
                 }
-                std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
+                0o660
             }
-            0o660
         }
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen)?;

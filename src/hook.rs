@@ -218,7 +218,14 @@ fn drop_capabilities() -> std::io::Result<()> {
             inheritable: 0,
         }; 2];
         if libc::syscall(libc::SYS_capset, &header, none.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
+            // The shipped unit's SystemCallFilter= denies capset (EPERM, from its
+            // SystemCallErrorNumber=). An unprivileged agent's child is safe without it: its
+            // ambient set is empty and no_new_privs keeps exec from granting file capabilities,
+            // so it runs with nothing permitted or effective; only its inheritable set, inert
+            // without file capabilities, is left. Root's child must not run with root's powers.
+            if libc::geteuid() == 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
     Ok(())

@@ -248,7 +248,8 @@ pub const DROP_IN_TEXT: &str = "[Service]\n# The lab's API takes any key; on EC2
 /// instance reaches it (on EC2 the regional endpoints are the default), then `extra`.
 pub fn config(group: &str, extra: &str) -> String {
     format!(
-        "version = 1\n[group]\nname = \"{group}\"\n[aws]\nendpoint = \"{}\"\n{extra}\n",
+        // The lab's emulator speaks plain HTTP, which the agent refuses off-host unless told.
+        "version = 1\n[group]\nname = \"{group}\"\n[aws]\nendpoint = \"{}\"\ninsecure_endpoint = true\n{extra}\n",
         crate::VPC_ENDPOINT
     )
 }
