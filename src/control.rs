@@ -12,10 +12,11 @@
 //! hook runs as.
 //!
 //! With `control.group` the socket is 0660 and that group's. The agent does not chown it: the
-//! unit's `SystemCallFilter=~@privileged` kills a process that calls chown. Instead the unit's
-//! `ExecStartPre=+gateway-agent prepare-runtime` (run as root, outside the filter) gives the
-//! socket's directory that group and the setgid bit, so the socket the agent creates there is
-//! the group's from the start ([`prepare`]).
+//! unit's `SystemCallFilter=~@privileged` forbids chown. Nor can the socket's directory be
+//! prepared beforehand: systemd re-applies the RuntimeDirectory's owner and mode before every
+//! command it runs, which would undo a setgid directory made by `ExecStartPre=`. Instead the
+//! unit's `ExecStartPost=+gateway-agent prepare-runtime` (run as root, outside the filter, once
+//! the agent is READY) waits for the socket and gives it the group ([`prepare`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -192,13 +193,16 @@ pub fn permitted(command: &Command, uid: u32, group_operates: bool) -> Result<()
     }
 }
 
-/// Run as root before the agent starts (`gateway-agent prepare-runtime`, the unit's
-/// `ExecStartPre=+`): gives the control socket's directory `group` and the setgid bit (mode
-/// 02750), so the socket the agent creates in it is `group`'s without a chown. The directory
-/// must exist (the unit's RuntimeDirectory) and belong to a user other than root: root's
-/// directories (`/run`, `/tmp`) are not this agent's to hand to a group.
+/// How long `prepare-runtime` waits for the agent's socket (it is made just after READY).
+const PREPARE_WAIT: Duration = Duration::from_secs(20);
+
+/// Run as root once the agent is READY (`gateway-agent prepare-runtime`, the unit's
+/// `ExecStartPost=+`): waits for the control socket, then gives it `group` (the agent made it
+/// 0660). It never follows a link: the directory is the agent's user's, who could plant one.
+/// The directory must belong to a user other than root: root's directories (`/run`, `/tmp`) are
+/// not this agent's.
 pub fn prepare(path: &Path, group: &str) -> Result<(), Error> {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let fail = |why: String| Error::Listen {
         path: path.to_owned(),
         source: std::io::Error::other(why),
@@ -225,10 +229,29 @@ pub fn prepare(path: &Path, group: &str) -> Result<(), Error> {
         )));
     }
     let gid = gid_of(group).map_err(fail)?;
-    std::os::unix::fs::lchown(dir, None, Some(gid))
-        .map_err(|e| fail(format!("chgrp {}: {e}", dir.display())))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2750))
-        .map_err(|e| fail(format!("chmod 2750 {}: {e}", dir.display())))?;
+    let started = std::time::Instant::now();
+    loop {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => break,
+            Ok(_) => {
+                return Err(fail(
+                    "not a socket (a link or a file planted there): left alone".into(),
+                ));
+            }
+            Err(_) if started.elapsed() < PREPARE_WAIT => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "no socket after {} s ({e}): is the agent running?",
+                    PREPARE_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+    // lchown: were the socket swapped for a link since, the link's group changes, not a file's.
+    std::os::unix::fs::lchown(path, None, Some(gid))
+        .map_err(|e| fail(format!("chgrp {}: {e}", path.display())))?;
     Ok(())
 }
 
@@ -270,18 +293,12 @@ pub fn serve(
             let gid = gid_of(name).map_err(|e| listen(std::io::Error::other(e)))?;
             let made = std::fs::metadata(path).map_err(listen)?.gid();
             if made != gid && filtered() {
-                // systemd re-applies the RuntimeDirectory's owner and mode before ExecStart=,
-                // which undoes the setgid directory `prepare-runtime` made in ExecStartPre=, and
-                // the filter forbids the chown: root and this user keep the socket, the group
-                // does not get it.
-                tracing::error!(group = %name, socket = %path.display(), made, "control.group: the socket came out in the agent's own group and a chown is not allowed under the unit's syscall filter; only root can use the control socket (a known gap: see the README)");
-                0o600
-            } else {
-                if made != gid {
-                    std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
-                }
-                0o660
+                // The filter forbids chown: root gives the group once the agent is READY.
+                tracing::info!(group = %name, socket = %path.display(), "control.group: the socket is given its group by `gateway-agent prepare-runtime` (the unit's ExecStartPost=+)");
+            } else if made != gid {
+                std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen)?;
             }
+            0o660
         }
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen)?;

@@ -68,7 +68,7 @@ fn prepare_runtime(path: &Path) -> Exit {
     match control::prepare(&config.control.socket, group) {
         Ok(()) => {
             println!(
-                "control socket directory of {} prepared for group {group}",
+                "control socket {} given to group {group}",
                 config.control.socket.display()
             );
             Exit::Ok

@@ -169,8 +169,8 @@ const MEMBER: u32 = 65_533;
 /// Issue 17: with `control.group` set, the agent was killed by SIGSYS right after READY under
 /// the unit's `SystemCallFilter=~@privileged` (chown), and every member of the group could
 /// `failover --force`. Here the agent runs under a filter that kills on chown, after
-/// `prepare-runtime` ran as root (the unit's `ExecStartPre=+`): it starts, its socket is the
-/// group's, a member gets `status` and is refused `pause`, root is not.
+/// `prepare-runtime` runs as root once it is READY (the unit's `ExecStartPost=+`): it starts,
+/// its socket is the group's, a member gets `status` and is refused `pause`, root is not.
 #[tokio::test(flavor = "multi_thread")]
 async fn control_group_works_under_the_units_syscall_filter_and_members_may_only_ask() {
     let gid = std::fs::read_to_string("/etc/group")
@@ -197,20 +197,18 @@ async fn control_group_works_under_the_units_syscall_filter_and_members_may_only
         format!("version = 1\n[group]\nname = \"{}\"\n{control}", f.sc.group),
     )
     .unwrap();
+    let inst = f.instance("a").await.unwrap();
+    let python = "/usr/bin/python3";
+    let spec = Spec::new().extra(control).wrap(&[python, DENY_CHOWN]);
+    f.spawn("a", inst, spec).unwrap();
+    f.ready("a").await.unwrap();
+    // Then root gives the socket its group (the unit's ExecStartPost=+).
     let out = std::process::Command::new(agent_bin())
         .args(["prepare-runtime", "--config"])
         .arg(&prep)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let meta = std::fs::metadata(&dir).unwrap();
-    assert_eq!((meta.gid(), meta.mode() & 0o7777), (gid, 0o2750));
-
-    let inst = f.instance("a").await.unwrap();
-    let python = "/usr/bin/python3";
-    let spec = Spec::new().extra(control).wrap(&[python, DENY_CHOWN]);
-    f.spawn("a", inst, spec).unwrap();
-    f.ready("a").await.unwrap();
     sleep_s(1.0).await;
     assert!(f.agent_mut("a").try_exit().is_none(), "{}", f.logs());
     let status = std::fs::read_to_string(format!("/proc/{}/status", f.agent("a").pid())).unwrap();

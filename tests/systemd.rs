@@ -726,7 +726,6 @@ async fn upgrade_in_place(format: Format) {
 /// `control.group`: an operators' group gets `gateway-agent status` from the service as
 /// shipped, and is refused what changes routes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "issue 17: systemd re-applies the RuntimeDirectory's owner and mode before ExecStart=, undoing prepare-runtime's setgid directory, and the unit's filter forbids the chown: the socket stays root's"]
 async fn an_operators_group_gets_status_under_the_shipped_filter() {
     let Some(gw) = gateway("[control]\ngroup = \"adm\"", false).await else {
         return;
