@@ -45,6 +45,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "1 while a drain cannot hand its routes to any healthy peer.",
     ),
     (
+        "gateway_agent_standby",
+        Type::Gauge,
+        "1 while this gateway waits, READY, for its zone's ENI that a live instance still holds.",
+    ),
+    (
         "gateway_agent_paused",
         Type::Gauge,
         "1 while automation is paused (`gateway-agent pause`).",
