@@ -30,7 +30,9 @@ import sys
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 CACHE = os.environ.get("GATEWAY_AGENT_CACHE", os.path.expanduser("~/.cache/gateway-agent"))
-VENVS = [os.path.join(CACHE, v, "bin") for v in ("venv", "pytools-venv")]
+# The project's venvs: every `*venv*` under the cache (the lab's, the tools', any added later).
+VENVS = sorted(os.path.join(CACHE, d, "bin") for d in (os.listdir(CACHE) if os.path.isdir(CACHE) else [])
+               if "venv" in d)
 
 BUILTINS = set("""
 . : [ [[ alias bg bind break builtin caller case cd command compgen complete compopt continue
@@ -224,6 +226,8 @@ def scan_python(path):
         return
     scanned.add(path)
     text = open(path).read()
+    for m in re.finditer(r'shutil\.which\(\s*"([\w.+-]+)"', text):
+        use(m.group(1), f"{rel(path)}:{text.count(chr(10), 0, m.start()) + 1}")
     for m in re.finditer(CALLERS + r"\(\s*\[([^\]]*)\]", text):
         line = text.count("\n", 0, m.start()) + 1
         for cmd in unwrap_list(list_items(m.group(1))):
@@ -252,7 +256,7 @@ def scan_common(path, text):
         if re.search(r"/(local|notify)\b", p):
             continue  # examples of a user's own hook program
         use(p, f"{rel(path)}:{text.count(chr(10), 0, m.start()) + 1}")
-    for m in re.finditer(r"needs-command:\s*([\w .+-]+)", text):
+    for m in re.finditer(r"(?:#|//+)\s*needs-command:\s*([\w .+-]+)", text):
         for cmd in m.group(1).split():
             use(cmd, f"{rel(path)}:{text.count(chr(10), 0, m.start()) + 1} (needs-command)")
 

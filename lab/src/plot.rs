@@ -79,7 +79,8 @@ pub fn write_svg(fig: &OutageFigure, path: &std::path::Path) -> Result<(), Strin
         .iter()
         .map(|t| t.end)
         .fold(fig.from + fig.bin, f64::max);
-    let top = (fig.rate * 1.25).max(1.0);
+    // Room above the rate for bursts (a late packet lands in the next bin with its successor).
+    let top = (fig.rate * 1.4).max(1.0);
     let root = SVGBackend::new(path, (960, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -99,6 +100,7 @@ pub fn write_svg(fig: &OutageFigure, path: &std::path::Path) -> Result<(), Strin
             "packets delivered per second ({} ms bins)",
             (fig.bin * 1e3).round()
         ))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(|e| err(&e))?;
@@ -119,24 +121,31 @@ pub fn write_svg(fig: &OutageFigure, path: &std::path::Path) -> Result<(), Strin
             .map_err(|e| err(&e))?
             .label(&t.label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], colour.stroke_width(2)));
-        for (at, what) in &t.moves {
+        // The first move dashed (the client's own route), later ones dotted.
+        for (n, (at, what)) in t.moves.iter().enumerate() {
+            let (dash, gap) = if n == 0 { (6, 4) } else { (2, 3) };
             chart
                 .draw_series(DashedLineSeries::new(
                     [(*at, 0.0), (*at, top)],
-                    6,
-                    4,
+                    dash,
+                    gap,
                     colour.stroke_width(1),
                 ))
                 .map_err(|e| err(&e))?
                 .label(format!("{what} moved at +{at:.2} s"))
                 .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 6, y), (x + 10, y), (x + 16, y)], colour)
+                    // Three dashes of the line's own pattern.
+                    let (d, g) = (dash, gap);
+                    let seg =
+                        |i: i32| PathElement::new([(i * (d + g), 0), (i * (d + g) + d, 0)], colour);
+                    EmptyElement::at((x, y)) + seg(0) + seg(1) + seg(2)
                 });
         }
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        // Between the lines: above the outages' floor, below the delivered rate.
+        .position(SeriesLabelPosition::MiddleMiddle)
         .background_style(WHITE.mix(0.9))
         .border_style(RGBColor(160, 160, 160))
         .label_font(("sans-serif", 13))
