@@ -13,8 +13,8 @@
 # on the host (`make test` runs it first) and seen in the root through the read-only ~/.cargo:
 # compiling them again in every run would take ~8 min of the 2 cores.
 #
-# Downloads are cached between runs ($CACHE/setup-test/{apt,pip}): a warm run takes ~2 min,
-# a cold one ~4 (README "Tests"). Needs root (chroot, mounts) and the Debian mirror and PyPI.
+# The .debs are cached between runs ($CACHE/setup-test/apt): a warm run takes ~1.5 min,
+# a cold one ~3 (README "Quick start"). Needs root (chroot, mounts) and the Debian mirror and PyPI.
 #
 # Environment: GATEWAY_AGENT_CACHE (default ~/.cache/gateway-agent), DEBIAN_MIRROR,
 # KEEP_ROOT=1 to leave the root for a look (its path is printed).

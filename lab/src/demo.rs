@@ -226,8 +226,10 @@ async fn tell(agent: &str, story: &Story, rows: &mut Vec<Row>) -> Result<(), Fai
     // 2. Clients stream in both zones.
     story.chapter("2. A client in each zone streams 100 packets/s to the internet");
     let began = story.at();
+    let writes = f.route_writes().await?;
     let ids = streams(&f).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = f.route_writes().await? - writes;
     let (ra, rb) = (
         f.lab.stream_report(ids.0).await?,
         f.lab.stream_report(ids.1).await?,
@@ -240,7 +242,11 @@ async fn tell(agent: &str, story: &Story, rows: &mut Vec<Row>) -> Result<(), Fai
     rows.push(Row {
         step: "2. clients stream",
         at: began,
-        did: "nothing: no API writes at steady state".into(),
+        did: if writes == 0 {
+            "nothing: no route write at steady state".into()
+        } else {
+            format!("{writes} route writes at steady state")
+        },
         a: format!("{} of {} delivered", ra.delivered, ra.sent),
         b: format!("{} of {} delivered", rb.delivered, rb.sent),
     });
