@@ -1,6 +1,7 @@
 # gateway-agent: the two commands of the README, and the rest.
 #   make demo    the two-zone lab demo (as root)
-#   make test    install what the tests need, then lint and run every test (as root)
+#   make test    install what the tests need, prove setup installs it all (tools-check,
+#                setup-test), then lint and run every test (as root)
 #   make bench   the benchmarks' figures
 #   make soak    random faults for SOAK_SECONDS (default 600), with the agents' RSS and CPU
 # Every lab target honours GATEWAY_LAB_PROFILE (fast, the default; aws: the lab behaves like
@@ -15,17 +16,31 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain bench-budget clean-lab
+.PHONY: all setup setup-lab tools-check setup-test build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain bench-budget clean-lab
 
 all: build
 
 setup:
 	./scripts/setup.sh
 
+# Only what the lab needs (no cargo tools to compile): the demo's setup.
+setup-lab:
+	./scripts/setup.sh lab
+
+# Every command the Makefile, its scripts, the lab and the tests run is on this machine; the
+# list is derived from them (scripts/check-tools.py --list shows it). ~2 s.
+tools-check:
+	python3 scripts/check-tools.py
+
+# The proof on a fresh machine: scripts/setup.sh in a copy of a debootstrapped Debian root, then
+# tools-check inside it. ~1.5 min warm (downloads cached), ~3 cold.
+setup-test:
+	./scripts/test-setup.sh
+
 build:
 	$(CARGO) build --workspace --locked
 
-demo: setup build
+demo: setup-lab build
 	$(CARGO_TARGET_DIR)/debug/gwlab demo --agent $(CARGO_TARGET_DIR)/debug/gateway-agent
 
 lint:
@@ -40,7 +55,7 @@ lab-test: clean-lab
 	$(CARGO) test --workspace --locked --tests -- --test-threads $(TEST_THREADS)
 
 # The fault matrix (tests/matrix/) is one of the test binaries: it prints its table.
-test: setup lint iam-reference deny examples-check ami-check package-test
+test: setup tools-check setup-test lint iam-reference deny examples-check ami-check package-test
 	$(CARGO) test --workspace --locked -- --test-threads $(TEST_THREADS)
 	$(MAKE) --no-print-directory clean-lab
 	$(MAKE) --no-print-directory aws-smoke
@@ -86,10 +101,11 @@ bench-budget: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-budget --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --minutes $(BUDGET_MINUTES)
 
 # Unplanned death of a gateway: the agent against AWS's nat_monitor.sh, in the default topology
-# (one table, one destination) and with 50 tables x 2 destinations per zone. ~10 min.
+# (one table, one destination) and with 50 tables x 2 destinations per zone; each draws the
+# client's packets around the death (docs/failover-*.svg, in the README). ~12 min.
 bench-failover: setup build
-	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 1 --destinations 1 --baseline-runs 3
-	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 50 --destinations 2 --baseline-runs 3
+	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 1 --destinations 1 --baseline-runs 3 --svg docs/failover-1-table.svg
+	$(CARGO_TARGET_DIR)/debug/gwlab bench-failover --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --runs 10 --tables 50 --destinations 2 --baseline-runs 3 --svg docs/failover-50-tables.svg
 
 # Planned exits (SIGTERM, spot, ASG termination, rebalance, upgrade restart): packets lost,
 # drain duration. ~5 min.

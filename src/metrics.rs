@@ -92,8 +92,7 @@ pub const DEFS: &[(&str, Type, &str)] = &[
     (
         "gateway_agent_http_refused_total",
         Type::Counter,
-        "Connections to /health or /metrics reset unanswered; labels: endpoint, reason \
-         (not-allowed: source not on the allow-list; busy, busy-source: the connection cap).",
+        "Connections to /health or /metrics reset unanswered (reason not-allowed: the source is not on the allow-list; busy, busy-source: the connection cap); labels: endpoint, reason.",
     ),
     (
         "gateway_agent_probe_failures_total",

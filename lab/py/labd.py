@@ -306,6 +306,8 @@ class Lab:
         if path == "streams" and method == "POST":
             ns = body.get("ns") or self._client_ns(body["zone"])
             return 200, {"id": self.streams.start(ns, float(body.get("rate", 100)))}
+        if parts[0] == "streams" and len(parts) == 3 and parts[2] == "timeline":
+            return 200, self.streams.timeline(int(parts[1]))
         if parts[0] == "streams" and len(parts) >= 2:
             sid = int(parts[1])
             return 200, self.streams.report(sid, stop=len(parts) == 3 and parts[2] == "stop")

@@ -715,6 +715,7 @@ class Streams:
                 if s is None or seq in s["seen"]:
                     continue
                 s["seen"].add(seq)
+                s["arrivals"].append(time.time())
                 gap = now - s["last"]
                 if gap > s["max_gap"]:
                     s["max_gap"] = gap
@@ -727,7 +728,9 @@ class Streams:
         sock = netns.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
         now = time.monotonic()
         s = {"id": sid, "ns": ns, "rate": rate, "sent": 0, "seen": set(), "start": now, "last": now,
-             "max_gap": 0.0, "stop": threading.Event(), "stopped_at": None}
+             "max_gap": 0.0, "stop": threading.Event(), "stopped_at": None,
+             # Wall-clock arrival of each delivered packet (the clock of route_changes' `at`).
+             "started_wall": time.time(), "arrivals": []}
         with self.lock:
             self.streams[sid] = s
 
@@ -748,6 +751,13 @@ class Streams:
 
         threading.Thread(target=send, daemon=True).start()
         return sid
+
+    def timeline(self, sid):
+        """When each packet arrived, and when the stream started, in wall-clock seconds."""
+        s = self.streams[sid]
+        with self.lock:
+            return {"id": sid, "rate": s["rate"], "started": s["started_wall"],
+                    "arrivals": [round(t, 4) for t in s["arrivals"]]}
 
     def report(self, sid, stop=False):
         s = self.streams[sid]

@@ -15,6 +15,11 @@
 //!   ENI attached and addressed, forwarding on, launch hook completed) and lab/scripts/nat_monitor.sh
 //!   runs on A, watching B's ENI IP and B's tables. It moves 0.0.0.0/0 only, one table at a time,
 //!   one AWS CLI process per table, so only 0.0.0.0/0 is watched for it.
+//!
+//! With `--svg PATH` it also draws the client's delivered packets per second around the death,
+//! from the same runs as the table: the median-outage run of each side, the moments the client's
+//! route (and all of B's routes) moved marked. Every stream then runs at least [`PLOT_AFTER`]
+//! past the kill, so both lines cover the picture.
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use gateway_lab::agent::Spec;
 use gateway_lab::fleet::{Failure, Fleet, unix_now};
+use gateway_lab::plot;
 use gateway_lab::report::{field, ms, number, spread_line, strip_ansi};
 use gateway_lab::{Instance, Lab, Scenario, ScenarioOptions, Zone, percentile};
 
@@ -50,6 +56,13 @@ const AGENT_SWITCH_TIMEOUT: Duration = Duration::from_secs(15);
 const BASELINE_SWITCH_TIMEOUT: Duration = Duration::from_secs(15);
 const BASELINE_PER_TABLE: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(10);
+/// With `--svg`: every stream runs at least this long after the kill, past nat_monitor.sh's
+/// worst detection (~8 s) and its first table's move, so the agent's line spans the picture too.
+const PLOT_AFTER: Duration = Duration::from_secs(12);
+/// The picture's bins: 100 ms holds ~10 packets at 100/s, fine enough for a ~1 s outage.
+const PLOT_BIN_S: f64 = 0.1;
+/// The picture ends this long after the last marked move of a client's route.
+const PLOT_TAIL_S: f64 = 3.0;
 /// The name scenario.py gives the launch hook of every zone's Auto Scaling group.
 const LAUNCH_HOOK: &str = "gateway-launch";
 
@@ -60,6 +73,8 @@ pub struct Options {
     pub destinations: usize,
     pub baseline_runs: usize,
     pub logs: bool,
+    /// Draw the median runs' client streams here (SVG).
+    pub svg: Option<PathBuf>,
 }
 
 /// What one kill of zone B's gateway cost.
@@ -91,6 +106,10 @@ struct Run {
     poll_ms: f64,
     /// How far into nat_monitor.sh's cycle (or the same offset for the agent) the kill came.
     phase: Duration,
+    /// Each packet's arrival at the internet host, in seconds since the kill, and when the
+    /// stream stopped: the picture's line.
+    arrivals: Vec<f64>,
+    stream_end_s: f64,
     /// Why the run needs its logs shown, if it does.
     trouble: Option<String>,
     logs: Vec<(String, String)>,
@@ -115,6 +134,7 @@ fn nat_monitor_script() -> PathBuf {
 }
 
 /// The AWS CLI of the lab's venv (lab/requirements.txt installs it beside moto).
+/// needs-command: aws
 fn aws_cli() -> PathBuf {
     Path::new(&gateway_lab::python()).with_file_name("aws")
 }
@@ -310,6 +330,7 @@ async fn kill_and_measure(
     b_instance: &str,
     watch: &[String],
     timeout: Duration,
+    min_stream: Duration,
     run: &mut Run,
 ) -> Result<(), Failure> {
     let (a, b) = (sc.zone("a"), sc.zone("b"));
@@ -369,8 +390,11 @@ async fn kill_and_measure(
         tokio::time::sleep(POLL).await;
     }
     run.poll_ms = polling.as_secs_f64() * 1e3 / run.polls as f64;
-    tokio::time::sleep(TAIL).await;
+    tokio::time::sleep(TAIL.max(min_stream.saturating_sub(t0.elapsed()))).await;
+    run.stream_end_s = unix_now() - kill_at;
     let r = lab.stream_stop(stream).await?;
+    let timeline = lab.stream_timeline(stream).await?;
+    run.arrivals = timeline.arrivals.iter().map(|t| t - kill_at).collect();
     run.outage_ms = r.longest_gap_ms;
     run.sent = r.sent;
     run.lost = r.lost;
@@ -438,6 +462,7 @@ async fn agent_run(
         &b_instance,
         dests,
         AGENT_SWITCH_TIMEOUT,
+        plot_after(opts),
         &mut run,
     )
     .await;
@@ -488,7 +513,16 @@ async fn baseline_run(
     tokio::time::sleep(SETTLE + run.phase).await;
     let tables = u32::try_from(sc.zone("b").route_table_ids.len()).unwrap_or(u32::MAX);
     let timeout = BASELINE_SWITCH_TIMEOUT + BASELINE_PER_TABLE * tables;
-    let measured = kill_and_measure(lab, sc, &ib.instance_id, &dests[..1], timeout, &mut run).await;
+    let measured = kill_and_measure(
+        lab,
+        sc,
+        &ib.instance_id,
+        &dests[..1],
+        timeout,
+        plot_after(opts),
+        &mut run,
+    )
+    .await;
     stop_group(&mut monitor);
     run.logs.push((
         format!("nat_monitor.sh ({log})"),
@@ -496,6 +530,87 @@ async fn baseline_run(
     ));
     measured?;
     Ok(run)
+}
+
+/// How long every stream runs after the kill at least: [`PLOT_AFTER`] when drawing.
+fn plot_after(opts: &Options) -> Duration {
+    if opts.svg.is_some() {
+        PLOT_AFTER
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The switched run with the median outage (the upper one of an even count).
+fn median_run(runs: &[Run]) -> Option<&Run> {
+    let mut switched: Vec<&Run> = runs.iter().filter(|r| r.seen_ms.is_some()).collect();
+    switched.sort_by(|a, b| a.outage_ms.total_cmp(&b.outage_ms));
+    switched.get(switched.len() / 2).copied()
+}
+
+/// The picture of the median run of each side, as a [`plot::Trace`] each.
+fn figure(
+    opts: &Options,
+    dests: &[String],
+    sides: &[(&str, &[Run])],
+) -> Option<plot::OutageFigure> {
+    let mut traces = Vec::new();
+    let mut last_client_move: f64 = 0.0;
+    for (name, runs) in sides {
+        let Some(r) = median_run(runs) else {
+            continue;
+        };
+        let mut moves = Vec::new();
+        if let Some(c) = r.client_ms {
+            last_client_move = last_client_move.max(c / 1e3);
+            moves.push((c / 1e3, "client's route".to_string()));
+        }
+        if r.routes > 1
+            && let Some(all) = r.all_ms
+            && Some(all) != r.client_ms
+        {
+            moves.push((all / 1e3, format!("all {} routes", r.routes)));
+        }
+        traces.push(plot::Trace {
+            label: format!(
+                "{name}: outage {:.0} ms (median of {} runs)",
+                r.outage_ms,
+                runs.len()
+            ),
+            arrivals: r.arrivals.clone(),
+            end: r.stream_end_s,
+            moves,
+        });
+    }
+    if traces.is_empty() {
+        return None;
+    }
+    let to = last_client_move + PLOT_TAIL_S;
+    for t in &mut traces {
+        t.end = t.end.min(to);
+        let (shown, off): (Vec<_>, Vec<_>) = t.moves.drain(..).partition(|(at, _)| *at <= to);
+        t.moves = shown;
+        for (at, what) in off {
+            t.label.push_str(&format!("; {what} moved at +{at:.1} s"));
+        }
+    }
+    Some(plot::OutageFigure {
+        title: format!(
+            "Zone B's client while its gateway dies: {} route table{} x {} destination{} per zone",
+            opts.tables,
+            if opts.tables == 1 { "" } else { "s" },
+            dests.len(),
+            if dests.len() == 1 { "" } else { "s" },
+        ),
+        note: format!(
+            "lab profile {}, {STREAM_RATE} packets/s",
+            gateway_lab::profile()
+        ),
+        from: -LEAD_IN.as_secs_f64(),
+        bin: PLOT_BIN_S,
+        rate: f64::from(STREAM_RATE),
+        traces,
+    })
 }
 
 /// The figures of agent A's `takeover complete` line.
@@ -721,6 +836,22 @@ pub async fn run(opts: Options) -> Result<(), String> {
                 ratio(50.0),
                 ratio(99.0)
             );
+        }
+    }
+    if let Some(path) = &opts.svg {
+        let sides: [(&str, &[Run]); 2] = [
+            ("gateway-agent", &agent_runs),
+            ("nat_monitor.sh", &baseline_runs),
+        ];
+        match figure(&opts, &dests, &sides) {
+            Some(fig) => {
+                plot::write_svg(&fig, path)?;
+                println!(
+                    "picture of the median runs' client streams: {}",
+                    path.display()
+                );
+            }
+            None => println!("no picture: no run of either side switched"),
         }
     }
     if opts.logs {

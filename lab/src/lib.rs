@@ -22,6 +22,7 @@ pub mod agent;
 pub mod container;
 pub mod fleet;
 mod netns;
+pub mod plot;
 pub mod report;
 pub use netns::{in_netns, netns_list};
 
@@ -260,6 +261,17 @@ pub struct StreamReport {
     pub lost: u64,
     pub longest_gap_ms: f64,
     pub running: bool,
+}
+
+/// When each packet of a client stream arrived at the internet host.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StreamTimeline {
+    pub id: u64,
+    pub rate: f64,
+    /// Wall-clock seconds since the Unix epoch (the clock of [`RouteChange::at`]).
+    pub started: f64,
+    /// Each delivered packet's arrival, in wall-clock seconds, in arrival order.
+    pub arrivals: Vec<f64>,
 }
 
 /// A route write the lab's API answered with success, timed when its answer left (the kernel
@@ -675,6 +687,11 @@ impl Lab {
     }
     pub async fn stream_stop(&self, id: u64) -> Result<StreamReport> {
         self.call_as("POST", &format!("streams/{id}/stop"), None)
+            .await
+    }
+    /// When each packet of the stream arrived so far (also after it stopped).
+    pub async fn stream_timeline(&self, id: u64) -> Result<StreamTimeline> {
+        self.call_as("GET", &format!("streams/{id}/timeline"), None)
             .await
     }
     /// The routes of a moto route table as the VPC router's kernel has them.

@@ -203,6 +203,9 @@ enum Cmd {
         /// Print the agents' (or the script's) logs of runs that went wrong.
         #[arg(long)]
         logs: bool,
+        /// Also draw the client's packets around the death (median run of each side) as an SVG.
+        #[arg(long)]
+        svg: Option<std::path::PathBuf>,
     },
     /// What a client loses when its zone's gateway leaves on purpose (SIGTERM, spot notice,
     /// instance refresh, rebalance recommendation, upgrade restart), gateway-agent on both.
@@ -541,6 +544,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             destinations,
             baseline_runs,
             logs,
+            svg,
         } => {
             failbench::run(failbench::Options {
                 agent,
@@ -549,6 +553,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 destinations,
                 baseline_runs,
                 logs,
+                svg,
             })
             .await?;
         }

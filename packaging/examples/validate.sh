@@ -3,7 +3,10 @@
 #  1. cfn-lint (from PyPI, in a venv under ~/.cache/gateway-agent; pinned so a new rule set
 #     cannot fail CI on an unchanged template; bump deliberately);
 #  2. the IAM policy embedded in the template is packaging/iam-policy.json, statement for
-#     statement: the example must grant what the checked policy grants, no more.
+#     statement: the example must grant what the checked policy grants, no more;
+#  3. the monitoring examples (check-monitoring.py): the Grafana dashboard and the Prometheus
+#     alert rules name only metrics the agent declares, parse as PromQL, and the rules pass
+#     `promtool check rules` and their unit tests (`promtool test rules`).
 # What no offline tool can check (real deployment, AMI boot) is listed in packaging/README-install.md.
 set -euo pipefail
 
@@ -49,4 +52,6 @@ if normal(docs[0]) != normal(want):
              "copy iam-policy.json's statements into the template's GatewayRole policy")
 print(f"IAM policy in {template_path.rsplit('/', 1)[-1]} == iam-policy.json")
 PY
+
+python3 "$HERE/check-monitoring.py" || status=1
 exit "$status"

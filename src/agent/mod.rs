@@ -76,6 +76,32 @@ impl From<BootError> for Error {
 }
 
 /// Runs until SIGTERM or SIGINT. Returns an error only for what a restart cannot fix by waiting.
+/// `/metrics` on `metrics.listen`, until the guard drops; `None` when off or the bind failed.
+async fn serve_metrics(config: &Config) -> Option<AbortOnDrop> {
+    let addr = config.metrics.addr()?;
+    crate::metrics::set("gateway_agent_up", &[], 0.0);
+    let served = crate::http::serve(
+        addr,
+        "/metrics",
+        (crate::http::Limits::METRICS, crate::http::Allow::any()),
+        |path| match path {
+            "/metrics" => crate::http::Response::text(
+                "text/plain; version=0.0.4; charset=utf-8",
+                crate::metrics::render(),
+            ),
+            _ => crate::http::Response::not_found(),
+        },
+    )
+    .await;
+    match served {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            error!(%addr, error = %e, "cannot serve /metrics");
+            None
+        }
+    }
+}
+
 pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> {
     let started = Instant::now();
     let deadline = started + config.boot.timeout();
@@ -85,6 +111,9 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     if !config.dry_run {
         take_restart_marker(&config);
     }
+    // From the start, so that a boot that waits (a standby for its zone's ENI, a slow attach)
+    // is seen: gateway_agent_up is 0 and gateway_agent_standby 1 until it completes.
+    let _metrics = serve_metrics(&config).await;
 
     systemd::status("waiting for IMDS");
     let Some(identity) = supervisor
@@ -465,29 +494,6 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                 None
             }
         };
-    let _metrics = match config.metrics.addr() {
-        None => None,
-        Some(addr) => match crate::http::serve(
-            addr,
-            "/metrics",
-            (crate::http::Limits::METRICS, crate::http::Allow::any()),
-            |path| match path {
-                "/metrics" => crate::http::Response::text(
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    crate::metrics::render(),
-                ),
-                _ => crate::http::Response::not_found(),
-            },
-        )
-        .await
-        {
-            Ok(task) => Some(AbortOnDrop(task)),
-            Err(e) => {
-                error!(%addr, error = %e, "cannot serve /metrics");
-                None
-            }
-        },
-    };
     let (control_tx, mut control) = tokio::sync::mpsc::channel(4);
     let _control = match crate::control::serve(
         &config.control.socket,
