@@ -224,22 +224,10 @@ async fn eni_held_by_a_live_gateway_is_never_stolen_but_waited_for() {
     assert_eq!(f.route("a", "0.0.0.0/0").await.unwrap(), route_before);
     // The holder dies: the standby claims the ENI and carries its zone.
     f.lab.terminate(&holder).await.unwrap();
-    let claimed = wait_for(secs(30), "the standby claims the ENI", || async {
-        (f.eni_holder("a").await.ok().flatten().as_deref() == Some(inst.instance_id.as_str()))
-            .then_some(())
-    })
-    .await;
-    assert!(claimed.is_ok(), "{}", f.log("a"));
-    let carrying = wait_for(secs(20), "the standby carries its zone", || async {
-        f.agent("a")
-            .notify
-            .statuses()
-            .iter()
-            .any(|s| s.starts_with("carrying"))
-            .then_some(())
-    })
-    .await;
-    assert!(carrying.is_ok(), "{}", f.log("a"));
+    f.wait_eni_holder("a", &inst.instance_id, secs(30))
+        .await
+        .unwrap();
+    f.wait_status("a", "carrying", secs(20)).await.unwrap();
 }
 
 /// On a plain instance (no Auto Scaling group, so nothing to ABANDON and nothing terminates

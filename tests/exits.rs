@@ -184,11 +184,7 @@ async fn a_refresh_that_launches_first_gets_a_standby_that_takes_over_when_the_o
     );
     // The refresh then terminates the old one: it drains, lets the ENI go, and the standby
     // claims it and takes its zone back from b.
-    let holder = wait_for(secs(60), "the new instance holds the ENI", || async {
-        (f.eni_holder("a").await.ok().flatten().as_deref() == Some(new.as_str())).then_some(())
-    })
-    .await;
-    assert!(holder.is_ok(), "{}", f.logs());
+    f.wait_eni_holder("a", &new, secs(60)).await.unwrap();
     f.wait_route("a", "a", secs(20)).await.unwrap();
     assert!(termination_continued(&f, &old).await, "{}", f.logs());
     assert!(f.log("a").contains("standby over"), "{}", f.logs());

@@ -638,6 +638,37 @@ impl Fleet {
             .await?)
     }
 
+    /// Waits (within `timeout`) until `zone`'s ENI is attached to `instance`.
+    pub async fn wait_eni_holder(
+        &self,
+        zone: &str,
+        instance: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let what = format!("{zone}'s ENI attached to {instance}");
+        let held = wait_for(timeout, &what, || async {
+            (self.eni_holder(zone).await.ok().flatten().as_deref() == Some(instance)).then_some(())
+        })
+        .await;
+        held.map_err(|e| Failure(format!("{e}\n{}", self.logs())))
+    }
+
+    /// Waits (within `timeout`) until `zone`'s newest agent has sent a STATUS= starting with
+    /// `prefix` (e.g. `carrying`).
+    pub async fn wait_status(&self, zone: &str, prefix: &str, timeout: Duration) -> Result<()> {
+        let what = format!("{zone}'s agent saying {prefix:?}");
+        let said = wait_for(timeout, &what, || async {
+            self.agent(zone)
+                .notify
+                .statuses()
+                .iter()
+                .any(|s| s.starts_with(prefix))
+                .then_some(())
+        })
+        .await;
+        said.map_err(|e| Failure(format!("{e}\n{}", self.logs())))
+    }
+
     /// The instance `zone`'s ENI is attached to, if any.
     pub async fn eni_holder(&self, zone: &str) -> Result<Option<String>> {
         let eni = &self.zone(zone).eni_id;

@@ -193,22 +193,8 @@ fn refresh_launch_first(c: &mut Ctx) -> CaseFut<'_> {
         c.check_status("b", "standby for", "the new gateway did not stand by")?;
         continued(c, &new, "LAUNCHING").await?;
         // The old one drains to a and lets the ENI go; the standby claims it and its zone.
-        let holder = wait_for(wait(), "the new instance holds b's ENI", || async {
-            (c.f.eni_holder("b").await.ok().flatten().as_deref() == Some(new.as_str()))
-                .then_some(())
-        })
-        .await;
-        c.check(holder.is_ok(), "the standby never got the ENI")?;
-        let carrying = wait_for(wait(), "the new gateway carries b", || async {
-            c.f.agent("b")
-                .notify
-                .statuses()
-                .iter()
-                .any(|s| s.starts_with("carrying"))
-                .then_some(())
-        })
-        .await;
-        c.check(carrying.is_ok(), "the new gateway never carried its zone")?;
+        c.f.wait_eni_holder("b", &new, wait()).await?;
+        c.f.wait_status("b", "carrying", wait()).await?;
         c.f.wait_kernel_route("b", "b", secs(10)).await?;
         continued(c, &old, "TERMINATING").await?;
         refresh_done(c).await
