@@ -83,6 +83,7 @@ fn world(b: &mut Bytes<'_>) -> Facts {
             report: b.bool().then(|| SelfReport {
                 healthy: b.bool(),
                 draining: b.bool(),
+                at_risk: b.bool(),
             }),
             api_gone: b.bool().then(|| "instance terminated".to_owned()),
         })
@@ -99,6 +100,7 @@ fn world(b: &mut Bytes<'_>) -> Facts {
             healthy: b.next() % 4 != 0,
             healthy_for: Duration::from_secs(u64::from(b.next())),
             draining: b.next() % 5 == 0,
+            at_risk: b.next() % 7 == 0,
         },
         ring,
         peers,
