@@ -234,13 +234,19 @@ fn drop_capabilities() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A scratch directory of this test process, and the hook's output file in it.
+    fn scratch(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("gateway-agent-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out");
+        (dir, out)
+    }
     use std::time::Duration;
 
     #[tokio::test]
     async fn the_hook_gets_the_documented_argv_and_environment() {
-        let dir = std::env::temp_dir().join(format!("gateway-agent-hook-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("out");
+        let (dir, out) = scratch("hook");
         let config = Events {
             command: vec![
                 "/bin/sh".into(),
@@ -321,10 +327,7 @@ mod tests {
     /// this process's environment.
     #[tokio::test]
     async fn the_hook_runs_without_capabilities_or_the_agents_environment() {
-        let dir =
-            std::env::temp_dir().join(format!("gateway-agent-hook-caps-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("out");
+        let (dir, out) = scratch("hook-caps");
         let config = Events {
             command: vec![
                 "/bin/sh".into(),
@@ -380,10 +383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_hook_that_hangs_is_killed_with_everything_it_started() {
-        let dir =
-            std::env::temp_dir().join(format!("gateway-agent-hook-group-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("out");
+        let (dir, out) = scratch("hook-group");
         // A child that ignores SIGTERM and would outlive its parent by half a minute.
         let config = Events {
             command: vec![
