@@ -348,3 +348,322 @@ async fn the_hook_of_an_unprivileged_agent_has_no_capabilities_and_a_clean_envir
     }
     f.show_logs();
 }
+
+const GROUP_TAG: &str = "gateway-agent:group";
+const ZONE_TAG: &str = "gateway-agent:zone";
+const ROGUE_METRICS_PORT: u16 = 9702;
+
+fn tag(k: &str, v: &str) -> aws_sdk_ec2::types::Tag {
+    aws_sdk_ec2::types::Tag::builder().key(k).value(v).build()
+}
+
+/// A plain instance's primary ENI and address.
+async fn primary_eni(f: &Fleet, instance: &str) -> (String, String) {
+    let out = f
+        .lab
+        .ec2()
+        .describe_instances()
+        .instance_ids(instance)
+        .send()
+        .await
+        .unwrap();
+    let i = &out.reservations()[0].instances()[0];
+    let eni = &i.network_interfaces()[0];
+    (
+        eni.network_interface_id().unwrap().to_owned(),
+        eni.private_ip_address().unwrap().to_owned(),
+    )
+}
+
+/// Serves `GET /health` in namespace `ns` on every address, answering `report` to anyone:
+/// an impostor that says it is a healthy gateway. Runs until `stop`; counts requests.
+fn impostor_health(
+    ns: &str,
+    report: String,
+    stop: Arc<AtomicBool>,
+    asked: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        gateway_lab::in_netns(&ns, move || {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind(("0.0.0.0", 7701)).expect("bind :7701");
+            l.set_nonblocking(true).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                        let mut buf = [0u8; 2048];
+                        let _ = s.read(&mut buf);
+                        asked.fetch_add(1, Ordering::Relaxed);
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{report}",
+                            report.len()
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .expect("enter the impostor's namespace");
+    })
+}
+
+/// Issue 17: anyone allowed to tag an ENI could tag one into the group, answer ICMP and
+/// `/health` as a healthy gateway and be handed a zone's egress. Here three impostors do, each
+/// a running instance outside the group's Auto Scaling groups: one beside b's real ENI (a second
+/// ENI for zone b), one alone for a zone nobody else claims, one in another VPC; each answers
+/// ICMP and `/health` naming b's real instance. Beside them, a table tagged into zone a routes
+/// to an appliance's ENI. Through a boot reclaim, b's death and takeover, b's replacement and
+/// hand-back, and a's drain: no route ever points at an impostor, the appliance's route is
+/// untouched, and the agents name every impostor in an event and a metric.
+#[tokio::test(flavor = "multi_thread")]
+async fn rogue_enis_answering_as_healthy_gateways_are_never_routed_to() {
+    let mut f = fleet(zones(&["a", "b"])).await;
+    let ec2 = f.lab.ec2();
+    let group = f.sc.group.clone();
+    let (az_b, vpc) = (f.zone("b").az.clone(), f.sc.vpc_id.clone());
+    // Looked up before any other instance runs in their zones.
+    let (inst_a, inst_b) = (
+        f.instance("a").await.unwrap(),
+        f.instance("b").await.unwrap(),
+    );
+    let b_instance = inst_b.instance_id.clone();
+
+    // The impostors: a running instance each, its primary ENI tagged into the group.
+    let other_vpc = ec2
+        .create_vpc()
+        .cidr_block("10.88.0.0/16")
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let other_subnet = ec2
+        .create_subnet()
+        .vpc_id(&other_vpc)
+        .cidr_block("10.88.1.0/24")
+        .availability_zone(&az_b)
+        .send()
+        .await
+        .unwrap()
+        .subnet()
+        .unwrap()
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    let mut rogues = Vec::new(); // (ENI, address, instance, zone tag)
+    for (zone_tag, subnet) in [
+        (az_b.clone(), None),
+        ("us-east-1c".to_owned(), None),
+        (az_b.clone(), Some(other_subnet.clone())),
+    ] {
+        let instance = match &subnet {
+            None => f.plain_instance("b").await.unwrap(),
+            Some(s) => {
+                let image = ec2.describe_images().send().await.unwrap().images()[0]
+                    .image_id()
+                    .unwrap()
+                    .to_owned();
+                ec2.run_instances()
+                    .image_id(image)
+                    .min_count(1)
+                    .max_count(1)
+                    .subnet_id(s)
+                    .send()
+                    .await
+                    .unwrap()
+                    .instances()[0]
+                    .instance_id()
+                    .unwrap()
+                    .to_owned()
+            }
+        };
+        let (eni, ip) = primary_eni(&f, &instance).await;
+        ec2.create_tags()
+            .resources(&eni)
+            .tags(tag(GROUP_TAG, &group))
+            .tags(tag(ZONE_TAG, &zone_tag))
+            .tags(tag("gateway-agent:lease", &format!("{b_instance}/99/1")))
+            .send()
+            .await
+            .unwrap();
+        rogues.push((eni, ip, instance, zone_tag));
+    }
+    // The appliance: a plain instance whose ENI a table of zone a routes to.
+    let appliance = f.plain_instance("a").await.unwrap();
+    let (appliance_eni, _) = primary_eni(&f, &appliance).await;
+    let appliance_table = ec2
+        .create_route_table()
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .route_table()
+        .unwrap()
+        .route_table_id()
+        .unwrap()
+        .to_owned();
+    ec2.create_tags()
+        .resources(&appliance_table)
+        .tags(tag(GROUP_TAG, &group))
+        .tags(tag(ZONE_TAG, &f.zone("a").az))
+        .send()
+        .await
+        .unwrap();
+    ec2.create_route()
+        .route_table_id(&appliance_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&appliance_eni)
+        .send()
+        .await
+        .unwrap();
+    // Zone a's own table points at b's ENI, as if b had carried it: a's boot reclaims it.
+    ec2.replace_route()
+        .route_table_id(&f.zone("a").route_table_id)
+        .destination_cidr_block("0.0.0.0/0")
+        .network_interface_id(&f.zone("b").eni_id)
+        .send()
+        .await
+        .unwrap();
+
+    let instances = f.lab.instances().await.unwrap();
+    let (stop, asked) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let mut servers = Vec::new();
+    for (eni, _, instance, zone_tag) in &rogues {
+        let ns = instances
+            .iter()
+            .find(|i| &i.instance_id == instance)
+            .and_then(|i| i.ns.clone())
+            .unwrap_or_else(|| panic!("impostor {instance} has no namespace"));
+        let report = serde_json::json!({
+            "instance_id": b_instance, "zone": zone_tag, "eni": eni, "healthy": true,
+            "draining": false, "carries": [zone_tag], "role": "active", "version": "9.9.9",
+            "cannot_hear": [], "at_risk": false,
+        })
+        .to_string();
+        servers.push(impostor_health(
+            &ns,
+            report,
+            Arc::clone(&stop),
+            Arc::clone(&asked),
+        ));
+    }
+    // The same-VPC impostors really answer, ICMP and /health, from zone a's client.
+    for (_, ip, _, _) in &rogues[..2] {
+        let ns = &f.zone("a").client_ns;
+        assert!(ip_ping(ns, ip), "impostor {ip} does not answer ICMP");
+        let health = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sfm2"])
+            .arg(format!("http://{ip}:7701/health"))
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&health.stdout).contains("\"healthy\":true"),
+            "impostor {ip}'s /health: {health:?}"
+        );
+    }
+    let asked_by_test = asked.load(Ordering::Relaxed);
+
+    let events = PathBuf::from(&f.lab.info.run_dir).join("rogue-events");
+    f.extra = format!(
+        "[events]\ncommand = [\"/bin/sh\", \"-c\", \"echo \\\"$@\\\" >> {}\", \"hook\"]\n[metrics]\nlisten = \"127.0.0.1:{ROGUE_METRICS_PORT}\"\n[drain]\ngrace_s = 1",
+        events.display()
+    );
+    let start_writes = f.route_writes().await.unwrap();
+    for (z, inst) in [("a", inst_a), ("b", inst_b)] {
+        f.spawn(z, inst, Spec::new()).unwrap();
+    }
+    f.ready("a").await.unwrap();
+    f.ready("b").await.unwrap();
+    f.wait_route("a", "a", secs(5)).await.unwrap();
+    sleep_s(3.0).await;
+
+    // b dies; a takes b's zone, not the impostor beside it.
+    let b = f.terminate("b").await.unwrap();
+    f.wait_route("b", "a", secs(10)).await.unwrap();
+    // The replacement takes its zone back.
+    f.start_replacement("b", &b, WAIT).await.unwrap();
+    f.wait_route("b", "b", secs(10)).await.unwrap();
+    sleep_s(2.0).await;
+    let metrics = metrics_of(&f, "a", ROGUE_METRICS_PORT);
+    // a drains: its zone goes to b, not to an impostor.
+    f.agent("a")
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
+    assert_eq!(f.wait_exit("a").await.unwrap(), Some(0), "{}", f.logs());
+    f.wait_route("a", "b", secs(1)).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = tokio::task::spawn_blocking(move || s.join()).await;
+    }
+
+    let changes = f.lab.route_changes().await.unwrap();
+    let rogue_enis: Vec<&str> = rogues.iter().map(|r| r.0.as_str()).collect();
+    let to_rogue: Vec<_> = changes
+        .iter()
+        .filter(|c| c.target.as_deref().is_some_and(|t| rogue_enis.contains(&t)))
+        .collect();
+    let appliance_touched: Vec<_> = changes
+        .iter()
+        .filter(|c| c.table.as_deref() == Some(appliance_table.as_str()))
+        .filter(|c| c.source.as_deref() != Some("127.0.0.1")) // the test's own setup
+        .collect();
+    let (via, _) = f.route_in(&appliance_table, "0.0.0.0/0").await.unwrap();
+    let log_a = f.log("a");
+    let events = std::fs::read_to_string(&events).unwrap_or_default();
+    eprintln!(
+        "rogue ENIs: {} route writes in all, 0 expected to impostors: {}; appliance table writes {}; impostors asked /health {} times; events:\n{events}",
+        f.route_writes().await.unwrap() - start_writes,
+        to_rogue.len(),
+        appliance_touched.len(),
+        asked.load(Ordering::Relaxed) - asked_by_test
+    );
+    assert!(
+        to_rogue.is_empty(),
+        "routes written to an impostor: {to_rogue:?}\n{}",
+        f.logs()
+    );
+    assert!(appliance_touched.is_empty(), "{appliance_touched:?}");
+    assert_eq!(via, appliance_eni, "the appliance's route moved");
+    assert!(
+        log_a.contains("zone handed back") || log_a.contains("reclaim"),
+        "{log_a}"
+    );
+    // Named: both same-VPC impostors by the membership check, the other VPC's apart.
+    for (eni, _, _, _) in &rogues[..2] {
+        assert!(
+            events
+                .lines()
+                .any(|l| l.contains("rogue-eni") && l.contains(eni.as_str())),
+            "no rogue-eni event names {eni}:\n{events}\n{log_a}"
+        );
+    }
+    assert!(
+        log_a.contains(&rogues[2].0),
+        "the other VPC's impostor is not named\n{log_a}"
+    );
+    let untrusted = metrics
+        .lines()
+        .find(|l| l.starts_with("gateway_agent_untrusted_enis "))
+        .unwrap_or_else(|| panic!("no gateway_agent_untrusted_enis in\n{metrics}"));
+    assert_eq!(untrusted, "gateway_agent_untrusted_enis 3", "{metrics}");
+    assert!(f.unasked_exits().is_empty(), "{}", f.logs());
+    f.show_logs();
+}
+
+/// One ICMP echo from namespace `ns` to `ip`, answered within a second.
+fn ip_ping(ns: &str, ip: &str) -> bool {
+    std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-c1", "-W1", ip])
+        .status()
+        .is_ok_and(|s| s.success())
+}

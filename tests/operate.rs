@@ -29,19 +29,9 @@ fn cli(f: &Fleet, args: &[&str]) -> (i32, String, String) {
     f.cli("agent-a", args).unwrap()
 }
 
-/// a's /metrics, fetched inside a's namespace (it listens on its loopback only).
+/// a's /metrics.
 fn metrics(f: &Fleet) -> String {
-    let ns = f.gateway("a").inst.ns.clone().expect("namespace");
-    gateway_lab::in_netns(&ns, || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        Ok::<String, std::io::Error>(text)
-    })
-    .expect("enter a's namespace")
-    .expect("GET /metrics in a's namespace")
+    metrics_of(f, "a", METRICS_PORT)
 }
 
 /// Parses with prometheus_client's text parser (Python, in the lab's venv): the samples as

@@ -187,7 +187,11 @@ impl Fleet {
         // Not `instance_in`: with launch-before-terminate both run at once.
         let found = wait_for(timeout, &format!("{zone}'s replacement"), || async {
             self.lab.instances().await.ok()?.into_iter().find(|i| {
-                i.state == "running" && i.az == az && i.ns.is_some() && i.instance_id != old
+                i.state == "running"
+                    && i.az == az
+                    && i.ns.is_some()
+                    && i.asg.is_some()
+                    && i.instance_id != old
             })
         })
         .await;
@@ -428,7 +432,11 @@ impl Fleet {
 
     /// `zone`'s own route table as the API has it: destination → (ENI, state).
     pub async fn table(&self, zone: &str) -> Result<BTreeMap<String, (String, String)>> {
-        let table = &self.zone(zone).route_table_id;
+        self.table_by_id(&self.zone(zone).route_table_id).await
+    }
+
+    /// Route table `table` as the API has it: destination → (ENI, state).
+    pub async fn table_by_id(&self, table: &str) -> Result<BTreeMap<String, (String, String)>> {
         let out = self
             .lab
             .ec2()
@@ -474,6 +482,14 @@ impl Fleet {
             .await?
             .remove(dest)
             .ok_or_else(|| Failure(format!("no route {dest} in zone {zone}")))
+    }
+
+    /// Route table `table`'s route to `dest`: (ENI, state).
+    pub async fn route_in(&self, table: &str, dest: &str) -> Result<(String, String)> {
+        self.table_by_id(table)
+            .await?
+            .remove(dest)
+            .ok_or_else(|| Failure(format!("no route {dest} in {table}")))
     }
 
     /// Whether `zone`'s 0.0.0.0/0 points at `via`'s ENI and is active.

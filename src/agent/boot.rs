@@ -18,11 +18,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::agent::routes::{self, Batch, LeaseAt};
 use crate::cloud::retry::{self, RETRY_BACKOFF, jitter, retry};
-use crate::cloud::{CloudError, Ec2, Eni, RouteTable};
+use crate::cloud::{Autoscaling, CloudError, Ec2, Eni, RouteTable};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
 use crate::decide::claim::{self, ClaimStep, EniFacts, Holder, SelfFacts};
 use crate::decide::lease::{self, LEASE_TAG};
@@ -219,18 +219,19 @@ pub struct Booted {
     pub attached_at: Option<Instant>,
 }
 
-pub struct Boot<'a, E> {
+pub struct Boot<'a, E, A> {
     pub config: &'a Config,
     pub identity: &'a Identity,
     pub imds: &'a imds::Client,
     pub ec2: &'a E,
+    pub asg: &'a A,
     pub netconf: &'a NetConf,
     pub deadline: Instant,
     pub writes: u32,
     pub attached_at: Option<Instant>,
 }
 
-impl<E: Ec2 + Sync> Boot<'_, E> {
+impl<E: Ec2 + Sync, A: Autoscaling + Sync> Boot<'_, E, A> {
     pub async fn run(mut self) -> Result<Booted> {
         let zone = self.identity.availability_zone.clone();
         systemd::status(&format!("finding the persistent ENI of {zone}"));
@@ -310,6 +311,45 @@ impl<E: Ec2 + Sync> Boot<'_, E> {
         }
         let tags = self.group_tags();
         let mut enis = retry(self.deadline, || self.ec2.find_enis(&tags)).await?;
+        // Tags prove nothing: an ENI tagged for this zone in another VPC, or held by a running
+        // instance outside the group's Auto Scaling groups, is someone else's, and must not
+        // keep this gateway from its own.
+        if let Some(vpc) = self
+            .identity
+            .interfaces
+            .iter()
+            .find(|i| i.device_number == 0)
+            .map(|i| i.vpc_id.clone())
+        {
+            enis.retain(|e| {
+                let here = e.vpc_id == vpc;
+                if !here {
+                    warn!(eni = %e.id, vpc = %e.vpc_id, own_vpc = %vpc, zone = %zone, "an ENI tagged for this zone lives in another VPC: ignored");
+                }
+                here
+            });
+        }
+        if enis.len() > 1 {
+            let mut kept = Vec::with_capacity(enis.len());
+            for e in enis {
+                let holder = e.attachment.as_ref().and_then(|a| a.instance_id.clone());
+                if let Some(i) = holder.filter(|i| *i != self.identity.instance_id) {
+                    let group = &self.config.group.name;
+                    let verdict = retry(self.deadline, || async {
+                        let mut asgs = std::collections::BTreeMap::new();
+                        super::watch::sensors::holder(self.ec2, self.asg, group, &i, &mut asgs)
+                            .await
+                    })
+                    .await?;
+                    if let super::watch::sensors::Holder::Stranger(why) = verdict {
+                        error!(eni = %e.id, zone = %zone, reason = %why, "an ENI tagged for this zone is held by an instance that is not one of the group's gateways: ignored; untag it");
+                        continue;
+                    }
+                }
+                kept.push(e);
+            }
+            enis = kept;
+        }
         let group = self.config.group.name.clone();
         match enis.len() {
             1 => Ok(enis.remove(0)),

@@ -163,6 +163,7 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
         identity: &identity,
         imds: &imds,
         ec2: &ec2,
+        asg: &asg,
         netconf: &netconf,
         deadline,
         writes: 0,
@@ -189,6 +190,7 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
                 identity: &identity,
                 imds: &imds,
                 ec2: &ec2,
+                asg: &asg,
                 netconf: &netconf,
                 eni: &eni,
             };
@@ -264,17 +266,19 @@ struct Standby<'a> {
     identity: &'a Identity,
     imds: &'a imds::Client,
     ec2: &'a SdkEc2,
+    asg: &'a SdkAutoscaling,
     netconf: &'a NetConf,
     eni: &'a str,
 }
 
 impl Standby<'_> {
-    fn boot(&self) -> boot::Boot<'_, SdkEc2> {
+    fn boot(&self) -> boot::Boot<'_, SdkEc2, SdkAutoscaling> {
         boot::Boot {
             config: self.config,
             identity: self.identity,
             imds: self.imds,
             ec2: self.ec2,
+            asg: self.asg,
             netconf: self.netconf,
             deadline: Instant::now() + self.config.boot.timeout(),
             writes: 0,
@@ -471,7 +475,7 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                     .peers
                     .values()
                     .flatten()
-                    .map(|(_, ip)| *ip)
+                    .map(|c| c.ip)
                     .chain([own_ip])
                     .map(std::net::IpAddr::V4),
             ),

@@ -80,6 +80,24 @@ impl Autoscaling for SdkAutoscaling {
         }))
     }
 
+    async fn group_tag(&self, group: &str, key: &str) -> Result<Option<String>> {
+        let c = call("DescribeAutoScalingGroups", group);
+        let out = self
+            .client
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .map_err(|e| sdk_error(c, e))?;
+        Ok(out
+            .auto_scaling_groups()
+            .iter()
+            .filter(|g| g.auto_scaling_group_name() == Some(group))
+            .flat_map(|g| g.tags())
+            .find(|t| t.key() == Some(key))
+            .and_then(|t| t.value().map(str::to_owned)))
+    }
+
     async fn lifecycle_hooks(&self, group: &str) -> Result<Vec<LifecycleHook>> {
         let c = call("DescribeLifecycleHooks", group);
         let out = self

@@ -64,6 +64,7 @@ pub const EC2_ACTIONS: &[&str] = &[
 /// The Auto Scaling actions the agent makes.
 pub const AUTOSCALING_ACTIONS: &[&str] = &[
     "DescribeAutoScalingInstances",
+    "DescribeAutoScalingGroups",
     "DescribeLifecycleHooks",
     "CompleteLifecycleAction",
     "RecordLifecycleActionHeartbeat",
@@ -367,6 +368,38 @@ impl FakeCloud {
             },
         );
         id
+    }
+
+    /// [`Self::add_tagged_eni`] attached to a running instance in no Auto Scaling group, which
+    /// forges the group's tags too: an impostor that would answer probes as a gateway.
+    pub fn add_rogue_gateway(&self, zone: &str, vpc: Option<&str>) -> String {
+        let eni = self.add_tagged_eni(zone, vpc);
+        let mut s = self.lock();
+        let instance = s.id("i");
+        let serial = s.serial;
+        let e = s.enis.get_mut(&eni).expect("just added");
+        let tags = e.tags.clone();
+        let az = e.az.clone();
+        e.status = EniStatus::InUse;
+        e.attachment = Some(Attachment {
+            id: format!("eni-attach-{}", &instance[2..]),
+            instance_id: Some(instance.clone()),
+            device_index: 1,
+            status: AttachmentStatus::Attached,
+        });
+        s.instances.insert(
+            instance,
+            Instance {
+                az,
+                state: InstanceState::Running,
+                asg: None,
+                lifecycle_state: String::new(),
+                health: Health::Healthy,
+                tags,
+                serial,
+            },
+        );
+        eni
     }
 
     pub fn add_table(&self, zone: &str) -> String {
@@ -1375,6 +1408,14 @@ impl Autoscaling for FakeCloud {
                 }))
             },
         )
+    }
+
+    async fn group_tag(&self, group: &str, key: &str) -> Result<Option<String>> {
+        self.run(autoscaling("DescribeAutoScalingGroups", group), |s, _| {
+            // Every group of the scenario carries the group tag, as the lab's and the
+            // example template's do.
+            Ok((s.hooks.contains_key(group) && key == GROUP_TAG).then(|| s.group.clone()))
+        })
     }
 
     async fn lifecycle_hooks(&self, group: &str) -> Result<Vec<LifecycleHook>> {

@@ -413,6 +413,13 @@ pub trait Autoscaling {
         &self,
         instance_id: &str,
     ) -> impl Future<Output = Result<Option<AsgInstance>>> + Send;
+    /// The value of tag `key` on Auto Scaling group `group`; `None` when the group or the tag
+    /// does not exist.
+    fn group_tag(
+        &self,
+        group: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
     fn lifecycle_hooks(
         &self,
         group: &str,

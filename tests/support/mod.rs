@@ -76,3 +76,20 @@ pub fn kernel_snapshot(ns: &str) -> String {
     ]
     .join("\n")
 }
+
+/// `zone`'s agent's /metrics (HTTP headers and body), fetched inside its namespace: it listens
+/// on loopback only, at `port`.
+#[allow(dead_code)] // not every test binary asks
+pub fn metrics_of(f: &Fleet, zone: &str, port: u16) -> String {
+    let ns = f.gateway(zone).inst.ns.clone().expect("namespace");
+    gateway_lab::in_netns(&ns, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok::<String, std::io::Error>(text)
+    })
+    .expect("enter the agent's namespace")
+    .expect("GET /metrics in the agent's namespace")
+}

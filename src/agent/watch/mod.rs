@@ -121,6 +121,10 @@ pub struct Watch<'a, E, A> {
     history: std::collections::VecDeque<DecisionRecord>,
     /// Who may ask this gateway's `/health`: the peers found, kept current here.
     health_allow: crate::http::Allow,
+    /// Instances holding ENIs tagged into the group, as the API judged them (running ones).
+    holders: BTreeMap<String, sensors::Holder>,
+    /// Auto Scaling group name: whether it carries this group's tag.
+    group_asgs: BTreeMap<String, bool>,
 }
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
@@ -181,6 +185,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             paused_logged: std::collections::BTreeSet::new(),
             history: std::collections::VecDeque::new(),
             health_allow: crate::http::Allow::default(),
+            holders: BTreeMap::new(),
+            group_asgs: BTreeMap::new(),
         };
         (watch, events_rx, report_rx)
     }
@@ -216,7 +222,56 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             if self.peers.contains_key(&zone) {
                 continue;
             }
-            let chosen = match candidates.as_slice() {
+            // An instance outside the group's Auto Scaling groups is never watched, nor handed
+            // anything, whatever its ENI's tags say.
+            let mut trusted = Vec::with_capacity(candidates.len());
+            for c in candidates {
+                let verdict = match &c.holder {
+                    None => sensors::Holder::NotRunning,
+                    Some(i) => match self.holders.get(i) {
+                        Some(v) => v.clone(),
+                        None => {
+                            let v = sensors::holder(
+                                self.ec2,
+                                self.asg,
+                                &self.config.group.name,
+                                i,
+                                &mut self.group_asgs,
+                            )
+                            .await?;
+                            if v != sensors::Holder::NotRunning {
+                                self.holders.insert(i.clone(), v.clone());
+                            }
+                            v
+                        }
+                    },
+                };
+                match verdict {
+                    sensors::Holder::Stranger(why) => {
+                        refused += 1;
+                        error!(
+                            %zone,
+                            eni = %c.eni,
+                            ip = %c.ip,
+                            reason = %why,
+                            "an ENI tagged into the group is held by an instance that is not one of the group's gateways: never watched or handed to; untag it"
+                        );
+                        hook::emit(
+                            &self.config.events,
+                            &hook::Event {
+                                event: "rogue-eni",
+                                zone: &zone,
+                                from: &c.eni,
+                                to: "-",
+                                reason: &format!("ENI {} tagged into the group: {why}", c.eni),
+                            },
+                        );
+                    }
+                    _ => trusted.push(c),
+                }
+            }
+            let chosen = match trusted.as_slice() {
+                [] => None,
                 [one] => Some(one.clone()),
                 many => {
                     // Tags are the only proof of membership, and anyone allowed to tag an ENI can
@@ -224,14 +279,14 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     // routes already point at is trusted; with none of them carrying it, none.
                     let chosen = many
                         .iter()
-                        .find(|(eni, _)| Some(eni) == carriers.get(&zone))
+                        .find(|c| Some(&c.eni) == carriers.get(&zone))
                         .cloned();
-                    let ids: Vec<&str> = many.iter().map(|(e, _)| e.as_str()).collect();
+                    let ids: Vec<&str> = many.iter().map(|c| c.eni.as_str()).collect();
                     refused += many.len() - usize::from(chosen.is_some());
                     error!(
                         %zone,
                         enis = %ids.join(","),
-                        trusted = %chosen.as_ref().map_or("none", |(e, _)| e.as_str()),
+                        trusted = %chosen.as_ref().map_or("none", |c| c.eni.as_str()),
                         "more than one ENI is tagged into the group for this zone: only the one its routes point at is watched or handed to; untag the others"
                     );
                     hook::emit(
@@ -251,9 +306,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     chosen
                 }
             };
-            if let Some((eni, ip)) = chosen {
-                info!(%zone, %eni, %ip, "watching peer gateway");
-                self.add_peer(&zone, &eni, ip);
+            if let Some(c) = chosen {
+                info!(%zone, eni = %c.eni, ip = %c.ip, "watching peer gateway");
+                self.add_peer(&zone, &c.eni, c.ip);
             }
         }
         for (eni, vpc) in &found.other_vpc {

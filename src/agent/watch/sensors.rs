@@ -238,12 +238,20 @@ pub fn start_peer(
     ]
 }
 
-/// The group's gateways other than `own_zone`'s, found by their ENIs: (zone, ENI, address).
+/// An ENI tagged into the group for a peer zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub eni: String,
+    pub ip: Ipv4Addr,
+    /// The instance EC2 shows holding it, if any.
+    pub holder: Option<String>,
+}
+
 /// The group's ENIs as discovery found them.
 #[derive(Debug, Default)]
 pub struct Discovered {
     /// Per peer zone, every candidate ENI in this gateway's VPC (more than one is suspect).
-    pub peers: BTreeMap<String, Vec<(String, Ipv4Addr)>>,
+    pub peers: BTreeMap<String, Vec<Candidate>>,
     /// ENIs tagged into the group in another VPC (or none known): never watched.
     pub other_vpc: Vec<(String, String)>,
     /// Other ENIs tagged for this gateway's own zone: never watched.
@@ -293,9 +301,69 @@ pub async fn discover<E: Ec2>(
             warn!(eni = %eni.id, %zone, "peer ENI has no private address: not probed");
             continue;
         };
-        out.peers.entry(zone).or_default().push((eni.id, ip));
+        let holder = eni.attachment.and_then(|a| a.instance_id);
+        out.peers.entry(zone).or_default().push(Candidate {
+            eni: eni.id,
+            ip,
+            holder,
+        });
     }
     Ok(out)
+}
+
+/// Whether an ENI's holder may be trusted as one of the group's gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A running instance of an Auto Scaling group that carries the group tag.
+    Member,
+    /// A running instance outside every such group: whatever its tags say, not a gateway of
+    /// ours. The reason names what was found.
+    Stranger(String),
+    /// Not running (or gone): it answers nothing, so watching it is harmless, and its zone's
+    /// routes may need taking over.
+    NotRunning,
+}
+
+/// What the API says of `instance`, asking only what `asgs` (Auto Scaling group name to
+/// "carries the group tag") does not already know. An ENI's tags prove nothing (anyone allowed
+/// to tag one can tag it into the group); the `aws:autoscaling:groupName` membership and the
+/// group's own tag are set by whoever may manage the group.
+pub async fn holder<E: Ec2, A: Autoscaling>(
+    ec2: &E,
+    asg: &A,
+    group: &str,
+    instance: &str,
+    asgs: &mut BTreeMap<String, bool>,
+) -> Result<Holder, CloudError> {
+    match ec2.describe_instance(instance).await? {
+        Some(i) if i.state == InstanceState::Running => {}
+        _ => return Ok(Holder::NotRunning),
+    }
+    let Some(a) = asg.asg_instance(instance).await? else {
+        return Ok(Holder::Stranger(format!(
+            "instance {instance} is in no Auto Scaling group"
+        )));
+    };
+    let tagged = match asgs.get(&a.group) {
+        Some(t) => *t,
+        None => {
+            let t = asg
+                .group_tag(&a.group, crate::config::GROUP_TAG)
+                .await?
+                .is_some_and(|v| v == group);
+            asgs.insert(a.group.clone(), t);
+            t
+        }
+    };
+    Ok(if tagged {
+        Holder::Member
+    } else {
+        Holder::Stranger(format!(
+            "instance {instance}'s Auto Scaling group {} is not tagged {}={group}",
+            a.group,
+            crate::config::GROUP_TAG
+        ))
+    })
 }
 
 /// Why the API says `eni`'s gateway cannot carry traffic, or `None` if it says it can.

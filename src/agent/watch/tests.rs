@@ -555,6 +555,29 @@ async fn enis_tagged_into_the_group_from_another_vpc_or_for_a_fake_zone_are_neve
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_eni_held_by_an_instance_outside_the_groups_auto_scaling_groups_is_never_watched() {
+    let mut rogues = Vec::new();
+    let mut r = Rig::with("", |cloud| {
+        // One beside b's real ENI, one alone for a zone nobody else claims.
+        rogues.push(cloud.add_rogue_gateway("b", None));
+        rogues.push(cloud.add_rogue_gateway("us-east-1c", None));
+    })
+    .await;
+    // b's is trusted at once (its holder is in b's group), whatever the routes say yet.
+    let watched: Vec<String> = r.watch.peer_views().into_iter().map(|p| p.eni).collect();
+    assert_eq!(watched, [r.cloud.eni_of("b")]);
+    r.run(Duration::from_secs(65), Duration::from_secs(1)).await;
+    let watched: Vec<String> = r.watch.peer_views().into_iter().map(|p| p.eni).collect();
+    assert_eq!(watched, [r.cloud.eni_of("b")]);
+    for rogue in &rogues {
+        assert!(!watched.contains(rogue), "{rogue} is watched");
+    }
+    // Judged once: no membership calls after the first discovery.
+    assert_eq!(r.cloud.count("DescribeAutoScalingGroups", ""), 0);
+    assert_eq!(r.writes("a") + r.writes("b"), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_second_eni_for_a_zone_is_trusted_only_if_the_routes_point_at_it() {
     let mut rogue = String::new();
     let mut r = Rig::with("", |cloud| rogue = cloud.add_tagged_eni("b", None)).await;
