@@ -177,6 +177,10 @@ class Lab:
                 "source": environ.get("REMOTE_ADDR"),
             })
             del self.route_changes[:-20000]
+        if fault and fault["kind"] == "lost" and captured["status"].startswith("200"):
+            # The call took effect; its answer never reached the caller, who sees a 5xx and
+            # retries (as after a timeout or a reset connection).
+            return self._fault_response(start_response, service, {"kind": "5xx"})
         start_response(captured["status"], captured["headers"])
         return [chunks]
 
@@ -653,7 +657,7 @@ class Lab:
         os._exit(0)
 
 
-FAULT_KINDS = ("throttle", "5xx", "latency", "stuck-attaching", "stuck-detaching")
+FAULT_KINDS = ("throttle", "5xx", "lost", "latency", "stuck-attaching", "stuck-detaching")
 
 
 def _stuck(body, status):

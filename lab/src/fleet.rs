@@ -646,6 +646,25 @@ impl Fleet {
         Ok(id)
     }
 
+    /// A new ENI in `zone`'s private subnet, tagged with nothing: another interface for a
+    /// gateway (hot-plugged, it is the network manager's to configure).
+    pub async fn spare_eni(&self, zone: &str) -> Result<String> {
+        let subnet = &self.zone(zone).private_subnet_id;
+        let out = self
+            .lab
+            .ec2()
+            .create_network_interface()
+            .subnet_id(subnet)
+            .send()
+            .await
+            .map_err(|e| format!("CreateNetworkInterface in {subnet}: {e:?}"))?;
+        Ok(out
+            .network_interface()
+            .and_then(|n| n.network_interface_id())
+            .ok_or("CreateNetworkInterface answered no ENI")?
+            .to_owned())
+    }
+
     /// Attaches `zone`'s ENI to `instance` at device index 1, as a gateway holds it.
     pub async fn attach_eni(&self, zone: &str, instance: &str) -> Result<()> {
         Ok(self

@@ -297,6 +297,7 @@ pub struct RouteChange {
 pub struct Fault {
     pub action: Option<String>,
     /// `throttle` (RequestLimitExceeded / Throttling), `5xx` (503, or 500 with status),
+    /// `lost` (the call takes effect, then its caller gets a 503, as if the answer was lost),
     /// `latency`, or `stuck-attaching` / `stuck-detaching` (on DescribeNetworkInterfaces: every
     /// attached ENI reads that status, as an attachment EC2 never finishes).
     pub kind: String,
@@ -657,11 +658,16 @@ impl Lab {
     }
     /// Attaches `eni` to `instance` at device index 1, as a gateway holds its zone's ENI.
     pub async fn attach_eni(&self, eni: &str, instance: &str) -> Result<()> {
+        self.attach_eni_at(eni, instance, 1).await
+    }
+
+    /// Attaches `eni` to `instance` at `device_index`.
+    pub async fn attach_eni_at(&self, eni: &str, instance: &str, device_index: i32) -> Result<()> {
         self.ec2()
             .attach_network_interface()
             .network_interface_id(eni)
             .instance_id(instance)
-            .device_index(1)
+            .device_index(device_index)
             .send()
             .await
             .map_err(|e| LabError::Control {

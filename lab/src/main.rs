@@ -6,7 +6,7 @@
 //!   gwlab terminate|stop|start|hang|unhang <zone|instance-id>
 //!   gwlab cut|restore <zone|instance-id> [--links uplink,eni]
 //!   gwlab imds <zone|instance-id> --set PATH=VALUE | --clear PATH | --fault MODE
-//!   gwlab fault [--action A] --kind throttle|5xx|latency [--count N] [--latency-ms MS] | --clear
+//!   gwlab fault [--action A] --kind throttle|5xx|lost|latency [--count N] [--latency-ms MS] | --clear
 //!   gwlab stream --zone a [--rate 100] [--seconds 10]
 //!   gwlab exec <zone|instance-id> -- CMD...
 //!   gwlab systemd <zone|instance-id> [--deb P] [--start]

@@ -26,11 +26,24 @@ const LOG_EVERY: Duration = Duration::from_secs(60);
 /// The latest `autoscaling/target-lifecycle-state` IMDS gave (for `gateway-agent status`).
 pub type LifecycleState = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
+/// What the IMDS watcher reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A planned exit or advisory notice appeared.
+    Announced(Exit),
+    /// A notice that leaves the instance running (a rebalance recommendation, a scheduled
+    /// event) is gone from IMDS while the instance still runs: the reason is over.
+    Ended(Kind),
+}
+
+/// Notices whose end matters: the instance outlives them.
+const ENDING: [Kind; 3] = [Kind::Rebalance, Kind::Advisory, Kind::Maintenance];
+
 pub fn watch_imds(
     client: imds::Client,
     poll: Duration,
     maintenance_lead: Duration,
-    tx: mpsc::Sender<Exit>,
+    tx: mpsc::Sender<Notice>,
     state: LifecycleState,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -103,13 +116,31 @@ pub fn watch_imds(
                 warn!(errors = %errors.join("; "), "IMDS: cannot read the planned-exit notices; retrying every poll");
                 last_error = Some(Instant::now());
             }
+            // Only a clean read of every path can say a notice is gone.
+            if errors.is_empty() {
+                let ended: Vec<Kind> = sent
+                    .iter()
+                    .copied()
+                    .filter(|k| ENDING.contains(k) && !found.iter().any(|e| e.kind == *k))
+                    .collect();
+                for kind in ended {
+                    sent.retain(|k| *k != kind);
+                    info!(
+                        kind = kind.as_str(),
+                        "notice gone from IMDS while the instance runs: its reason is over"
+                    );
+                    if tx.send(Notice::Ended(kind)).await.is_err() {
+                        return;
+                    }
+                }
+            }
             for exit in found {
                 if sent.contains(&exit.kind) {
                     continue;
                 }
                 sent.push(exit.kind);
                 info!(kind = exit.kind.as_str(), reason = %exit.reason, "planned exit announced");
-                if tx.send(exit).await.is_err() {
+                if tx.send(Notice::Announced(exit)).await.is_err() {
                     return;
                 }
             }

@@ -539,6 +539,8 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     let mut lease_ticker = interval(config.failover.lease_renew());
     lease_ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut soon: Option<Duration> = None;
+    // Drained in service for a scheduled event (not by an operator).
+    let mut maintenance_drain = false;
     let planned = loop {
         let woke = supervisor
             .drive(async {
@@ -562,9 +564,57 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
         }
         match woke {
             None => break None,
-            Some(Wake::Exit(exit)) => {
+            Some(Wake::Exit(exit::Notice::Ended(kind))) => {
+                use crate::events::Kind;
+                match kind {
+                    Kind::Maintenance if maintenance_drain => {
+                        maintenance_drain = false;
+                        watch.set_draining(false);
+                        info!(
+                            kind = kind.as_str(),
+                            "the scheduled event is over and this instance still runs: taking part again (own zone back after the hold-down)"
+                        );
+                        systemd::status("undrained: the scheduled event is over");
+                        emit_notice(
+                            &current,
+                            &identity.availability_zone,
+                            "maintenance-over",
+                            "the scheduled event is gone from IMDS",
+                        );
+                    }
+                    Kind::Rebalance | Kind::Advisory => {
+                        watch.set_at_risk(None);
+                        info!(
+                            kind = kind.as_str(),
+                            "the advisory notice is gone: no longer the last choice as a successor"
+                        );
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            Some(Wake::Exit(exit::Notice::Announced(exit))) => {
                 use crate::config::OnRebalance;
                 use crate::events::Kind;
+                if exit.kind == Kind::Maintenance {
+                    // The instance stops, reboots or retires at the event, and may well not:
+                    // hand everything over now, stay up, and take part again if it survives.
+                    maintenance_drain = true;
+                    watch.set_draining(true);
+                    warn!(kind = exit.kind.as_str(), reason = %exit.reason, "scheduled event: handing every zone over before it starts and staying up; taking part again if the instance survives it");
+                    systemd::status(&format!("drained for a scheduled event: {}", exit.reason));
+                    emit_notice(
+                        &current,
+                        &identity.availability_zone,
+                        "drain-start",
+                        &exit.reason,
+                    );
+                    match supervisor.drive(watch.cycle()).await {
+                        None => break None,
+                        Some(next) => soon = next,
+                    }
+                    continue;
+                }
                 let advice = match (exit.kind, current.drain.on_rebalance) {
                     (Kind::Advisory, _) | (Kind::Rebalance, OnRebalance::Publish) => Some(false),
                     (Kind::Rebalance, OnRebalance::Replace) => Some(true),
@@ -574,15 +624,11 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
                     break Some(exit);
                 };
                 // Advice, not an interruption: the gateway stays in service.
-                crate::hook::emit(
-                    &current.events,
-                    &crate::hook::Event {
-                        event: "at-risk",
-                        zone: &identity.availability_zone,
-                        from: "-",
-                        to: "-",
-                        reason: &exit.reason,
-                    },
+                emit_notice(
+                    &current,
+                    &identity.availability_zone,
+                    "at-risk",
+                    &exit.reason,
                 );
                 watch.set_at_risk(Some(exit.reason.clone()));
                 if replace
@@ -651,8 +697,22 @@ async fn run_loop<E: Ec2 + Sync, A: Autoscaling + Sync>(
     .await;
 }
 
+/// Runs the events hook for a notice about this gateway.
+fn emit_notice(config: &Config, zone: &str, event: &str, reason: &str) {
+    crate::hook::emit(
+        &config.events,
+        &crate::hook::Event {
+            event,
+            zone,
+            from: "-",
+            to: "-",
+            reason,
+        },
+    );
+}
+
 enum Wake {
-    Exit(crate::events::Exit),
+    Exit(exit::Notice),
     Cycle,
     Event(watch::Event),
     Control(crate::control::Request),

@@ -184,6 +184,8 @@ struct State {
     lagging_reads: u32,
     before_last_write: Option<BTreeMap<String, RouteTable>>,
     frozen: Option<BTreeMap<String, RouteTable>>,
+    /// Tables the next reads answer with, and how many reads: an old state served again.
+    replay: Option<(BTreeMap<String, RouteTable>, u32)>,
     slow_attachments: bool,
     completions: Vec<Completion>,
     heartbeats: Vec<Heartbeat>,
@@ -421,6 +423,10 @@ impl FakeCloud {
     }
 }
 
+/// Route tables as they were at one moment.
+#[derive(Debug, Clone)]
+pub struct TablesSnapshot(BTreeMap<String, RouteTable>);
+
 fn name_tag(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([("Name".to_owned(), name.to_owned())])
 }
@@ -575,6 +581,13 @@ impl State {
 
     /// The tables a DescribeRouteTables sees: the ones before the last write while reads lag.
     fn visible_tables(&mut self) -> Vec<RouteTable> {
+        if let Some((old, n)) = self.replay.take() {
+            let tables: Vec<RouteTable> = old.values().map(|t| self.render(t)).collect();
+            if n > 1 {
+                self.replay = Some((old, n - 1));
+            }
+            return tables;
+        }
         let source = if let Some(frozen) = &self.frozen {
             frozen
         } else if self.lagging_reads > 0 {
@@ -894,6 +907,17 @@ impl FakeCloud {
     pub fn freeze_reads(&self, on: bool) {
         let mut s = self.lock();
         s.frozen = on.then(|| s.tables.clone());
+    }
+
+    /// The route tables as they are now, to serve again later ([`Self::replay_reads`]).
+    pub fn tables_now(&self) -> TablesSnapshot {
+        TablesSnapshot(self.lock().tables.clone())
+    }
+
+    /// The next `n` DescribeRouteTables answer with `old`: reads that went back in time, as
+    /// EC2's may (no promise that they only move forward).
+    pub fn replay_reads(&self, old: TablesSnapshot, n: u32) {
+        self.lock().replay = Some((old.0, n));
     }
 
     // -- what was called -------------------------------------------------------------------------

@@ -231,21 +231,25 @@ impl RouteTable {
 
     /// The table as the decision core sees it.
     pub fn fact(&self) -> crate::decide::route::TableFact {
-        use crate::decide::route::{RouteFact, TableFact, Target};
+        use crate::decide::route::TableFact;
         TableFact {
             id: self.id.clone(),
-            routes: self
-                .routes
-                .iter()
-                .map(|r| RouteFact {
-                    destination: r.destination.clone(),
-                    target: match &r.target {
-                        RouteTarget::Eni(id) => Target::Eni(id.clone()),
-                        other => Target::Other(other.to_string()),
-                    },
-                    blackhole: r.state == RouteState::Blackhole,
-                })
-                .collect(),
+            routes: self.routes.iter().map(Route::fact).collect(),
+        }
+    }
+}
+
+impl Route {
+    /// The route as the decision core sees it.
+    pub fn fact(&self) -> crate::decide::route::RouteFact {
+        use crate::decide::route::{RouteFact, Target};
+        RouteFact {
+            destination: self.destination.clone(),
+            target: match &self.target {
+                RouteTarget::Eni(id) => Target::Eni(id.clone()),
+                other => Target::Other(other.to_string()),
+            },
+            blackhole: self.state == RouteState::Blackhole,
         }
     }
 }

@@ -65,10 +65,13 @@ impl Row {
 
 async fn run_case(case: &Case) -> Row {
     let mut row = Row::failed(case.name, String::new());
-    let mut f = fleet(ScenarioOptions {
-        extra_tables: case.tables,
-        ..zones(case.zones)
-    })
+    let mut f = fleet_with_env(
+        case.env,
+        ScenarioOptions {
+            extra_tables: case.tables,
+            ..zones(case.zones)
+        },
+    )
     .await;
     f.extra = case.extra.to_owned();
     let tables: BTreeSet<String> = f.route_tables().into_iter().collect();

@@ -102,6 +102,18 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             lease = %value,
             "decision: pointing routes at {}", d.target
         );
+        // What each route read before this write, to know a read that lags behind it.
+        let was: Vec<Option<String>> = d
+            .writes
+            .iter()
+            .map(|w| {
+                zone_tables
+                    .iter()
+                    .find(|t| t.id == w.table)
+                    .and_then(|t| t.route(&w.destination))
+                    .map(|r| r.fact().reads().to_owned())
+            })
+            .collect();
         let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         // A decision made on a read of a moment ago is written at once: another read first
         // would only add its round trip to the takeover (and, lagging, show nothing newer).
@@ -151,8 +163,23 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             self.record(d, "partial: trying again", confirmed);
             return false;
         }
+        let now = Instant::now();
+        for (w, was) in d.writes.iter().zip(was) {
+            if let (Some(to), Some(was)) = (&w.to, was) {
+                self.written.insert(
+                    (w.table.clone(), w.destination.clone()),
+                    super::Written {
+                        to: to.clone(),
+                        was,
+                        at: now,
+                    },
+                );
+            }
+        }
         if let Some(st) = self.zones.get_mut(&d.zone) {
             st.deciding = None;
+            // This gateway's own confirmed write is a move, whatever lagging reads show next.
+            st.moved_by_own_write(d.target.clone(), now, self.config.failover.damping_max());
         }
         self.record(d, "complete", confirmed);
         let event = if d.kind == Kind::Handover && !self.draining {

@@ -125,7 +125,22 @@ pub struct Watch<'a, E, A> {
     holders: BTreeMap<String, sensors::Holder>,
     /// Auto Scaling group name: whether it carries this group's tag.
     group_asgs: BTreeMap<String, bool>,
+    /// Routes this gateway wrote lately, by (table, destination).
+    written: BTreeMap<(String, String), Written>,
 }
+
+/// A route this gateway wrote and saw confirmed: a read that still shows what it pointed at
+/// before is behind the write (EC2's reads lag and need not move forward), not a change to
+/// undo; a third target is a change.
+#[derive(Debug, Clone)]
+pub(super) struct Written {
+    pub to: String,
+    pub was: String,
+    pub at: Instant,
+}
+
+/// How long a read showing a route's old target is taken for one behind this gateway's write.
+const WRITE_SHADOW: Duration = Duration::from_secs(5);
 
 impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     pub fn new(
@@ -187,6 +202,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             health_allow: crate::http::Allow::default(),
             holders: BTreeMap::new(),
             group_asgs: BTreeMap::new(),
+            written: BTreeMap::new(),
         };
         (watch, events_rx, report_rx)
     }
@@ -399,6 +415,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 info!("EC2 API answering again");
             }
             let now = Instant::now();
+            let mut tables = tables;
+            self.catch_up(&mut tables, now);
             self.remember(&tables, now);
             self.tables = tables;
             self.read_at = Some(now);
@@ -626,6 +644,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             }
         }
         self.zones.iter().find_map(|(zone, st)| {
+            if st.pending.is_some() {
+                // Reads disagree on its carrier: read on until they settle.
+                return Some(format!("{zone} may be changing hands"));
+            }
             st.since_last_change(now)
                 .is_some_and(|d| d < CHANGE_IS_RECENT)
                 .then(|| format!("{zone} changed hands just now"))
@@ -827,6 +849,30 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             tables.extend(self.ec2.describe_route_tables(&missing).await?);
         }
         Ok(tables)
+    }
+
+    /// Shows this gateway's own recent writes in a read that is behind them.
+    fn catch_up(&mut self, tables: &mut [RouteTable], now: Instant) {
+        self.written
+            .retain(|_, w| now.saturating_duration_since(w.at) < WRITE_SHADOW);
+        for t in tables.iter_mut() {
+            for r in &mut t.routes {
+                let key = (t.id.clone(), r.destination.clone());
+                let Some(w) = self.written.get(&key) else {
+                    continue;
+                };
+                let reads = r.fact().reads().to_owned();
+                if reads == w.to {
+                    self.written.remove(&key);
+                } else if reads == w.was {
+                    debug!(table = %t.id, destination = %r.destination, reads = %reads, written = %w.to, "a read behind this gateway's own write: taken as written");
+                    r.target = crate::cloud::RouteTarget::Eni(w.to.clone());
+                    r.state = crate::cloud::RouteState::Active;
+                } else {
+                    self.written.remove(&key);
+                }
+            }
+        }
     }
 
     /// Updates lease ages and carrier history from a fresh read; logs every change of carrier.

@@ -17,6 +17,9 @@ pub struct ZoneState {
     pub carrier: Option<(String, Instant)>,
     /// When its carrier changed, within the damping window.
     pub changes: Vec<Instant>,
+    /// Another carrier some read showed, and when reads began to agree on it: a move until
+    /// reads settle on it, a lagging or early read if one shows the old carrier again.
+    pub pending: Option<(String, Instant)>,
     /// The epoch this gateway claimed it with.
     pub epoch: Option<u64>,
     /// The highest epoch seen on the zone's tables or written here: a claim goes above it even
@@ -38,6 +41,11 @@ pub struct ZoneState {
     pub witnessed: Option<Instant>,
 }
 
+/// How long reads must agree on a new carrier, without one showing the old carrier again,
+/// before the move counts: EC2's reads lag and need not move forward, so a read behind the
+/// others is no move (and two flickers are no doubled hold-down, no false hand-back).
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 /// A change of carrier seen in a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
@@ -53,31 +61,56 @@ impl ZoneState {
         }
     }
 
-    /// Records the carrier just read; a change is counted (within `window`) and returned.
+    /// Records the carrier just read; a change is counted (within `window`) and returned once
+    /// reads have agreed on it for [`SETTLE`], dated from the first of them.
     pub fn see_carrier(
         &mut self,
         carrier: String,
         now: Instant,
         window: Duration,
     ) -> Option<Moved> {
-        match &self.carrier {
-            Some((old, _)) if *old == carrier => None,
-            Some((old, since)) => {
-                let moved = Moved {
-                    from: old.clone(),
-                    held_for: now.saturating_duration_since(*since),
-                };
-                self.changes.push(now);
-                self.changes
-                    .retain(|at| now.saturating_duration_since(*at) < window);
-                self.carrier = Some((carrier, now));
-                Some(moved)
-            }
+        let (old, since) = match &self.carrier {
             None => {
                 self.carrier = Some((carrier, now));
-                None
+                return None;
             }
+            Some((old, _)) if *old == carrier => {
+                self.pending = None;
+                return None;
+            }
+            Some((old, since)) => (old.clone(), *since),
+        };
+        let first = match &self.pending {
+            Some((p, first)) if *p == carrier => *first,
+            _ => {
+                self.pending = Some((carrier, now));
+                return None;
+            }
+        };
+        if now.saturating_duration_since(first) < SETTLE {
+            return None;
         }
+        self.pending = None;
+        self.changes.push(first);
+        self.changes
+            .retain(|at| now.saturating_duration_since(*at) < window);
+        self.carrier = Some((carrier, first));
+        Some(Moved {
+            from: old,
+            held_for: first.saturating_duration_since(since),
+        })
+    }
+
+    /// This gateway's own write moved the zone to `carrier` (confirmed): a move at once.
+    pub fn moved_by_own_write(&mut self, carrier: String, now: Instant, window: Duration) {
+        self.pending = None;
+        if self.carrier.as_ref().is_some_and(|(c, _)| *c == carrier) {
+            return;
+        }
+        self.changes.push(now);
+        self.changes
+            .retain(|at| now.saturating_duration_since(*at) < window);
+        self.carrier = Some((carrier, now));
     }
 
     pub fn lease_unchanged_for(&self, now: Instant) -> Duration {
@@ -147,11 +180,13 @@ mod tests {
         let t1 = Instant::now();
         z.see_lease("i-a/1/0".into(), t1);
         assert_eq!(z.lease_unchanged_for(t1), Duration::from_secs(10));
-        let moved = z.see_carrier("eni-b".into(), t1, window).unwrap();
+        // A move counts once reads agree on it for SETTLE, dated from the first of them.
+        assert_eq!(z.see_carrier("eni-b".into(), t1, window), None);
+        let moved = z.see_carrier("eni-b".into(), t1 + SETTLE, window).unwrap();
         assert_eq!(moved.from, "eni-a");
         assert_eq!(moved.held_for, Duration::from_secs(10));
-        assert_eq!(z.see_carrier("eni-b".into(), t1, window), None);
-        assert_eq!(z.recent_changes(t1, window), 1);
+        assert_eq!(z.see_carrier("eni-b".into(), t1 + SETTLE, window), None);
+        assert_eq!(z.recent_changes(t1 + SETTLE, window), 1);
         tokio::time::advance(Duration::from_secs(61)).await;
         let t2 = Instant::now();
         assert_eq!(z.recent_changes(t2, window), 0);
@@ -160,5 +195,37 @@ mod tests {
         assert!(z.set_wait(Some((WaitKind::HoldDown, "x".into()))));
         assert!(!z.set_wait(Some((WaitKind::HoldDown, "x".into()))));
         assert!(z.set_wait(None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_that_flicker_between_two_carriers_count_one_move_not_three() {
+        let window = Duration::from_secs(60);
+        let mut z = ZoneState::default();
+        let t0 = Instant::now();
+        z.see_carrier("eni-b".into(), t0, window);
+        // b's zone moved to a; for 2 s reads answer from before or after the write at random.
+        let mut moves = Vec::new();
+        for (i, c) in [
+            "eni-a", "eni-b", "eni-a", "eni-b", "eni-b", "eni-a", "eni-a",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = t0 + Duration::from_millis(250 * (i as u64 + 1));
+            moves.extend(z.see_carrier((*c).into(), at, window));
+        }
+        assert!(moves.is_empty(), "{moves:?}");
+        // Reads settle on a: one move, no move back, one change for the damping.
+        let mut at = t0 + Duration::from_secs(2);
+        for _ in 0..8 {
+            at += Duration::from_millis(250);
+            moves.extend(z.see_carrier("eni-a".into(), at, window));
+        }
+        // One late read of the old carrier is no move back.
+        moves.extend(z.see_carrier("eni-b".into(), at, window));
+        moves.extend(z.see_carrier("eni-a".into(), at + Duration::from_millis(250), window));
+        assert_eq!(moves.len(), 1, "{moves:?}");
+        assert_eq!(moves[0].from, "eni-b");
+        assert_eq!(z.recent_changes(at, window), 1);
     }
 }
