@@ -296,7 +296,8 @@ rpm_in() {
 }
 INSTALLED_FILES=(/usr/bin/gateway-agent /etc/gateway-agent/config.toml
     /usr/share/man/man1/gateway-agent.1.gz /usr/share/bash-completion/completions/gateway-agent
-    /usr/share/fish/vendor_completions.d/gateway-agent.fish /usr/share/doc/gateway-agent/iam-policy.json)
+    /usr/share/fish/vendor_completions.d/gateway-agent.fish /usr/share/doc/gateway-agent/iam-policy.json
+    /usr/lib/systemd/networkd.conf.d/60-gateway-agent.conf)
 
 # ---------------------------------------------------------------------------------------------
 step ".deb: install, edit config, upgrade, remove, purge (systemd not running)"

@@ -12,8 +12,9 @@ On Amazon Linux 2023 and Debian 12 AMIs, amazon-ec2-net-utils writes, for every 
 (From lib/lib.sh and bin/setup-policy-routes.sh of github.com/amazonlinux/amazon-ec2-net-utils.)
 
 The lab has no DHCP server, so the address and gateway DHCP would give are written statically;
-the rule/table shape is net-utils'. networkd.conf is left alone: ManageForeignRoutes and
-ManageForeignRoutingPolicyRules keep their default, yes.
+the rule/table shape is net-utils'. networkd.conf is left alone (ManageForeignRoutes and
+ManageForeignRoutingPolicyRules keep their default, yes) unless GATEWAY_LAB_NETWORKD_CONF_D names
+a directory of networkd.conf drop-ins (the package's packaging/networkd.conf.d) to apply.
 
 networkd runs in the instance's network namespace with a mount namespace of its own: tmpfs on
 /run/systemd (its state), this lab's config directory bound on /run/systemd/network, /sys
@@ -30,6 +31,8 @@ import subprocess
 import time
 
 NETWORKD = "/lib/systemd/systemd-networkd"
+# A directory of networkd.conf drop-ins every instance's networkd reads (empty: networkd's defaults).
+CONF_D = os.environ.get("GATEWAY_LAB_NETWORKD_CONF_D", "")
 RULE_BASE = 10000
 METRIC_BASE = 512
 PREFIX = "07-"
@@ -114,6 +117,15 @@ class Networkd:
                 "mount -t tmpfs -o mode=0755 tmpfs /run/dbus",
                 # `ip netns exec` mounted a sysfs of this namespace; read-only: no udev to wait for
                 "mount -o remount,bind,ro /sys",
+                # networkd.conf drop-ins to try (the package's), read from /run as /etc's would be
+                *(
+                    [
+                        "mkdir -p /run/systemd/networkd.conf.d",
+                        f"cp {shlex.quote(CONF_D)}/*.conf /run/systemd/networkd.conf.d/",
+                    ]
+                    if CONF_D
+                    else []
+                ),
                 "dbus-daemon --system --fork --nopidfile",
                 f"exec {NETWORKD}",
             ]

@@ -144,8 +144,36 @@ fn verdict((rule, table): (bool, bool)) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn networkd_and_the_agents_foreign_rule_and_table() {
+    networkd_does(
+        &[],
+        "defaults (ManageForeign*=yes)",
+        [(true, true), (false, false), (false, true), (true, true)],
+    )
+    .await;
+}
+
+/// With the drop-in the packages install, networkd leaves the agent's rule alone through every
+/// step; only a reconfiguration of the ENI's own link (its files changed: a secondary address)
+/// still drops the route in table 7700 through that link, which the agent restores on the
+/// netlink notification (the matrix's networkd row measures how fast).
+#[tokio::test(flavor = "multi_thread")]
+async fn networkd_with_the_packages_drop_in_keeps_the_agents_rule() {
+    let conf_d = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/networkd.conf.d");
+    networkd_does(
+        &[("GATEWAY_LAB_NETWORKD_CONF_D", conf_d)],
+        "the package's networkd.conf.d drop-in",
+        [(true, true), (true, false), (true, true), (true, true)],
+    )
+    .await;
+}
+
+/// Runs networkd through a reload, a refresh of ens6's files, an ENI attach and a restart with
+/// the agent's rule and table in place, and checks what is left of them after each.
+async fn networkd_does(env: &[(&str, &str)], setup: &str, expected: [(bool, bool); 4]) {
     require_root();
-    let mut lab = Lab::start_with_env(&[("GATEWAY_LAB_AWS_NETWORKD", "1")]).expect("lab starts");
+    let mut envs = vec![("GATEWAY_LAB_AWS_NETWORKD", "1")];
+    envs.extend_from_slice(env);
+    let mut lab = Lab::start_with_env(&envs).expect("lab starts");
     let sc = lab.scenario(&no_hooks()).await.expect("scenario builds");
     let a = sc.zone("a").clone();
     let inst = lab.wait_instance(&a.az, WAIT).await.unwrap();
@@ -274,7 +302,7 @@ async fn networkd_and_the_agents_foreign_rule_and_table() {
     println!("main table:\n{}", show(&ns, &["route"]));
     assert!(api_reachable(&ns), "the primary still reaches the API");
 
-    println!("\nsystemd 252 networkd, defaults (ManageForeign*=yes), net-utils' files:");
+    println!("\nsystemd 252 networkd, {setup}, net-utils' files:");
     for (what, outcome) in &report {
         println!("  {what:32} {}", verdict(*outcome));
     }
@@ -282,10 +310,10 @@ async fn networkd_and_the_agents_foreign_rule_and_table() {
     assert_eq!(
         got,
         vec![
-            ("reload, no file changed", (true, true)),
-            ("refresh, ens6's files changed", (false, false)),
-            ("ENI attach (ens7)", (false, true)),
-            ("start", (true, true)),
+            ("reload, no file changed", expected[0]),
+            ("refresh, ens6's files changed", expected[1]),
+            ("ENI attach (ens7)", expected[2]),
+            ("start", expected[3]),
         ],
         "what networkd does to the agent's rule and table"
     );
