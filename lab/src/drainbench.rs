@@ -8,7 +8,11 @@
 //! - `spot`: a spot interruption notice in IMDS, two minutes out;
 //! - `asg-termination`: an instance refresh (TerminateInstanceInAutoScalingGroup without a
 //!   decrement); the replacement then gets an agent and must take the zone back;
-//! - `rebalance`: a rebalance recommendation in IMDS;
+//! - `refresh-launch-first` / `refresh-terminate-first`: an instance refresh of A's group under
+//!   either instance maintenance policy; with launch-before-terminate the new instance's agent
+//!   stands by while the old one holds the ENI, then claims it once the old one drained;
+//! - `rebalance`: a rebalance recommendation in IMDS: advice, not an exit (by default nothing
+//!   moves and the agent stays);
 //! - `restart-marker`: a package upgrade, SIGTERM with the restart marker present and a new agent
 //!   on the same instance; it should write no route at all.
 //!
@@ -66,17 +70,24 @@ enum Event {
     Sigterm,
     Spot,
     AsgTermination,
+    RefreshLaunchFirst,
+    RefreshTerminateFirst,
     Rebalance,
     RestartMarker,
 }
 
-const EVENTS: [Event; 5] = [
+const EVENTS: [Event; 7] = [
     Event::Sigterm,
     Event::Spot,
     Event::AsgTermination,
+    Event::RefreshLaunchFirst,
+    Event::RefreshTerminateFirst,
     Event::Rebalance,
     Event::RestartMarker,
 ];
+
+/// How long a rebalance run watches that nothing moves and the agent stays.
+const ADVICE_WATCH: Duration = Duration::from_secs(10);
 
 impl Event {
     fn name(self) -> &'static str {
@@ -84,6 +95,8 @@ impl Event {
             Event::Sigterm => "sigterm",
             Event::Spot => "spot",
             Event::AsgTermination => "asg-termination",
+            Event::RefreshLaunchFirst => "refresh-launch-first",
+            Event::RefreshTerminateFirst => "refresh-terminate-first",
             Event::Rebalance => "rebalance",
             Event::RestartMarker => "restart-marker",
         }
@@ -91,11 +104,26 @@ impl Event {
 
     /// Whether zone A's route should end on A's own ENI (a new agent in A) rather than B's.
     fn ends_on_a(self) -> bool {
-        matches!(self, Event::AsgTermination | Event::RestartMarker)
+        matches!(
+            self,
+            Event::AsgTermination
+                | Event::RefreshLaunchFirst
+                | Event::RefreshTerminateFirst
+                | Event::RestartMarker
+                | Event::Rebalance
+        )
     }
 
     fn drains(self) -> bool {
-        self != Event::RestartMarker
+        !matches!(self, Event::RestartMarker | Event::Rebalance)
+    }
+
+    /// The ASG launches A's replacement (after A leaves, or before for launch-first).
+    fn replaced(self) -> bool {
+        matches!(
+            self,
+            Event::AsgTermination | Event::RefreshLaunchFirst | Event::RefreshTerminateFirst
+        )
     }
 }
 
@@ -237,6 +265,15 @@ async fn trigger(f: &Fleet, event: Event, a: usize, instance: &str) -> Result<()
             Ok(())
         }
         Event::AsgTermination => Ok(f.lab.terminate_in_group(instance).await?),
+        Event::RefreshLaunchFirst | Event::RefreshTerminateFirst => {
+            let policy = if event == Event::RefreshLaunchFirst {
+                "launch-before-terminate"
+            } else {
+                "terminate-and-launch"
+            };
+            f.lab.refresh(&f.zone("a").asg_name, Some(policy)).await?;
+            Ok(())
+        }
     }
 }
 
@@ -374,7 +411,7 @@ async fn sequence(
             run.trouble
                 .push("agent A logged no `drain complete` with drain_ms".into());
         }
-    } else {
+    } else if cx.event == Event::RestartMarker {
         if !log_a.contains("restart marker present") {
             run.trouble
                 .push("agent A did not log `restart marker present`".into());
@@ -405,14 +442,31 @@ async fn during_stream(
     run.trigger = Some(t0);
     let deadline = t0 + RUN_TIMEOUT;
     trigger(f, event, a, instance).await?;
+    if event == Event::Rebalance {
+        // Advice: nothing may move, and the agent stays.
+        tokio::time::sleep(ADVICE_WATCH).await;
+        if f.gateways[a].agent.try_exit().is_some() {
+            run.trouble
+                .push("agent A left on a rebalance recommendation".into());
+        }
+        tokio::time::sleep(TAIL).await;
+        return finish(f, cx, before, run).await;
+    }
+    // Launch-before-terminate: the new instance comes first and its agent stands by.
+    let mut early = None;
+    if event == Event::RefreshLaunchFirst {
+        match f.replacement("a", instance, left(deadline)).await {
+            Ok(inst) => early = Some(cx.start(f, "a", inst, "a2")?),
+            Err(e) => run.trouble.push(e.0),
+        }
+    }
     run.exit = f.gateways[a].agent.wait_exit(left(deadline)).await.ok();
     match run.exit {
         Some(status) => {
             run.exit_ms = Some(ms_since(t0));
             // The refresh's instance is terminated the moment its hook completes: the agent may
             // be killed with it during its last steps.
-            let fine = status.code() == Some(0)
-                || (event == Event::AsgTermination && status.code().is_none());
+            let fine = status.code() == Some(0) || (event.replaced() && status.code().is_none());
             if !fine {
                 run.trouble.push(format!("agent A exited with {status}"));
             }
@@ -422,7 +476,8 @@ async fn during_stream(
         )),
     }
     let comeback = match event {
-        Event::AsgTermination if run.exit.is_some() => {
+        Event::RefreshLaunchFirst => None,
+        Event::AsgTermination | Event::RefreshTerminateFirst if run.exit.is_some() => {
             Some(f.replacement("a", instance, left(deadline)).await)
         }
         Event::RestartMarker if run.exit.is_some() => Some(
@@ -433,6 +488,17 @@ async fn during_stream(
         ),
         _ => None,
     };
+    if let Some(a2) = early {
+        match f.gateways[a2].agent.wait_ready(left(deadline)).await {
+            Err(e) => run.trouble.push(e.0),
+            Ok(()) => match f.wait_route("a", "a", left(deadline)).await {
+                Ok(()) => run.back_ms = Some(ms_since(t0)),
+                Err(_) => run
+                    .trouble
+                    .push("zone A's route never came back to A".into()),
+            },
+        }
+    }
     match comeback {
         None => {}
         Some(Err(e)) => run.trouble.push(e.0),

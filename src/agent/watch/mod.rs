@@ -978,33 +978,62 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
     fn facts(&self, now: Instant, all_zones: bool) -> Facts {
         let f = &self.config.failover;
         let own = self.own_health.borrow().clone();
+        // Each zone's lease holder as last read, when it names an instance.
+        let holders: BTreeMap<String, String> = by_zone(&self.config, &self.tables)
+            .into_iter()
+            .filter_map(|(zone, ts)| {
+                let l = lease::newest(
+                    ts.iter()
+                        .filter_map(|t| t.tags.get(LEASE_TAG))
+                        .map(String::as_str),
+                )?;
+                l.holder.starts_with("i-").then_some((zone, l.holder))
+            })
+            .collect();
         let peers = self
             .peer_views()
             .into_iter()
-            .map(|p| Gateway {
-                instance: p
-                    .report
-                    .as_ref()
-                    .map(|(r, _)| r.instance_id.clone())
-                    .filter(|id| !id.is_empty()),
-                report: p.report.as_ref().and_then(|(r, at)| {
-                    (now.saturating_duration_since(*at) <= REPORT_FRESH).then_some(SelfReport {
-                        healthy: r.healthy,
-                        draining: r.draining,
-                        at_risk: r.at_risk,
-                    })
-                }),
-                api_gone: if p.icmp == Probe::Down {
-                    self.zones
+            .map(|p| {
+                let st = self.zones.get(&p.zone);
+                // What the API or a /health said counts only if it came after the zone came
+                // (back) to this ENI: a replacement that just claimed it and took its routes
+                // back is not the dead or draining holder spoken of a moment before.
+                let on_since = st.and_then(|z| z.on_since(&p.eni));
+                let current = |at: &Instant| on_since.is_none_or(|since| *at >= since);
+                // A report from another instance than the one the zone's lease now names is
+                // about a previous holder of the ENI (a replacement claimed it since).
+                let same_holder = |r: &crate::health::Report| {
+                    holders
                         .get(&p.zone)
-                        .and_then(|z| z.api_says.as_ref())
-                        .and_then(|(why, _)| why.clone())
-                } else {
-                    None
-                },
-                zone: p.zone,
-                eni: p.eni,
-                icmp: p.icmp,
+                        .is_none_or(|h| r.instance_id.is_empty() || *h == r.instance_id)
+                };
+                Gateway {
+                    instance: p
+                        .report
+                        .as_ref()
+                        .map(|(r, _)| r.instance_id.clone())
+                        .filter(|id| !id.is_empty()),
+                    report: p.report.as_ref().and_then(|(r, at)| {
+                        (now.saturating_duration_since(*at) <= REPORT_FRESH
+                            && current(at)
+                            && same_holder(r))
+                        .then_some(SelfReport {
+                            healthy: r.healthy,
+                            draining: r.draining,
+                            at_risk: r.at_risk,
+                        })
+                    }),
+                    api_gone: if p.icmp == Probe::Down {
+                        st.and_then(|z| z.api_says.as_ref())
+                            .filter(|(_, asked)| current(asked))
+                            .and_then(|(why, _)| why.clone())
+                    } else {
+                        None
+                    },
+                    zone: p.zone,
+                    eni: p.eni,
+                    icmp: p.icmp,
+                }
             })
             .collect();
         let empty = ZoneState::default();

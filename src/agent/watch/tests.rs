@@ -620,3 +620,31 @@ async fn reads_behind_a_confirmed_failback_write_bring_no_second_write() {
     );
     assert_eq!(r.target("a"), Some(r.eni("a")));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_report_of_the_previous_holder_is_no_evidence_against_its_replacement() {
+    let mut r = Rig::new("").await;
+    // b's old instance said it was draining; then it went silent (terminated).
+    r.peer(Probe::Up, true);
+    let feed = r.watch.peer_feed(&r.cloud.az_of("b")).unwrap();
+    feed.send_modify(|p| {
+        if let Some((report, at)) = &mut p.report {
+            report.draining = true;
+            *at = Instant::now();
+        }
+        p.icmp = Probe::Down;
+        p.losing_since = Some(Instant::now());
+    });
+    // Meanwhile its replacement claimed the ENI and took b's routes back: the lease names it.
+    let table_b = r.table("b");
+    r.cloud
+        .set_tag(&table_b, LEASE_TAG, &format!("i-0replacement0000/9/{}", 1));
+    r.run(Duration::from_secs(2), Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        r.writes("b"),
+        0,
+        "the old holder's draining report moved the zone"
+    );
+    assert_eq!(r.target("b"), Some(r.eni("b")));
+}

@@ -101,6 +101,15 @@ impl ZoneState {
         })
     }
 
+    /// Since when reads show the zone on `eni` (pending or settled), if they do.
+    pub fn on_since(&self, eni: &str) -> Option<Instant> {
+        match (&self.pending, &self.carrier) {
+            (Some((c, at)), _) if c == eni => Some(*at),
+            (_, Some((c, at))) if c == eni => Some(*at),
+            _ => None,
+        }
+    }
+
     /// This gateway's own write moved the zone to `carrier` (confirmed): a move at once.
     pub fn moved_by_own_write(&mut self, carrier: String, now: Instant, window: Duration) {
         self.pending = None;
