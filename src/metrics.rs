@@ -47,7 +47,7 @@ pub const DEFS: &[(&str, Type, &str)] = &[
     (
         "gateway_agent_untrusted_enis",
         Type::Gauge,
-        "ENIs tagged into the group that discovery does not trust: in another VPC, or one too many for a zone.",
+        "ENIs tagged into the group that discovery does not trust: in another VPC, held by an instance outside the group's Auto Scaling groups, or one too many for a zone.",
     ),
     (
         "gateway_agent_standby",

@@ -667,3 +667,77 @@ fn ip_ping(ns: &str, ip: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Issue 17: a second ENI tagged into the group for zone b, in the same VPC and held by no
+/// instance. a, already running, watches only the one b's routes point at and names the other
+/// (an event and the metric); b's boot refuses to choose between them with an error that says
+/// how to fix it, and no route moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_eni_tagged_for_a_zone_is_refused_and_moves_nothing() {
+    let mut f = fleet(zones(&["a", "b"])).await;
+    let (inst_a, inst_b) = (
+        f.instance("a").await.unwrap(),
+        f.instance("b").await.unwrap(),
+    );
+    let second = f.spare_eni("b").await.unwrap();
+    let (group, az_b) = (f.sc.group.clone(), f.zone("b").az.clone());
+    f.lab
+        .ec2()
+        .create_tags()
+        .resources(&second)
+        .tags(tag(GROUP_TAG, &group))
+        .tags(tag(ZONE_TAG, &az_b))
+        .send()
+        .await
+        .unwrap();
+    let events = PathBuf::from(&f.lab.info.run_dir).join("second-eni-events");
+    f.extra = format!(
+        "[events]\ncommand = [\"/bin/sh\", \"-c\", \"echo \\\"$@\\\" >> {}\", \"hook\"]\n[metrics]\nlisten = \"127.0.0.1:{ROGUE_METRICS_PORT}\"",
+        events.display()
+    );
+    let b_ip = inst_b.private_ip.clone().unwrap_or_default();
+    f.spawn("a", inst_a, Spec::new()).unwrap();
+    f.ready("a").await.unwrap();
+    f.spawn("b", inst_b, Spec::new()).unwrap();
+    let code = f.wait_exit("b").await.unwrap();
+    f.gateway_mut("b").expect_exit = true;
+    let statuses = f.agent("b").notify.statuses().join(" | ");
+    sleep_s(2.0).await;
+    let metrics = metrics_of(&f, "a", ROGUE_METRICS_PORT);
+    let events = std::fs::read_to_string(&events).unwrap_or_default();
+    let log_a = f.log("a");
+    eprintln!("second ENI: b exited {code:?}: {statuses}\nevents:\n{events}");
+    assert_ne!(code, Some(0), "b booted beside a second ENI\n{}", f.logs());
+    assert!(
+        statuses.contains("2 ENIs are tagged") && statuses.contains("keep the tags on one"),
+        "{statuses}"
+    );
+    // b wrote nothing; nothing points at the second ENI. (b's zone read blackhole until b
+    // booted, its ENI detached: a carries it, as it must.)
+    let changes = f.lab.route_changes().await.unwrap();
+    let by_b: Vec<_> = changes
+        .iter()
+        .filter(|c| c.source.as_deref() == Some(b_ip.as_str()))
+        .collect();
+    assert!(by_b.is_empty(), "b wrote {by_b:?}\n{}", f.logs());
+    assert!(
+        !changes
+            .iter()
+            .any(|c| c.target.as_deref() == Some(second.as_str())),
+        "a route points at the second ENI: {changes:?}"
+    );
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("rogue-eni") && l.contains(&second)),
+        "no rogue-eni event names {second}\n{events}\n{log_a}"
+    );
+    // Neither is trusted while b's routes point at neither (blackhole, then a).
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gateway_agent_untrusted_enis 2"),
+        "{metrics}"
+    );
+    f.show_logs();
+}
