@@ -47,6 +47,8 @@ pub struct Case {
     /// The lab's environment for this case: profile settings (`GATEWAY_LAB_AWS_*`) it needs in
     /// either profile.
     pub env: &'static [(&'static str, &'static str)],
+    /// Watches for [`long_watch`] on top of its own steps (its time limit grows by as much).
+    pub long: bool,
     pub run: for<'a> fn(&'a mut Ctx) -> CaseFut<'a>,
 }
 
@@ -64,6 +66,7 @@ impl Case {
             max_writers: 1,
             max_writes: None,
             env: &[],
+            long: false,
             run,
         }
     }
@@ -284,7 +287,7 @@ fn lost_completion(c: &mut Ctx) -> CaseFut<'_> {
 /// How long the long rows watch (a rebalance recommendation that no interruption follows, a
 /// network manager reloading): 10 minutes, as the issue asks; `GATEWAY_MATRIX_LONG_S` shortens
 /// it for a quick look, never for a reported figure.
-fn long_watch() -> Duration {
+pub fn long_watch() -> Duration {
     let s = std::env::var("GATEWAY_MATRIX_LONG_S")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1042,6 +1045,7 @@ pub fn cases() -> Vec<Case> {
         Case {
             stream: "a",
             env: &[("GATEWAY_LAB_AWS_CAPACITY_REBALANCE", "0")],
+            long: true,
             ..Case::still(
                 "rebalance recommendation, no interruption (10 min)",
                 rebalance_no_interruption,
@@ -1075,6 +1079,7 @@ pub fn cases() -> Vec<Case> {
                 ("GATEWAY_LAB_AWS_NETWORKD", "1"),
                 ("GATEWAY_LAB_AWS_NETUTILS_REFRESH_S", "60"),
             ],
+            long: true,
             ..Case::still(
                 "networkd reloads every 60 s and an ENI attach (10 min)",
                 networkd_reloads,

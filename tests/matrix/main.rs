@@ -103,10 +103,13 @@ async fn run_case(case: &Case) -> Row {
     sleep_s(0.5).await;
 
     // Under `aws` a replacement alone takes 30-90 s to launch.
-    let limit = if gateway_lab::aws_profile() { 360 } else { 120 };
-    let ran = match tokio::time::timeout(Duration::from_secs(limit), (case.run)(&mut c)).await {
+    let mut limit = Duration::from_secs(if gateway_lab::aws_profile() { 360 } else { 120 });
+    if case.long {
+        limit += cases::long_watch();
+    }
+    let ran = match tokio::time::timeout(limit, (case.run)(&mut c)).await {
         Ok(r) => r.map_err(|e| e.0),
-        Err(_) => Err(format!("timed out after {limit} s\n{}", c.f.logs())),
+        Err(_) => Err(format!("timed out after {limit:?}\n{}", c.f.logs())),
     };
 
     // The zone's traffic flows at the end, whoever carries it.
