@@ -16,7 +16,7 @@ CARGO ?= cargo
 # Two cores: two lab tests at a time keep the machine responsive and the timings honest.
 TEST_THREADS ?= 2
 
-.PHONY: all setup setup-lab tools-check setup-test build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain bench-budget clean-lab
+.PHONY: all setup setup-lab tools-check setup-test build demo test lint unit lab-test matrix aws-smoke soak deny fuzz-smoke bench bench-failover bench-drain bench-budget bench-fleet clean-lab
 
 all: build
 
@@ -99,6 +99,13 @@ bench: setup build
 BUDGET_MINUTES ?= 10
 bench-budget: setup build
 	$(CARGO_TARGET_DIR)/debug/gwlab bench-budget --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --minutes $(BUDGET_MINUTES)
+
+# 5 groups x 3 zones = 15 gateways in one account under the aws profile's shared buckets and
+# other tools' load: steady-state calls and throttling for FLEET_MINUTES, then one takeover per
+# group at once, against the fault matrix's budget for a terminated peer.
+FLEET_MINUTES ?= 10
+bench-fleet: setup build
+	GATEWAY_LAB_PROFILE=aws $(CARGO_TARGET_DIR)/debug/gwlab bench-fleet --agent $(CARGO_TARGET_DIR)/debug/gateway-agent --minutes $(FLEET_MINUTES)
 
 # Unplanned death of a gateway: the agent against AWS's nat_monitor.sh, in the default topology
 # (one table, one destination) and with 50 tables x 2 destinations per zone; each draws the

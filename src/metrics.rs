@@ -140,6 +140,11 @@ pub const DEFS: &[(&str, Type, &str)] = &[
         "Failed EC2/Auto Scaling calls (after the SDK's retries); labels: action, code.",
     ),
     (
+        "gateway_agent_api_deferred_total",
+        Type::Counter,
+        "EC2/Auto Scaling calls the agent's own budget (aws.api_share) held back: skipped until the next cycle (renewals, drift reads) or waited for a token (takeovers, hand-backs, confirmations); labels: action, priority, how.",
+    ),
+    (
         "gateway_agent_imds_errors_total",
         Type::Counter,
         "Failed IMDS polls for planned exits.",

@@ -74,6 +74,7 @@ class Lab:
         self.topo = topology.Topology(lab_id, self.ec2, self.asg, self.lock, run_dir, log)
         self.streams = None
         self.scenario = None
+        self.groups = []  # gateway groups added beside the scenario (POST /lab/groups)
         self.port = None
         self.stopping = threading.Event()
         self.building = False  # a scenario build is running: its API calls skip the mirror
@@ -235,6 +236,7 @@ class Lab:
         self.topo.partitions.clear()
         self.faults.clear()
         self.scenario = None
+        self.groups = []
         self.topo.reconcile()
 
     # --- the host-side app: the API plus /lab/ ------------------------------------------------
@@ -286,6 +288,25 @@ class Lab:
             return 200, self.scenario
         if path == "scenario" and method == "GET":
             return 200, self.scenario
+        if path == "groups" and method == "POST":
+            # One more gateway group in a VPC of its own beside the scenario's (a fleet of
+            # groups in one account); built like the scenario, its first instances at once.
+            import scenario
+
+            self.building = True
+            mends.LIFECYCLE.immediate = True
+            try:
+                group = scenario.build(self, extra=True, **body)
+            finally:
+                self.building = False
+                mends.LIFECYCLE.immediate = False
+                with self.lock:
+                    self.views.settle(self.ec2())
+                    self.topo.reconcile()
+            self.groups.append(group)
+            return 200, group
+        if path == "groups" and method == "GET":
+            return 200, self.groups
         if path == "instances" and method == "GET":
             return 200, self.instances()
         if parts[0] == "instances" and len(parts) == 3:

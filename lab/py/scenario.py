@@ -30,10 +30,10 @@ def _tags(kind, **tags):
     return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
 
 
-def _destinations(destinations):
+def _destinations(destinations, vpc_cidr=VPC_CIDR):
     """The managed CIDRs: 0.0.0.0/0 first, then `destinations`, checked like AWS would."""
     out = ["0.0.0.0/0"]
-    vpc = ipaddress.ip_network(VPC_CIDR)
+    vpc = ipaddress.ip_network(vpc_cidr)
     for d in destinations:
         try:
             net = ipaddress.ip_network(d)
@@ -45,22 +45,31 @@ def _destinations(destinations):
             raise ValueError(f"destinations: {net} is listed twice (0.0.0.0/0 is always managed)")
         if net.overlaps(vpc):
             # The VPC router looks up the VPC CIDR in its main table before any route table.
-            raise ValueError(f"destinations: {net} overlaps the VPC's {VPC_CIDR}; use one outside it")
+            raise ValueError(f"destinations: {net} overlaps the VPC's {vpc}; use one outside it")
         out.append(str(net))
     return out
 
 
 def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_timeout=300,
-          default_result="ABANDON", instance_type="t3.micro", extra_tables=0, destinations=()):
-    if lab.scenario:
+          default_result="ABANDON", instance_type="t3.micro", extra_tables=0, destinations=(),
+          vpc_octet=0, extra=False):
+    """`extra`: one more gateway group beside the scenario (labd's POST /lab/groups), in a VPC
+    of its own, 10.<vpc_octet>.0.0/16 (1 to 99: distinct per group), with its own tags, ENIs,
+    route tables and Auto Scaling groups: several groups in one account share its buckets."""
+    if lab.scenario and not extra:
         raise ValueError("a scenario already exists: POST /lab/reset first")
+    if extra and not lab.scenario:
+        raise ValueError("no scenario: POST /lab/scenario first, then add groups")
+    if not isinstance(vpc_octet, int) or not (1 <= vpc_octet <= 99 if extra else vpc_octet == 0):
+        raise ValueError(f"vpc_octet: {vpc_octet!r}: 0 for the scenario, 1 to 99 for an extra group")
+    vpc_cidr = f"10.{vpc_octet}.0.0/16"
     if not 1 <= len(zones) <= 6:
         raise ValueError("zones: 1 to 6 zone letters, e.g. [\"a\", \"b\"]")
     if not isinstance(extra_tables, int) or not 0 <= extra_tables <= MAX_EXTRA_TABLES:
         raise ValueError(f"extra_tables: {extra_tables!r}: a count from 0 to {MAX_EXTRA_TABLES}")
     if isinstance(destinations, str):
         raise ValueError("destinations: a list of CIDRs, e.g. [\"10.200.0.0/16\"]")
-    managed = _destinations(destinations)
+    managed = _destinations(destinations, vpc_cidr)
     kw = dict(endpoint_url=f"http://127.0.0.1:{lab.port}", region_name=lab.ec2().region_name,
               aws_access_key_id="lab", aws_secret_access_key="lab",
               config=Config(retries={"max_attempts": 1}))
@@ -68,7 +77,7 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
     asg = boto3.client("autoscaling", **kw)
     region = kw["region_name"]
 
-    vpc = ec2.create_vpc(CidrBlock=VPC_CIDR, TagSpecifications=_tags("vpc", Name=f"{group}-vpc"))["Vpc"]["VpcId"]
+    vpc = ec2.create_vpc(CidrBlock=vpc_cidr, TagSpecifications=_tags("vpc", Name=f"{group}-vpc"))["Vpc"]["VpcId"]
     igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
     public_rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=_tags("route-table", Name=f"{group}-public"))
@@ -84,15 +93,15 @@ def build(lab, zones=("a", "b"), group="lab", capacity=1, hooks=True, heartbeat_
            "launch_template_id": template, "zones": []}
     for i, letter in enumerate(zones):
         az = f"{region}{letter}"
-        public = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=az,
+        public = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{vpc_octet}.{i}.0/24", AvailabilityZone=az,
                                    TagSpecifications=_tags("subnet", Name=f"{group}-public-{letter}"))["Subnet"]
-        private = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{100 + i}.0/24", AvailabilityZone=az,
+        private = ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.{vpc_octet}.{100 + i}.0/24", AvailabilityZone=az,
                                     TagSpecifications=_tags("subnet", Name=f"{group}-private-{letter}"))["Subnet"]
         ec2.associate_route_table(RouteTableId=public_rt, SubnetId=public["SubnetId"])
         private_tags = _tags("route-table", Name=f"{group}-private-{letter}", **{GROUP_TAG: group, ZONE_TAG: az})
         rt = ec2.create_route_table(VpcId=vpc, TagSpecifications=private_tags)["RouteTable"]["RouteTableId"]
         ec2.associate_route_table(RouteTableId=rt, SubnetId=private["SubnetId"])
-        eni_ip = f"10.0.{i}.50"
+        eni_ip = f"10.{vpc_octet}.{i}.50"
         mends.USED_IPS.add(eni_ip)
         eni = ec2.create_network_interface(
             SubnetId=public["SubnetId"], PrivateIpAddress=eni_ip, Description=f"{group} gateway {az}",

@@ -5,7 +5,9 @@
 //! Two gateways run in the standard two-zone lab; each state lasts `--minutes` (the hung peer
 //! and the takeover are episodes of their own length). Only the agents call the API while a
 //! window is measured, so the lab's own count of calls, by action, is theirs. Calls the
-//! `aws` profile's token buckets refused are counted apart (a refused call did nothing).
+//! `aws` profile's token buckets refused are counted apart (a refused call did nothing). Under
+//! each row: the fleet size at which the gateways alone would spend each documented bucket as
+//! fast as it refills, and the CloudTrail management events per gateway-month.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -165,6 +167,69 @@ pub async fn run(agent: &str, minutes: f64, show_logs: bool) -> Result<(), Strin
     Ok(())
 }
 
+/// The refill rate (tokens a second, per account and region) of the documented bucket
+/// `action` spends: EC2's "Request throttling" page as lab/py/profile.py reads it (the agent's
+/// calls by ID get the smaller unfiltered bucket, as in src/cloud/budget.rs); Auto Scaling's
+/// shared bucket is the lab's assumption (no size is published).
+fn documented_refill(action: &str) -> f64 {
+    match action {
+        "CreateTags" => 10.0,
+        "ModifyNetworkInterfaceAttribute" => 5.0,
+        "DescribeInstances" | "DescribeNetworkInterfaces" => 10.0,
+        a if AUTOSCALING_ACTIONS.contains(&a) => 10.0,
+        a if a.starts_with("Describe") => 20.0,
+        _ => 5.0,
+    }
+}
+
+const AUTOSCALING_ACTIONS: &[&str] = &[
+    "DescribeAutoScalingInstances",
+    "DescribeLifecycleHooks",
+    "CompleteLifecycleAction",
+    "RecordLifecycleActionHeartbeat",
+    "SetInstanceHealth",
+];
+
+/// Hours in an average month (365.25 * 24 / 12).
+const HOURS_PER_MONTH: f64 = 730.5;
+
+/// What a state costs a fleet: the number of gateways at which each documented bucket would be
+/// spent as fast as it refills (by the gateways alone), and the CloudTrail management events
+/// per gateway-month (every EC2 and Auto Scaling call is one, reads and writes alike).
+fn show_fleet(w: &Window) {
+    let mut saturation: Vec<(f64, String)> = w
+        .calls
+        .iter()
+        .filter(|(_, c)| **c > 0)
+        .map(|(a, c)| {
+            let refill_per_hour = documented_refill(a) * 3600.0;
+            // Auto Scaling's bucket is shared by every action: sum them.
+            let per_gw_h = if AUTOSCALING_ACTIONS.contains(&a.as_str()) {
+                w.calls
+                    .iter()
+                    .filter(|(b, _)| AUTOSCALING_ACTIONS.contains(&b.as_str()))
+                    .map(|(_, c)| w.per_gateway_hour(*c))
+                    .sum()
+            } else {
+                w.per_gateway_hour(*c)
+            };
+            (refill_per_hour / per_gw_h, a.clone())
+        })
+        .collect();
+    saturation.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let events = w.per_gateway_hour(w.total()) * HOURS_PER_MONTH;
+    let writes = w.per_gateway_hour(w.writes()) * HOURS_PER_MONTH;
+    println!(
+        "{:<44} saturates each documented bucket at: {}; CloudTrail: {events:.0} management events per gateway-month ({writes:.0} writes)",
+        "",
+        saturation
+            .iter()
+            .map(|(g, a)| format!("{a} {g:.0} gateways"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
 /// One state's row: calls, writes and refusals per gateway-hour, and by action.
 fn show(w: &Window) {
     let by_action: Vec<String> = w
@@ -180,4 +245,5 @@ fn show(w: &Window) {
         w.per_gateway_hour(w.refused as usize),
         by_action.join(", ")
     );
+    show_fleet(w);
 }

@@ -239,6 +239,19 @@ impl Fleet {
     /// Starts an agent on `inst` in `zone`, not waiting for READY; answers its index in
     /// [`Fleet::gateways`]. Unnamed, it is `agent-<zone>`, then `agent-<zone>2`...
     pub fn spawn(&mut self, zone: &str, inst: Instance, spec: Spec) -> Result<usize> {
+        let group = self.sc.group.clone();
+        self.spawn_in(&group, zone, inst, spec)
+    }
+
+    /// Like [`Fleet::spawn`], for a gateway of `group` (one added with [`Lab::add_group`]);
+    /// `zone` is only its label here (e.g. `g2-a`: zones of several groups share letters).
+    pub fn spawn_in(
+        &mut self,
+        group: &str,
+        zone: &str,
+        inst: Instance,
+        spec: Spec,
+    ) -> Result<usize> {
         let before = self.gateways.iter().filter(|g| g.zone == zone).count();
         let name = spec.name.clone().unwrap_or_else(|| match before {
             0 => format!("agent-{zone}"),
@@ -246,7 +259,7 @@ impl Fleet {
         });
         let mut config = format!(
             "version = 1\n[group]\nname = \"{}\"\n{}\n{}\n",
-            self.sc.group, self.extra, spec.extra
+            group, self.extra, spec.extra
         );
         if self.sockets {
             config.push_str(&format!(

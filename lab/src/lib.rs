@@ -487,6 +487,23 @@ impl Lab {
         Ok(s)
     }
 
+    /// One more gateway group beside the scenario (which must exist): `opts`'s zones in a VPC
+    /// of its own, `10.<vpc_octet>.0.0/16` (1 to 99, distinct per group), with the group's own
+    /// tags, ENIs, route tables and Auto Scaling groups. Several groups in one account, sharing
+    /// its API buckets (the fleet bench).
+    pub async fn add_group(&self, opts: &ScenarioOptions, vpc_octet: u8) -> Result<Scenario> {
+        let control = |message: String| LabError::Control {
+            method: "POST",
+            path: "groups".into(),
+            message,
+        };
+        let mut body = serde_json::to_value(opts).map_err(|e| control(e.to_string()))?;
+        body.as_object_mut()
+            .ok_or_else(|| control("options are not an object".into()))?
+            .insert("vpc_octet".into(), Value::from(vpc_octet));
+        self.call_as("POST", "groups", Some(body)).await
+    }
+
     pub async fn fetch_scenario(&mut self) -> Result<Option<Scenario>> {
         let s: Option<Scenario> = self.call_as("GET", "scenario", None).await?;
         self.scenario.clone_from(&s);

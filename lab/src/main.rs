@@ -19,6 +19,10 @@
 //!                               the classic nat_monitor.sh
 //!   gwlab bench-drain --agent P what a client loses when its gateway leaves on purpose (SIGTERM,
 //!                               spot, instance refresh, rebalance, upgrade restart)
+//!   gwlab bench-budget --agent P  API calls per gateway-hour by action and state
+//!   gwlab bench-fleet --agent P [--groups 5] [--minutes 10]
+//!                               5 groups x 3 zones in one account under the shared buckets and
+//!                               other tools' load: steady-state throttling, takeovers vs budget
 //!   gwlab demo                  the two-zone demo
 
 use std::process::ExitCode;
@@ -33,6 +37,7 @@ mod budgetbench;
 mod demo;
 mod drainbench;
 mod failbench;
+mod fleetbench;
 
 const CURRENT: &str = "/run/gateway-lab/current";
 
@@ -167,6 +172,27 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Print the agent's log of the last run.
+        #[arg(long)]
+        logs: bool,
+    },
+    /// Several gateway groups in one account (5 x 3 zones = 15 gateways by default) under the
+    /// shared token buckets plus other tools' load: steady-state calls and throttling, then one
+    /// takeover in every group at once, timed against the fault matrix's budget. Run it with
+    /// GATEWAY_LAB_PROFILE=aws.
+    BenchFleet {
+        /// The gateway-agent binary to run in the instances.
+        #[arg(long)]
+        agent: String,
+        /// Gateway groups (three zones each), 1 to 20.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=20))]
+        groups: u8,
+        /// How long the steady state is measured.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Other tools' load on the account's buckets, `Action=tokens/s,...`.
+        #[arg(long, default_value = fleetbench::DEFAULT_BACKGROUND)]
+        background: String,
+        /// Print the agents' logs at the end.
         #[arg(long)]
         logs: bool,
     },
@@ -537,6 +563,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             minutes,
             logs,
         } => budgetbench::run(&agent, minutes, logs).await?,
+        Cmd::BenchFleet {
+            agent,
+            groups,
+            minutes,
+            background,
+            logs,
+        } => fleetbench::run(&agent, groups, minutes, &background, logs).await?,
         Cmd::BenchFailover {
             agent,
             runs,

@@ -28,11 +28,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal as signal_of};
 use tokio::time::{Instant, Interval, MissedTickBehavior, interval, interval_at, sleep};
 use tracing::{debug, error, info, warn};
 
-use crate::cloud::{self, Autoscaling, Ec2, LifecycleResult, SdkAutoscaling, SdkEc2};
+use crate::cloud::{self, Autoscaling, Budget, Budgeted, Ec2, LifecycleResult};
 use crate::config::Config;
 use crate::imds::{self, Identity};
 use crate::netconf::{self, NetConf};
 use crate::systemd;
+
+/// The EC2 and Auto Scaling adapters the agent runs with: the SDK's, behind its own budget.
+type AgentEc2 = Budgeted<cloud::SdkEc2>;
+type AgentAsg = Budgeted<cloud::SdkAutoscaling>;
 
 pub use boot::BootError;
 
@@ -135,8 +139,11 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     log_identity(&config, &identity);
 
     let sdk = cloud::load(&identity.region, config.aws.endpoint.as_deref()).await;
-    let ec2 = SdkEc2::new(&sdk);
-    let asg = SdkAutoscaling::new(&sdk);
+    // One budget for both adapters: every call spends a token of the agent's own share of
+    // the account's buckets, in priority order (cloud::budget).
+    let budget = Budget::new(config.aws.api_share.0);
+    let ec2 = Budgeted::new(cloud::SdkEc2::new(&sdk), std::sync::Arc::clone(&budget));
+    let asg = Budgeted::new(cloud::SdkAutoscaling::new(&sdk), budget);
     let netconf = NetConf::new().await?;
 
     systemd::status("looking up the launch lifecycle action");
@@ -265,14 +272,14 @@ struct Standby<'a> {
     config: &'a Config,
     identity: &'a Identity,
     imds: &'a imds::Client,
-    ec2: &'a SdkEc2,
-    asg: &'a SdkAutoscaling,
+    ec2: &'a AgentEc2,
+    asg: &'a AgentAsg,
     netconf: &'a NetConf,
     eni: &'a str,
 }
 
 impl Standby<'_> {
-    fn boot(&self) -> boot::Boot<'_, SdkEc2, SdkAutoscaling> {
+    fn boot(&self) -> boot::Boot<'_, AgentEc2, AgentAsg> {
         boot::Boot {
             config: self.config,
             identity: self.identity,
@@ -293,7 +300,7 @@ impl Standby<'_> {
         &self,
         supervisor: &mut Supervisor,
         action: Option<&lifecycle::Action>,
-        asg: &SdkAutoscaling,
+        asg: &AgentAsg,
         (mut holder, mut state): (String, String),
     ) -> Option<Result<boot::Booted, BootError>> {
         let zone = &self.identity.availability_zone;
@@ -376,7 +383,7 @@ impl Standby<'_> {
 async fn fail(
     error: BootError,
     action: Option<&lifecycle::Action>,
-    asg: &SdkAutoscaling,
+    asg: &AgentAsg,
 ) -> Result<(), Error> {
     error!(%error, "boot failed");
     let mut status = format!("boot failed: {error}");

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use tracing::{info, warn};
 
-use crate::cloud::{CloudError, Ec2, RouteTable};
+use crate::cloud::{CloudError, Ec2, Priority, RouteTable, spend_as};
 use std::collections::HashMap;
 
 use crate::decide::route::{Op, RouteFact, RouteWrite, TableFact};
@@ -202,8 +202,8 @@ pub async fn execute<'w, E: Ec2>(
     let started = Instant::now();
     let mut pause = CONFIRM_FIRST_PAUSE;
     let after = loop {
-        let after = ec2
-            .describe_route_tables(batch.tables)
+        // The confirming read spends as a confirmation, whatever the writes' priority.
+        let after = spend_as(Priority::Confirm, ec2.describe_route_tables(batch.tables))
             .await
             .map_err(Stopped::Confirm)?;
         let shown = facts_by_id(&after);
@@ -342,6 +342,37 @@ mod tests {
                 "DescribeRouteTables"
             ]
         );
+    }
+
+    /// The agent's own budget: renewals have spent CreateTags down to their reserve and
+    /// drift reads DescribeRouteTables to theirs; a takeover still goes through at once, its
+    /// lease tag and confirming read included, while a renewal is skipped.
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_is_not_delayed_by_a_budget_exhausted_for_renewals() {
+        use crate::cloud::{Budget, Budgeted, Priority, spend_as};
+        let cloud = FakeCloud::two_zones();
+        let ec2 = Budgeted::new(cloud.clone(), Budget::new(0.25));
+        let (a, b) = (cloud.table_of("a"), cloud.table_of("b"));
+        let (ids, tags) = ([a.as_str()], [(crate::decide::lease::LEASE_TAG, "i-a/1/1")]);
+        let renew = || spend_as(Priority::Renew, ec2.create_tags(&ids, &tags));
+        while renew().await.is_ok() {}
+        while spend_as(Priority::Drift, ec2.describe_route_tables(&[a.as_str()]))
+            .await
+            .is_ok()
+        {}
+        let started = Instant::now();
+        cloud.kill(&cloud.instance_of("b"));
+        let writes = [takeover(&cloud, "b", Expect::Blackhole)];
+        let tables = [b.as_str()];
+        let batch = batch("b", &tables, Some(("i-a/2/0", LeaseAt::Alongside)));
+        let done = spend_as(Priority::Takeover, execute(&ec2, &batch, &writes))
+            .await
+            .unwrap();
+        assert!(done.complete());
+        assert!(done.lease_error.is_none());
+        assert_eq!(cloud.count("CreateTags", &b), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing waited");
+        assert!(renew().await.unwrap_err().is_deferred());
     }
 
     #[tokio::test]

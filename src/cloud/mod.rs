@@ -34,6 +34,8 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use crate::http::chain;
 
 pub mod autoscaling;
+pub mod budget;
+pub mod budgeted;
 pub mod ec2;
 #[cfg(any(test, feature = "fake-cloud"))]
 pub mod fake;
@@ -41,6 +43,8 @@ pub mod retry;
 mod timing;
 
 pub use autoscaling::SdkAutoscaling;
+pub use budget::Priority;
+pub use budgeted::{Budget, Budgeted, spend_as};
 pub use ec2::SdkEc2;
 
 /// Attempts per call, the first one included. Three retries absorb a short throttling burst
@@ -554,6 +558,13 @@ pub enum CloudError {
     /// AWS said yes but left out something the agent needs.
     #[error("{call}: the answer has no {missing}")]
     Incomplete { call: Call, missing: &'static str },
+    /// Not sent: the agent's own budget ([`budget`]) keeps the rest of this action's bucket
+    /// for more urgent calls. Nothing happened; try again next cycle.
+    #[error(
+        "{call}: deferred by the agent's own API budget ({priority} calls wait while the bucket \
+         is below the reserve kept for more urgent calls; see aws.api_share)"
+    )]
+    Deferred { call: Call, priority: Priority },
 }
 
 fn status_text(status: Option<u16>) -> String {
@@ -571,7 +582,8 @@ impl CloudError {
             | Self::Unreachable { call, .. }
             | Self::BadResponse { call, .. }
             | Self::Request { call, .. }
-            | Self::Incomplete { call, .. } => call,
+            | Self::Incomplete { call, .. }
+            | Self::Deferred { call, .. } => call,
         }
     }
 
@@ -593,7 +605,7 @@ impl CloudError {
                     .is_some_and(|c| THROTTLING_CODES.contains(&c) || TRANSIENT_CODES.contains(&c))
                     || status.is_some_and(|s| s >= 500)
             }
-            Self::Timeout { .. } | Self::Unreachable { .. } => true,
+            Self::Timeout { .. } | Self::Unreachable { .. } | Self::Deferred { .. } => true,
             Self::BadResponse { status, .. } => status.is_none_or(|s| s >= 500),
             Self::Request { .. } | Self::Incomplete { .. } => false,
         }
@@ -602,6 +614,11 @@ impl CloudError {
     /// True for throttling (`RequestLimitExceeded` and kin): back off before the next call.
     pub fn is_throttling(&self) -> bool {
         self.code().is_some_and(|c| THROTTLING_CODES.contains(&c))
+    }
+
+    /// True when the agent's own budget held the call back (it never reached AWS).
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, Self::Deferred { .. })
     }
 
     /// True when AWS said the resource does not exist.

@@ -14,6 +14,25 @@ pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
 pub const DEFAULT_IMDS_TIMEOUT_MS: u64 = 2000;
 /// Upper bound for `imds.timeout_ms`: beyond a minute a stuck call only hides a broken IMDS.
 pub const MAX_IMDS_TIMEOUT_MS: u64 = 60_000;
+/// The share of each of the account's EC2 and Auto Scaling token buckets (AWS's documented
+/// sizes, [`crate::cloud::budget`]) one gateway of this group keeps for itself: a quarter, so a
+/// few groups and the account's other tools fit beside it. Takeover writes may borrow past it
+/// up to the documented bucket; renewals and drift reads stay well inside it.
+pub const DEFAULT_API_SHARE: f64 = 0.25;
+
+/// `aws.api_share`: a fraction greater than 0 and at most 1.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct ApiShare(pub f64);
+
+// `validate()` refuses NaN, so equality is an equivalence on every accepted value.
+impl Eq for ApiShare {}
+
+impl Default for ApiShare {
+    fn default() -> Self {
+        Self(DEFAULT_API_SHARE)
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,10 +42,21 @@ pub struct Aws {
     /// host). Off: the API's answers steer routes, and on plain HTTP anyone on the path could
     /// write them.
     pub insecure_endpoint: bool,
+    /// The share of each documented EC2/Auto Scaling token bucket this gateway spends.
+    pub api_share: ApiShare,
 }
 
 impl Aws {
     pub(super) fn validate(&self, problems: &mut Problems) {
+        let share = self.api_share.0;
+        if !(share > 0.0 && share <= 1.0) {
+            problems.fail(
+                "aws.api_share",
+                format!(
+                    "{share} is not a share of a bucket; give a fraction greater than 0 and at most 1, e.g. {DEFAULT_API_SHARE} (the default)"
+                ),
+            );
+        }
         if let Some(endpoint) = &self.endpoint {
             let url = reqwest::Url::parse(endpoint)
                 .ok()
@@ -148,6 +178,10 @@ mod tests {
                 "imds.endpoint",
                 "not an http:// URL",
             ),
+            ("[aws]\napi_share = 0", "aws.api_share", "greater than 0"),
+            ("[aws]\napi_share = 1.5", "aws.api_share", "at most 1"),
+            ("[aws]\napi_share = -0.1", "aws.api_share", "e.g. 0.25"),
+            ("[aws]\napi_share = nan", "aws.api_share", "not a share"),
             ("[imds]\ntimeout_ms = 0", "imds.timeout_ms", "out of range"),
             (
                 "[imds]\ntimeout_ms = 60001",
@@ -166,5 +200,13 @@ mod tests {
         valid("[aws]\nendpoint = \"http://198.51.100.2\"\ninsecure_endpoint = true");
         valid("[imds]\nendpoint = \"http://[fd00:ec2::254]\"\ntimeout_ms = 1");
         valid("[imds]\ntimeout_ms = 60000");
+        valid("[aws]\napi_share = 1");
+        valid("[aws]\napi_share = 0.001");
+    }
+
+    #[test]
+    fn api_share_defaults_to_a_quarter() {
+        assert_eq!(super::Aws::default().api_share.0, super::DEFAULT_API_SHARE);
+        assert_eq!(super::DEFAULT_API_SHARE, 0.25);
     }
 }

@@ -41,6 +41,7 @@
 //! | `boot.attach_timeout_s`       | [`DEFAULT_ATTACH_TIMEOUT_S`]     | claim of the ENI until the kernel shows it      |
 //! | `aws.endpoint`                | none (`AWS_ENDPOINT_URL`, else AWS) | EC2/Auto Scaling endpoint override          |
 //! | `aws.insecure_endpoint`      | `false`                          | accept a plain `http://` `aws.endpoint` off loopback (a lab emulator) |
+//! | `aws.api_share`               | [`DEFAULT_API_SHARE`]            | share (0 < s <= 1) of each documented EC2/Auto Scaling token bucket this gateway spends; takeover writes may borrow past it |
 //! | `imds.endpoint`               | [`DEFAULT_IMDS_ENDPOINT`]        | IMDS base URL (tests point elsewhere)           |
 //! | `imds.timeout_ms`             | [`DEFAULT_IMDS_TIMEOUT_MS`]      | overall deadline of one IMDS call               |
 //! | `log.level`                   | [`DEFAULT_LOG_LEVEL`]            | tracing filter; `RUST_LOG` overrides            |
@@ -114,7 +115,8 @@ pub use drain::{
     DEFAULT_RESTART_MARKER, Drain, OnRebalance,
 };
 pub use endpoints::{
-    Aws, DEFAULT_IMDS_ENDPOINT, DEFAULT_IMDS_TIMEOUT_MS, Imds, MAX_IMDS_TIMEOUT_MS,
+    ApiShare, Aws, DEFAULT_API_SHARE, DEFAULT_IMDS_ENDPOINT, DEFAULT_IMDS_TIMEOUT_MS, Imds,
+    MAX_IMDS_TIMEOUT_MS,
 };
 pub use error::{ConfigError, Invalid};
 pub use failover::{

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::sensors::Event;
 use crate::agent::routes::{self, Batch};
-use crate::cloud::{Ec2, RouteTable};
+use crate::cloud::{Ec2, Priority, RouteTable, spend_as};
 use crate::config::{Conditional, Config, Events, Failover};
 use crate::decide::conditional::{self, Rule};
 use crate::decide::route::{Op, Probe};
@@ -187,7 +187,13 @@ impl RuleWatch {
             lease: None,
             fresh: None,
         };
-        let done = match routes::execute(ec2, &batch, &plan.actions).await {
+        // Routing around a failed target is as urgent as a takeover; undoing it is a hand-back.
+        let priority = if self.active {
+            Priority::Takeover
+        } else {
+            Priority::HandBack
+        };
+        let done = match spend_as(priority, routes::execute(ec2, &batch, &plan.actions)).await {
             Ok(done) => done,
             Err(stopped) => {
                 warn!(rule = %rule.name, error = %stopped.error(), doing = stopped.doing(), "conditional route not written; the next cycle decides again");

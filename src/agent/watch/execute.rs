@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::Watch;
 use crate::agent::routes::{self, Batch, LeaseAt, Stopped, unix_ms};
-use crate::cloud::{Autoscaling, Ec2, RouteTable};
+use crate::cloud::{Autoscaling, Ec2, Priority, RouteTable, spend_as};
 use crate::decide::failover::{Decision, Kind};
 use crate::decide::lease::{self, LEASE_TAG, Lease};
 use crate::{hook, metrics};
@@ -127,7 +127,13 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
             lease: Some((&value, LeaseAt::Alongside)),
             fresh: fresh.as_deref(),
         };
-        let done = match routes::execute(self.ec2, &batch, &d.writes).await {
+        // A dead peer's zone, or the own zone's dead routes, carry no traffic until written:
+        // they spend first; a failback or a hand-over moves routes that still work.
+        let priority = match d.kind {
+            Kind::TakeOver | Kind::Reclaim => Priority::Takeover,
+            Kind::Failback | Kind::Handover => Priority::HandBack,
+        };
+        let done = match spend_as(priority, routes::execute(self.ec2, &batch, &d.writes)).await {
             Ok(done) => done,
             Err(stopped) => {
                 if matches!(stopped, Stopped::Confirm(_)) {

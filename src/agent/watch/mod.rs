@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::cloud::{Autoscaling, CloudError, Ec2, RouteTable};
+use crate::cloud::{Autoscaling, CloudError, Ec2, Priority, RouteTable, spend_as};
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
 use crate::decide::failover::{self, Facts, Gateway, Me, Policy, SelfReport};
 use crate::decide::lease::{self, LEASE_TAG, Lease, Renewal};
@@ -401,8 +401,21 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         // At steady state the tables are read only every drift interval: nothing moves, and
         // what could (a foreign change, a blackhole) is repaired within that interval.
         if fast.is_some() || drift_due {
-            let tables = match self.observe(now).await {
-                Ok(tables) => tables,
+            match self.observe(now, fast.is_some()).await {
+                Ok(tables) => {
+                    if self.last_api_error.take().is_some() {
+                        info!("EC2 API answering again");
+                    }
+                    let now = Instant::now();
+                    let mut tables = tables;
+                    self.catch_up(&mut tables, now);
+                    self.remember(&tables, now);
+                    self.tables = tables;
+                    self.read_at = Some(now);
+                }
+                // The agent's own budget kept a drift read back (the bucket is low): the last
+                // read stands, and the read is tried again next cycle. Not a failure.
+                Err(e) if e.is_deferred() => {}
                 // Without the arbiter, doing nothing is the safe choice.
                 Err(e) => {
                     return Some(self.trouble(
@@ -410,16 +423,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                         "reading the route tables (changing nothing until it answers)",
                     ));
                 }
-            };
-            if self.last_api_error.take().is_some() {
-                info!("EC2 API answering again");
             }
-            let now = Instant::now();
-            let mut tables = tables;
-            self.catch_up(&mut tables, now);
-            self.remember(&tables, now);
-            self.tables = tables;
-            self.read_at = Some(now);
         }
         let now = Instant::now();
         let outcome = failover::decide(&self.facts(now, false));
@@ -543,7 +547,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
 
     /// Renews the leases this gateway holds, reads every route table of the group and asks
     /// the API about silent peers, all at once.
-    async fn observe(&mut self, now: Instant) -> Result<Vec<RouteTable>, CloudError> {
+    /// The tables are read as confirmations while something is moving (`fast`), as drift
+    /// reads otherwise; renewals spend as renewals, the questions about silent peers and the
+    /// witnesses as confirmations ([`crate::cloud::budget`]).
+    async fn observe(&mut self, now: Instant, fast: bool) -> Result<Vec<RouteTable>, CloudError> {
         // Cycles may come quicker than the renewal period (a lapse, a re-ask); renewals do not.
         let renew_due = self.renewed_at.is_none_or(|at| {
             now.saturating_duration_since(at) >= self.config.failover.lease_renew() / 2
@@ -565,13 +572,14 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
             let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
             async move {
                 let tags = [(LEASE_TAG, value.as_str())];
-                (zone, value, ec2.create_tags(&ids, &tags).await)
+                let renewed = spend_as(Priority::Renew, ec2.create_tags(&ids, &tags)).await;
+                (zone, value, renewed)
             }
         }));
-        let evidence =
-            futures::future::join_all(down.iter().map(|(zone, eni)| async move {
-                (zone.clone(), sensors::gone(ec2, asg, eni).await)
-            }));
+        let evidence = futures::future::join_all(down.iter().map(|(zone, eni)| async move {
+            let gone = spend_as(Priority::Confirm, sensors::gone(ec2, asg, eni)).await;
+            (zone.clone(), gone)
+        }));
         let witnesses = if self.config.dry_run {
             Vec::new()
         } else {
@@ -584,15 +592,20 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         let witness_then_read = async {
             let written = futures::future::join_all(witnesses.iter().map(
                 |(zone, table, value)| async move {
-                    (
-                        zone,
-                        ec2.create_tags(&[table.as_str()], &[(key, value.as_str())])
-                            .await,
-                    )
+                    let tags = [(key, value.as_str())];
+                    let sent =
+                        spend_as(Priority::Confirm, ec2.create_tags(&[table.as_str()], &tags))
+                            .await;
+                    (zone, sent)
                 },
             ))
             .await;
-            (written, self.read_tables().await)
+            let priority = if fast {
+                Priority::Confirm
+            } else {
+                Priority::Drift
+            };
+            (written, spend_as(priority, self.read_tables()).await)
         };
         let (renewed, (witnessed, read), evidence) =
             tokio::join!(renew, witness_then_read, evidence);
@@ -610,6 +623,8 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         for (zone, value, result) in renewed {
             match result {
                 Ok(()) => debug!(%zone, lease = %value, "lease renewed"),
+                // Skipped by the agent's own budget (logged there): renewed next cycle.
+                Err(e) if e.is_deferred() => self.renewed_at = None,
                 Err(e) => {
                     self.trouble(&e, "renewing a lease");
                 }

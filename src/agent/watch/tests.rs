@@ -648,3 +648,53 @@ async fn a_draining_report_of_the_previous_holder_is_no_evidence_against_its_rep
     );
     assert_eq!(r.target("b"), Some(r.eni("b")));
 }
+
+/// The agent's own budget in the loop: a drift read the budget defers is no failure (no
+/// backoff, no fast cadence), and once a peer falls silent the reads go as confirmations,
+/// from the part of the bucket the drift reads had to leave.
+#[tokio::test(start_paused = true)]
+async fn a_drift_read_the_budget_defers_is_no_failure_and_trouble_reads_still_go() {
+    use crate::cloud::{Budget, Budgeted, Ec2, Priority, spend_as};
+    let cloud: &'static FakeCloud = Box::leak(Box::new(FakeCloud::two_zones()));
+    let ec2: &'static Budgeted<FakeCloud> =
+        Box::leak(Box::new(Budgeted::new(cloud.clone(), Budget::new(0.25))));
+    let own = Own {
+        instance_id: cloud.instance_of("a"),
+        zone: cloud.az_of("a"),
+        eni: cloud.eni_of("a"),
+        ip: Ipv4Addr::new(10, 0, 0, 50),
+        vpc_id: cloud.vpc_id(),
+    };
+    let (watch, _events, _report) = Watch::new(config(""), ec2, cloud, own, Some(1));
+    let mut watch = watch.without_probes();
+    watch.cycle().await;
+    let feed = watch.peer_feed(&cloud.az_of("b")).expect("b discovered");
+    feed.send_modify(|p: &mut PeerView| p.icmp = Probe::Up);
+    watch.cycle().await;
+    // A drift read is due; other drift reads have spent the bucket down to their reserve.
+    advance(Duration::from_secs(31)).await;
+    let a = cloud.table_of("a");
+    while spend_as(Priority::Drift, ec2.describe_route_tables(&[a.as_str()]))
+        .await
+        .is_ok()
+    {}
+    cloud.clear_calls();
+    let reads = || {
+        cloud
+            .calls()
+            .iter()
+            .filter(|c| c.operation == "DescribeRouteTables")
+            .count()
+    };
+    let next = watch.cycle().await;
+    assert_eq!(reads(), 0, "the drift read was skipped");
+    assert_eq!(watch.failures, 0, "a skipped drift read is no failure");
+    assert!(next.is_none(), "no retry sooner than the tick: {next:?}");
+    // b falls silent: the tables are read now, as a confirmation.
+    feed.send_modify(|p: &mut PeerView| {
+        p.icmp = Probe::Down;
+        p.losing_since = Some(Instant::now());
+    });
+    watch.cycle().await;
+    assert!(reads() >= 1, "the read while in trouble went");
+}
