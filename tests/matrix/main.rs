@@ -84,6 +84,18 @@ async fn run_case(case: &Case) -> Row {
     for z in case.zones.iter().filter(|z| !case.started.contains(z)) {
         c.dead(z);
     }
+    if case.settle {
+        for z in case.started {
+            if let Err(e) = c.f.wait_kernel_route(z, z, secs(60)).await {
+                row.result = Err(format!(
+                    "zone {z} never settled on its own gateway: {}",
+                    e.0
+                ));
+                return row;
+            }
+        }
+        sleep_s(3.0).await;
+    }
     // Probes up and /health answered everywhere.
     sleep_s(2.0).await;
     let t0 = unix_now();

@@ -877,8 +877,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     continue;
                 };
                 let reads = r.fact().reads().to_owned();
+                // One read showing the write proves nothing of the next: reads need not move
+                // forward. Only a third target (someone else's change) ends the shadow early.
                 if reads == w.to {
-                    self.written.remove(&key);
+                    continue;
                 } else if reads == w.was {
                     debug!(table = %t.id, destination = %r.destination, reads = %reads, written = %w.to, "a read behind this gateway's own write: taken as written");
                     r.target = crate::cloud::RouteTarget::Eni(w.to.clone());
