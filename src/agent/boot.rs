@@ -232,6 +232,10 @@ pub struct Boot<'a, E, A> {
 }
 
 impl<E: Ec2 + Sync, A: Autoscaling + Sync> Boot<'_, E, A> {
+    #[allow(
+        clippy::result_large_err,
+        reason = "a boot fails at most once per process; the standby path matches on the error's fields"
+    )]
     pub async fn run(mut self) -> Result<Booted> {
         let zone = self.identity.availability_zone.clone();
         systemd::status(&format!("finding the persistent ENI of {zone}"));
