@@ -49,8 +49,15 @@ const IMDS_POLL: Duration = Duration::from_secs(1);
 const TAIL: Duration = Duration::from_secs(2);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Trigger → the end of the sequence (exit, and for a refresh or an upgrade the new agent up):
-/// a stuck run is reported, not waited on.
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// a stuck run is reported, not waited on. Under `aws` a replacement alone takes 30-90 s to
+/// launch.
+fn run_timeout() -> Duration {
+    if gateway_lab::aws_profile() {
+        Duration::from_secs(240)
+    } else {
+        Duration::from_secs(60)
+    }
+}
 /// How often a running stream's loss is sampled, to date a lost packet: often enough to tell the
 /// hand-over from the exit, seldom enough to leave labd (which also sends the stream) alone.
 const LOSS_SAMPLE: Duration = Duration::from_millis(50);
@@ -440,7 +447,7 @@ async fn during_stream(
     let before = f.lab.api_calls().await?.len();
     let t0 = Instant::now();
     run.trigger = Some(t0);
-    let deadline = t0 + RUN_TIMEOUT;
+    let deadline = t0 + run_timeout();
     trigger(f, event, a, instance).await?;
     if event == Event::Rebalance {
         // Advice: nothing may move, and the agent stays.
@@ -472,7 +479,8 @@ async fn during_stream(
             }
         }
         None => run.trouble.push(format!(
-            "agent A still running {RUN_TIMEOUT:?} after the trigger"
+            "agent A still running {:?} after the trigger",
+            run_timeout()
         )),
     }
     let comeback = match event {
