@@ -142,7 +142,10 @@ pub async fn run(config: Config, path: std::path::PathBuf) -> Result<(), Error> 
     // One budget for both adapters: every call spends a token of the agent's own share of
     // the account's buckets, in priority order (cloud::budget).
     let budget = Budget::new(config.aws.api_share.0);
-    let ec2 = Budgeted::new(cloud::SdkEc2::new(&sdk), std::sync::Arc::clone(&budget));
+    // Renewals and drift reads go through a client of their own (no retries, its own retry
+    // partition): EC2 throttling them never slows a takeover through the adaptive limiter.
+    let ec2 = Budgeted::new(cloud::SdkEc2::new(&sdk), std::sync::Arc::clone(&budget))
+        .with_quiet(cloud::SdkEc2::quiet(&sdk));
     let asg = Budgeted::new(cloud::SdkAutoscaling::new(&sdk), budget);
     let netconf = NetConf::new().await?;
 

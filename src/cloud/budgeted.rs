@@ -145,16 +145,34 @@ impl Budget {
 #[derive(Debug, Clone)]
 pub struct Budgeted<C> {
     inner: C,
+    /// Where renewals and drift reads go, if set ([`crate::cloud::SdkEc2::quiet`]: no retries,
+    /// a retry partition of their own), so that EC2 throttling one of them never slows the
+    /// takeovers down through the SDK's shared adaptive rate limiter.
+    quiet: Option<C>,
     budget: Arc<Budget>,
 }
 
 impl<C> Budgeted<C> {
     pub fn new(inner: C, budget: Arc<Budget>) -> Self {
-        Self { inner, budget }
+        Self {
+            inner,
+            quiet: None,
+            budget,
+        }
     }
 
-    pub fn inner(&self) -> &C {
-        &self.inner
+    /// Sends renewals and drift reads through `quiet` instead.
+    pub fn with_quiet(mut self, quiet: C) -> Self {
+        self.quiet = Some(quiet);
+        self
+    }
+
+    /// The adapter for a call at the current priority.
+    fn client(&self) -> &C {
+        match &self.quiet {
+            Some(quiet) if !current().waits() => quiet,
+            _ => &self.inner,
+        }
     }
 }
 
@@ -163,7 +181,7 @@ impl<C: Ec2 + Sync> Ec2 for Budgeted<C> {
         let b = &self.budget;
         b.spend("ec2", "DescribeNetworkInterfaces", || id.to_owned())
             .await?;
-        self.inner.describe_eni(id).await
+        self.client().describe_eni(id).await
     }
 
     async fn find_enis(&self, tags: &[(&str, &str)]) -> Result<Vec<Eni>> {
@@ -172,14 +190,14 @@ impl<C: Ec2 + Sync> Ec2 for Budgeted<C> {
             super::describe_tags(tags)
         })
         .await?;
-        self.inner.find_enis(tags).await
+        self.client().find_enis(tags).await
     }
 
     async fn describe_instance(&self, id: &str) -> Result<Option<InstanceInfo>> {
         let b = &self.budget;
         b.spend("ec2", "DescribeInstances", || id.to_owned())
             .await?;
-        self.inner.describe_instance(id).await
+        self.client().describe_instance(id).await
     }
 
     async fn attach_eni(&self, eni: &str, instance: &str, device_index: u32) -> Result<String> {
@@ -188,38 +206,38 @@ impl<C: Ec2 + Sync> Ec2 for Budgeted<C> {
             format!("{eni} -> {instance}")
         })
         .await?;
-        self.inner.attach_eni(eni, instance, device_index).await
+        self.client().attach_eni(eni, instance, device_index).await
     }
 
     async fn detach_eni(&self, attachment_id: &str, force: bool) -> Result<()> {
         let b = &self.budget;
         b.spend("ec2", "DetachNetworkInterface", || attachment_id.to_owned())
             .await?;
-        self.inner.detach_eni(attachment_id, force).await
+        self.client().detach_eni(attachment_id, force).await
     }
 
     async fn set_source_dest_check(&self, eni: &str, enabled: bool) -> Result<()> {
         let b = &self.budget;
         b.spend("ec2", "ModifyNetworkInterfaceAttribute", || eni.to_owned())
             .await?;
-        self.inner.set_source_dest_check(eni, enabled).await
+        self.client().set_source_dest_check(eni, enabled).await
     }
 
     async fn find_route_tables(&self, tags: &[(&str, &str)]) -> Result<Vec<RouteTable>> {
         let b = &self.budget;
         b.spend("ec2", "DescribeRouteTables", || super::describe_tags(tags))
             .await?;
-        self.inner.find_route_tables(tags).await
+        self.client().find_route_tables(tags).await
     }
 
     async fn describe_route_tables(&self, ids: &[&str]) -> Result<Vec<RouteTable>> {
         if ids.is_empty() {
-            return self.inner.describe_route_tables(ids).await;
+            return self.client().describe_route_tables(ids).await;
         }
         let b = &self.budget;
         b.spend("ec2", "DescribeRouteTables", || ids.join(","))
             .await?;
-        self.inner.describe_route_tables(ids).await
+        self.client().describe_route_tables(ids).await
     }
 
     async fn replace_route(&self, route_table: &str, destination: &str, eni: &str) -> Result<()> {
@@ -239,7 +257,9 @@ impl<C: Ec2 + Sync> Ec2 for Budgeted<C> {
             format!("{route_table} {destination} -> {eni}")
         })
         .await?;
-        self.inner.create_route(route_table, destination, eni).await
+        self.client()
+            .create_route(route_table, destination, eni)
+            .await
     }
 
     async fn delete_route(&self, route_table: &str, destination: &str) -> Result<()> {
@@ -248,13 +268,13 @@ impl<C: Ec2 + Sync> Ec2 for Budgeted<C> {
             format!("{route_table} {destination}")
         })
         .await?;
-        self.inner.delete_route(route_table, destination).await
+        self.client().delete_route(route_table, destination).await
     }
 
     async fn create_tags(&self, resources: &[&str], tags: &[(&str, &str)]) -> Result<()> {
         let b = &self.budget;
         b.spend("ec2", "CreateTags", || resources.join(",")).await?;
-        self.inner.create_tags(resources, tags).await
+        self.client().create_tags(resources, tags).await
     }
 }
 
@@ -412,6 +432,26 @@ mod tests {
             waited >= Duration::from_millis(1000) && waited <= Duration::from_millis(1300),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_and_drift_reads_go_through_the_quiet_client_the_rest_through_the_main_one() {
+        let (main, quiet) = (FakeCloud::two_zones(), FakeCloud::two_zones());
+        let ec2 = Budgeted::new(main.clone(), Budget::new(0.25)).with_quiet(quiet.clone());
+        let table = main.table_of("a");
+        let ids = [table.as_str()];
+        for p in Priority::ALL {
+            main.clear_calls();
+            quiet.clear_calls();
+            // The tables of the two fakes have the same IDs: either one answers.
+            spend_as(p, ec2.describe_route_tables(&ids)).await.unwrap();
+            let (m, q) = (main.calls().len(), quiet.calls().len());
+            if p.waits() {
+                assert_eq!((m, q), (1, 0), "{p}");
+            } else {
+                assert_eq!((m, q), (0, 1), "{p}");
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]

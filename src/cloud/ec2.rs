@@ -35,6 +35,23 @@ impl SdkEc2 {
         }
     }
 
+    /// The client for housekeeping (lease renewals, drift reads): one attempt, no retries, in
+    /// a retry partition of its own. A renewal or drift read EC2 throttles then fails at once
+    /// and is tried again next cycle, and its throttling never reaches the adaptive rate
+    /// limiter that [`SdkEc2::new`]'s client (takeovers, confirmations) shares.
+    pub fn quiet(config: &SdkConfig) -> Self {
+        let conf = aws_sdk_ec2::config::Builder::from(config)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+            .retry_partition(aws_sdk_ec2::config::retry::RetryPartition::new(
+                "gateway-agent-housekeeping-ec2",
+            ))
+            .interceptor(super::timing::Timing)
+            .build();
+        Self {
+            client: Client::from_conf(conf),
+        }
+    }
+
     /// Wrap an SDK client built elsewhere (its retry and timeout policy is the caller's).
     pub fn from_client(client: Client) -> Self {
         Self { client }

@@ -15,9 +15,14 @@
 //! loops decide what to do after that, re-reading state before they write again. Adaptive mode
 //! means that once EC2 throttles, the SDK's client-side rate limiter (one per service and region
 //! in the process, shared by every client) delays *all* later calls until the measured rate
-//! recovers: after a throttle, even a lease renewal may wait a second or two. That is the point
+//! recovers: after a throttle, any later call may wait a second or two. That is the point
 //! (EC2 throttles per account and region, so a fleet backs off together), and callers must not
-//! assume a call after a throttle is fast.
+//! assume a call after a throttle is fast. Housekeeping (lease renewals, drift reads) therefore
+//! goes through a client of its own ([`SdkEc2::quiet`]: one attempt, its own retry partition):
+//! EC2 throttling a renewal never slows a takeover down.
+//!
+//! Before any of that, every call spends a token of the agent's own budget ([`budget`],
+//! [`budgeted`]): a share of each documented bucket, spent takeovers first.
 
 use std::collections::BTreeMap;
 use std::fmt;
