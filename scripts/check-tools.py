@@ -141,6 +141,8 @@ def scan_shell(path, text=None, label=None):
         scanned.add(path)
         text = open(path).read()
     where = label or rel(path)
+    if path is not None:
+        scan_needs(path, text)
     calls, funcs = shell_calls(text, where)
     for argv, line in calls:
         cmd, args = command_of(argv)
@@ -256,6 +258,12 @@ def scan_common(path, text):
         if re.search(r"/(local|notify)\b", p):
             continue  # examples of a user's own hook program
         use(p, f"{rel(path)}:{text.count(chr(10), 0, m.start()) + 1}")
+    scan_needs(path, text)
+
+
+def scan_needs(path, text):
+    """`needs-command: NAME...` comments: commands run by something the scan cannot see (a
+    build script, a name built at run time)."""
     for m in re.finditer(r"(?:#|//+)\s*needs-command:\s*([\w .+-]+)", text):
         for cmd in m.group(1).split():
             use(cmd, f"{rel(path)}:{text.count(chr(10), 0, m.start()) + 1} (needs-command)")

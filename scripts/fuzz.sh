@@ -10,6 +10,9 @@
 # FUZZ_PROFILE=dev (default): unoptimized, for the short run in CI: the agent's crate rebuilds in
 # ~15 s, where the optimized instrumented build takes ~11 min on 2 cores (and a fresh clone at
 # another path always rebuilds it). FUZZ_PROFILE=release for long runs: several times the speed.
+#
+# libfuzzer-sys compiles libFuzzer itself, which is C++, through the cc crate:
+# needs-command: c++
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECONDS_EACH=${1:-10}

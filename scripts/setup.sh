@@ -52,13 +52,14 @@ esac
 # profile runs in every instance; ca-certificates for pip and cargo over HTTPS; make itself.
 lab_debs=(iproute2 python3 python3-venv gcc libc6-dev make procps iputils-ping faketime systemd dbus
           util-linux ca-certificates)
-# And what `make test` adds: packer and shellcheck for `make ami-check` (ami/validate.sh);
+# And what `make test` adds: g++ for `make fuzz-smoke` (libfuzzer-sys builds libFuzzer, C++);
+# packer and shellcheck for `make ami-check` (ami/validate.sh);
 # lintian, rpmlint, rpm, dpkg-dev (dpkg-shlibdeps, dpkg-parsechangelog), file and debootstrap
 # for packaging/test.sh; shfmt, which scripts/check-tools.py parses the scripts with; git for
 # scripts/deny.sh's reach check of the advisory database; systemd-container (systemd-nspawn) for
 # tests/systemd.rs, which boots the installed package under systemd in a debootstrapped Debian
 # (packaging/root.sh).
-test_debs=(packer shellcheck lintian rpmlint rpm dpkg-dev file debootstrap shfmt git systemd-container)
+test_debs=(g++ packer shellcheck lintian rpmlint rpm dpkg-dev file debootstrap shfmt git systemd-container)
 debs=("${lab_debs[@]}")
 [ "$SCOPE" = lab ] || debs+=("${test_debs[@]}")
 
