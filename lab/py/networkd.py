@@ -105,6 +105,11 @@ class Networkd:
 
     def start(self):
         os.makedirs(self.conf_dir, exist_ok=True)
+        # networkd.conf drop-ins to try (the package's), read from /run as /etc's would be.
+        q = shlex.quote(CONF_D)
+        conf_d = "true"
+        if CONF_D:
+            conf_d = f"mkdir -p /run/systemd/networkd.conf.d && cp {q}/*.conf /run/systemd/networkd.conf.d/"
         script = "\n".join(
             [
                 "set -e",
@@ -117,15 +122,7 @@ class Networkd:
                 "mount -t tmpfs -o mode=0755 tmpfs /run/dbus",
                 # `ip netns exec` mounted a sysfs of this namespace; read-only: no udev to wait for
                 "mount -o remount,bind,ro /sys",
-                # networkd.conf drop-ins to try (the package's), read from /run as /etc's would be
-                *(
-                    [
-                        "mkdir -p /run/systemd/networkd.conf.d",
-                        f"cp {shlex.quote(CONF_D)}/*.conf /run/systemd/networkd.conf.d/",
-                    ]
-                    if CONF_D
-                    else []
-                ),
+                conf_d,
                 "dbus-daemon --system --fork --nopidfile",
                 f"exec {NETWORKD}",
             ]
