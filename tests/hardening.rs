@@ -561,13 +561,21 @@ async fn rogue_enis_answering_as_healthy_gateways_are_never_routed_to() {
     for (_, ip, _, _) in &rogues[..2] {
         let ns = &f.zone("a").client_ns;
         assert!(ip_ping(ns, ip), "impostor {ip} does not answer ICMP");
-        let health = std::process::Command::new("ip")
-            .args(["netns", "exec", ns, "curl", "-sfm2"])
-            .arg(format!("http://{ip}:7701/health"))
-            .output()
-            .unwrap();
+        let addr: std::net::SocketAddr = format!("{ip}:7701").parse().unwrap();
+        let health = gateway_lab::in_netns(ns, move || {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok::<String, std::io::Error>(text)
+        })
+        .expect("enter the client's namespace");
         assert!(
-            String::from_utf8_lossy(&health.stdout).contains("\"healthy\":true"),
+            health
+                .as_deref()
+                .is_ok_and(|h| h.contains("\"healthy\":true")),
             "impostor {ip}'s /health: {health:?}"
         );
     }

@@ -1017,12 +1017,16 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 // back is not the dead or draining holder spoken of a moment before.
                 let on_since = st.and_then(|z| z.on_since(&p.eni));
                 let current = |at: &Instant| on_since.is_none_or(|since| *at >= since);
-                // A report from another instance than the one the zone's lease now names is
-                // about a previous holder of the ENI (a replacement claimed it since).
+                // A report that speaks against the peer (draining, unhealthy) from another
+                // instance than the one the zone's lease now names is about a previous holder
+                // of the ENI (a replacement claimed it since). A healthy report is what the
+                // ENI's address answers now, whoever the lease names (a peer may carry the
+                // zone).
                 let same_holder = |r: &crate::health::Report| {
-                    holders
-                        .get(&p.zone)
-                        .is_none_or(|h| r.instance_id.is_empty() || *h == r.instance_id)
+                    (r.healthy && !r.draining)
+                        || holders
+                            .get(&p.zone)
+                            .is_none_or(|h| r.instance_id.is_empty() || *h == r.instance_id)
                 };
                 Gateway {
                     instance: p
