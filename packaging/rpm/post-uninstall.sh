@@ -10,6 +10,7 @@ if [ "$1" -eq 0 ]; then
     # one (its `dir = true` assets fail the build). rmdir removes each only when empty, so a
     # directory that zsh, fish or the admin (config.toml.rpmsave) still uses stays.
     for dir in /etc/gateway-agent /usr/share/doc/gateway-agent \
+        /usr/lib/systemd/networkd.conf.d \
         /usr/share/zsh/site-functions /usr/share/zsh \
         /usr/share/fish/vendor_completions.d /usr/share/fish; do
         rmdir "$dir" 2>/dev/null || :
