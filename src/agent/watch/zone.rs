@@ -160,10 +160,15 @@ impl ZoneState {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    /// Since the last change of carrier, or since reads began to show another one (not yet
+    /// settled): a gateway that wakes to find its zone elsewhere waits its hold-down from then.
     pub fn since_last_change(&self, now: Instant) -> Option<Duration> {
-        self.changes
-            .last()
-            .map(|at| now.saturating_duration_since(*at))
+        let last = self.changes.last().copied();
+        let pending = self.pending.as_ref().map(|(_, at)| *at);
+        last.into_iter()
+            .chain(pending)
+            .max()
+            .map(|at| now.saturating_duration_since(at))
     }
 
     /// Records this cycle's wait (or none); `true` when it differs from the last one.
