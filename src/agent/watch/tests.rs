@@ -244,7 +244,7 @@ async fn a_zone_that_keeps_changing_hands_waits_out_the_damped_hold_down() {
     // b's zone moved twice just now (seen by this gateway, in reads that agree).
     for to in [&eni_a, &eni_b] {
         r.change(&table_b, RouteTarget::Eni(to.clone()));
-        for _ in 0..2 {
+        for _ in 0..3 {
             r.watch.cycle().await;
             advance(Duration::from_secs(1)).await;
         }

@@ -44,7 +44,7 @@ pub struct ZoneState {
 /// How long reads must agree on a new carrier, without one showing the old carrier again,
 /// before the move counts: EC2's reads lag and need not move forward, so a read behind the
 /// others is no move (and two flickers are no doubled hold-down, no false hand-back).
-pub const SETTLE: Duration = Duration::from_secs(1);
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// A change of carrier seen in a read.
 #[derive(Debug, Clone, PartialEq, Eq)]
