@@ -70,6 +70,7 @@ fn world(b: &mut Bytes<'_>) -> Facts {
             lease_unchanged_for: Duration::from_millis(u64::from(b.next()) * 20),
             recent_changes: u32::from(b.next() % 4),
             since_last_change: b.bool().then(|| Duration::from_secs(u64::from(b.next()))),
+            blackhole_for: Duration::from_millis(u64::from(b.next()) * 20),
         })
         .collect();
     let peers = zones

@@ -68,6 +68,8 @@ pub struct Zone {
     pub recent_changes: u32,
     /// Since the last change of carrier; `None` if none was seen.
     pub since_last_change: Option<Duration>,
+    /// How long reads have shown the zone's routes as blackhole (zero if the last did not).
+    pub blackhole_for: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +169,8 @@ pub enum WaitKind {
     HoldDown,
     /// A peer is silent to ICMP but nothing confirms it dead.
     Unconfirmed,
+    /// A peer's zone reads blackhole at the ENI of a gateway not silent to ICMP, not for long.
+    Settling,
     /// Dead routes in a peer zone whose own gateway is healthy (its reclaim).
     OwnerHealthy,
     /// Dead routes in a peer zone that another zone is the successor for.
@@ -214,6 +218,12 @@ enum Standing<'a> {
     /// Not a gateway of this group: a third party's route.
     Foreign,
 }
+
+/// How long reads must show a peer's zone blackhole, at the ENI of a gateway whose probe is not
+/// down, before the routes are taken: EC2's reads lag, so a gateway that has just claimed its
+/// ENI is read blackhole for a while after its routes are live (a boot under lag took zones
+/// that were never dead). A probe that finds the ENI silent confirms a blackhole at once.
+pub const BLACKHOLE_SETTLE: Duration = Duration::from_secs(2);
 
 pub fn decide(f: &Facts) -> Outcome {
     let mut out = Outcome::default();
@@ -474,11 +484,20 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
     let mut from = None;
     let mut api_confirmed = true;
     let mut unconfirmed = None;
+    let mut settling = None;
     for table in &zone.tables {
         for (dest, _) in managed(f) {
             let write = |expect| RouteWrite::point(&table.id, dest, expect, &f.me.eni, "takeover");
             match standing(f, zone, table, dest) {
                 Standing::Blackhole(eni) => {
+                    let answering = eni.and_then(|e| f.peers.iter().find(|g| g.eni == e));
+                    if let Some(g) = answering
+                        && g.icmp != Probe::Down
+                        && zone.blackhole_for < BLACKHOLE_SETTLE
+                    {
+                        settling.get_or_insert(g.eni.as_str());
+                        continue;
+                    }
                     dead.push(write(Expect::Blackhole));
                     if let Some(eni) = eni {
                         from.get_or_insert(eni.to_owned());
@@ -501,7 +520,17 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
         }
     }
     if dead.is_empty() {
-        if let Some(eni) = unconfirmed {
+        if let Some(eni) = settling {
+            out.waits.push(Wait::new(
+                zone,
+                WaitKind::Settling,
+                format!(
+                    "routes read blackhole at {eni}, whose gateway is not silent to ICMP: a \
+                     lagging read until reads agree for {} s or the probe finds it silent",
+                    BLACKHOLE_SETTLE.as_secs()
+                ),
+            ));
+        } else if let Some(eni) = unconfirmed {
             out.waits.push(Wait::new(
                 zone,
                 WaitKind::Unconfirmed,

@@ -61,6 +61,7 @@ impl World {
                     lease_unchanged_for: Duration::from_millis(500),
                     recent_changes: 0,
                     since_last_change: None,
+                    blackhole_for: Duration::ZERO,
                 })
                 .collect(),
             destinations: vec!["0.0.0.0/0".into()],
@@ -237,9 +238,37 @@ fn two_zones_takeover_needs_probe_and_confirmation() {
             false,
         ),
         (
-            "route already reads blackhole (ENI detached), probes unknown",
+            "route already reads blackhole (ENI detached), probes unknown, reads agree",
             |w| {
                 w.peer("b").icmp = Probe::Unknown;
+                w.route("b", Target::Eni(eni("b")), true);
+                w.zone("b").blackhole_for = BLACKHOLE_SETTLE;
+            },
+            true,
+        ),
+        (
+            "a first blackhole read, probes unknown: maybe a lagging read of a fresh claim",
+            |w| {
+                w.peer("b").icmp = Probe::Unknown;
+                w.route("b", Target::Eni(eni("b")), true);
+                w.zone("b").blackhole_for = BLACKHOLE_SETTLE / 2;
+            },
+            false,
+        ),
+        (
+            "blackhole read at an ENI that answers ICMP: lagging until reads agree",
+            |w| {
+                w.peer("b").report = None;
+                w.route("b", Target::Eni(eni("b")), true);
+                w.zone("b").blackhole_for = BLACKHOLE_SETTLE / 2;
+            },
+            false,
+        ),
+        (
+            "a first blackhole read at an ENI silent to ICMP: at once",
+            |w| {
+                w.peer("b").icmp = Probe::Down;
+                w.peer("b").report = None;
                 w.route("b", Target::Eni(eni("b")), true);
             },
             true,

@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+/// What [`RouteFact::reads`] (and so a zone's carrier) says of a route that reads blackhole.
+pub const BLACKHOLE: &str = "blackhole";
+
 /// A rise/fall-filtered reachability verdict (a peer, a conditional route's target, the own
 /// self-check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,7 @@ impl RouteFact {
     /// What the route reads as, in a word: `blackhole`, or the ENI or gateway it points at.
     pub fn reads(&self) -> &str {
         match &self.target {
-            _ if self.blackhole => "blackhole",
+            _ if self.blackhole => BLACKHOLE,
             Target::Eni(id) | Target::Other(id) => id,
         }
     }

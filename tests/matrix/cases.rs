@@ -441,6 +441,9 @@ fn lagging_reads(c: &mut Ctx) -> CaseFut<'_> {
         let (from_a, from_b) = (c.f.log("a").len(), c.f.log("b").len());
         let started = gateway_lab::fleet::unix_now();
         let b = c.f.instance_id("b");
+        // A boot that moved zones after they settled would make the takeover below a no-op.
+        let own = c.f.wait_kernel_route("b", "b", secs(1)).await;
+        c.check(own.is_ok(), "b's zone was not on b when the case began")?;
         c.dead("b");
         c.f.lab.hang(&b).await?;
         c.f.wait_kernel_route("b", "a", secs(20)).await?;

@@ -179,7 +179,27 @@ async fn run_case(case: &Case) -> Row {
     if let Some(max) = case.max_writes
         && row.writes > max
     {
-        errors.push(format!("{} route writes (at most {max})", row.writes));
+        let names = writer_names(&c.f);
+        let list: Vec<String> = changes
+            .iter()
+            .map(|ch| {
+                let src = ch.source.clone().unwrap_or_default();
+                format!(
+                    "+{:.3}s {} {} {} -> {} by {}",
+                    ch.at - t0,
+                    ch.action,
+                    ch.table.as_deref().unwrap_or("?"),
+                    ch.destination.as_deref().unwrap_or("?"),
+                    ch.target.as_deref().unwrap_or("?"),
+                    names.get(&src).cloned().unwrap_or(src),
+                )
+            })
+            .collect();
+        errors.push(format!(
+            "{} route writes (at most {max}): {}",
+            row.writes,
+            list.join("; ")
+        ));
     }
     errors.extend(c.f.unasked_exits());
     row.result = if errors.is_empty() {

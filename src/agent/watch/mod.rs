@@ -33,7 +33,7 @@ use crate::cloud::{Autoscaling, CloudError, Ec2, Priority, RouteTable, spend_as}
 use crate::config::{Config, GROUP_TAG, ZONE_TAG};
 use crate::decide::failover::{self, Facts, Gateway, Me, Policy, SelfReport};
 use crate::decide::lease::{self, LEASE_TAG, Lease, Renewal};
-use crate::decide::route::{Probe, TableFact, carrier};
+use crate::decide::route::{BLACKHOLE, Probe, TableFact, carrier};
 use crate::health::Report;
 use crate::{hook, metrics};
 
@@ -702,6 +702,15 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         if let Some(why) = self.reports_disagree(now) {
             return Some(why);
         }
+        // Until reads agree on a new blackhole long enough to act on (or to wait on for
+        // another reason), it is read again each cycle.
+        if let Some(zone) = self.zones.iter().find_map(|(zone, st)| {
+            (st.blackhole_since.is_some()
+                && st.blackhole_for(now) <= failover::BLACKHOLE_SETTLE * 2)
+                .then_some(zone)
+        }) {
+            return Some(format!("{zone} reads blackhole"));
+        }
         if let Some(r) = self.rules.iter().find(|r| r.target_down()) {
             return Some(format!(
                 "conditional rule {} has its target down",
@@ -921,7 +930,9 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 st.witness_sent = None;
             }
             let facts: Vec<TableFact> = ts.iter().map(|t| t.fact()).collect();
-            let Some(to) = carrier(&facts, &self.config.routes.destinations) else {
+            let to = carrier(&facts, &self.config.routes.destinations);
+            st.see_blackhole(to.as_deref() == Some(BLACKHOLE), now);
+            let Some(to) = to else {
                 continue;
             };
             let Some(moved) = st.see_carrier(to.clone(), now, window) else {
@@ -1074,6 +1085,7 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                     lease_unchanged_for: unrenewed,
                     recent_changes: st.recent_changes(now, f.damping_max()),
                     since_last_change: st.since_last_change(now),
+                    blackhole_for: st.blackhole_for(now),
                     tables: facts,
                     zone,
                 }

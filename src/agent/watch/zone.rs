@@ -39,6 +39,8 @@ pub struct ZoneState {
     /// When the newest witness a read has shown was sent: that read (and every later one)
     /// covers every write to the table made before then.
     pub witnessed: Option<Instant>,
+    /// Since when reads have shown the zone's routes blackhole without a break.
+    pub blackhole_since: Option<Instant>,
 }
 
 /// How long reads must agree on a new carrier, without one showing the old carrier again,
@@ -59,6 +61,21 @@ impl ZoneState {
         if self.lease.as_ref().is_none_or(|(old, _)| *old != value) {
             self.lease = Some((value, now));
         }
+    }
+
+    /// Records whether the read just made shows the zone's routes blackhole.
+    pub fn see_blackhole(&mut self, blackhole: bool, now: Instant) {
+        if !blackhole {
+            self.blackhole_since = None;
+        } else if self.blackhole_since.is_none() {
+            self.blackhole_since = Some(now);
+        }
+    }
+
+    /// How long reads have shown the zone's routes blackhole (zero if the last did not).
+    pub fn blackhole_for(&self, now: Instant) -> Duration {
+        self.blackhole_since
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
     /// Records the carrier just read; a change is counted (within `window`) and returned once
