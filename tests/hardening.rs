@@ -601,7 +601,12 @@ async fn rogue_enis_answering_as_healthy_gateways_are_never_routed_to() {
     // The replacement takes its zone back.
     f.start_replacement("b", &b, wait()).await.unwrap();
     f.wait_route("b", "b", wait()).await.unwrap();
-    sleep_s(2.0).await;
+    // a counts the move once its reads have agreed on it for a while (they may lag).
+    let seen = wait_for(secs(15), "a sees its hand-back", || async {
+        f.log("a").contains("zone handed back").then_some(())
+    })
+    .await;
+    assert!(seen.is_ok(), "{}", f.logs());
     let metrics = metrics_of(&f, "a", ROGUE_METRICS_PORT);
     // a drains: its zone goes to b, not to an impostor.
     f.agent("a")
