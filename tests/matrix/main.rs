@@ -34,7 +34,7 @@ use gateway_lab::fleet::unix_now;
 use gateway_lab::report::{Align, Table};
 
 use cases::{Case, Ctx, cases};
-use measure::{Monitor, stream_read, writer_names, writers};
+use measure::{Monitor, router_share, stream_read, writer_names, writers};
 use support::*;
 
 struct Row {
@@ -162,8 +162,14 @@ async fn run_case(case: &Case) -> Row {
     if let Some(budget) = case.black_ms
         && black.longest_ms > budget
     {
+        let router = router_share(&black, &changes).map_or(String::new(), |s| {
+            format!(
+                " (the route write landed {:.0} ms before the router applied it)",
+                s * 1000.0
+            )
+        });
         errors.push(format!(
-            "a route pointed at a black hole for {:.0} ms (budget {budget:.0}): {}",
+            "a route pointed at a black hole for {:.0} ms (budget {budget:.0}): {}{router}",
             black.longest_ms, black.worst
         ));
     }

@@ -58,6 +58,9 @@ pub struct Monitor {
 pub struct Black {
     pub longest_ms: f64,
     pub worst: String,
+    /// When the worst one ended, wall-clock seconds (to set beside the route write that ended
+    /// it: the rest is the VPC router's delay in applying it).
+    pub worst_ended: f64,
     open: BTreeMap<String, Instant>,
 }
 
@@ -68,6 +71,7 @@ impl Black {
             if ms > self.longest_ms {
                 self.longest_ms = ms;
                 self.worst = key.to_owned();
+                self.worst_ended = gateway_lab::fleet::unix_now();
             }
         }
     }
@@ -131,6 +135,19 @@ pub fn writer_names(f: &Fleet) -> HashMap<String, String> {
         }
     }
     names
+}
+
+/// How long before `black` ended the route write that ended it landed at the API: the VPC
+/// router's share of the black hole (the `aws` profile's data-plane lag), if a write did.
+pub fn router_share(black: &Black, changes: &[RouteChange]) -> Option<f64> {
+    let (table, dest) = black.worst.split_once(' ')?;
+    let dest = dest.split(' ').next()?;
+    changes
+        .iter()
+        .filter(|c| c.table.as_deref() == Some(table) && c.destination.as_deref() == Some(dest))
+        .filter(|c| c.at <= black.worst_ended)
+        .map(|c| black.worst_ended - c.at)
+        .reduce(f64::min)
 }
 
 /// Writers per table and whether any writer came back after another wrote (a fight).

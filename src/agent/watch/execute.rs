@@ -12,6 +12,20 @@ use crate::decide::failover::{Decision, Kind};
 use crate::decide::lease::{self, LEASE_TAG, Lease};
 use crate::{hook, metrics};
 
+/// A decision ready to write: what [`Watch::finish`] needs once its writes are done.
+struct Prepared {
+    decided: Instant,
+    epoch: u64,
+    value: String,
+    detection: Option<std::time::Duration>,
+    /// What each route read before this write, to know a read that lags behind it.
+    was: Vec<Option<String>>,
+    /// Every table of the zone.
+    ids: Vec<String>,
+    fresh: Option<Vec<RouteTable>>,
+    priority: Priority,
+}
+
 impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
     /// Claims the zone, re-reads, writes what still matches, confirms. `false` when
     /// something is left for the next cycle.
@@ -47,6 +61,40 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
     }
 
     pub(super) async fn execute(&mut self, d: &Decision) -> bool {
+        self.execute_all(&[d]).await[0]
+    }
+
+    /// Carries out the decisions of one cycle: each is prepared (its claim and log line) in
+    /// turn, then all are written and confirmed at once, so the second zone a gateway takes
+    /// does not wait out the first one's confirming reads (EC2's read lag); then each is
+    /// finished in turn. One `bool` per decision, as [`Self::execute`] answers.
+    pub(super) async fn execute_all(&mut self, ds: &[&Decision]) -> Vec<bool> {
+        let mut prepared = Vec::with_capacity(ds.len());
+        for d in ds {
+            prepared.push(self.prepare(d).await);
+        }
+        let ec2 = self.ec2;
+        let results =
+            futures::future::join_all(ds.iter().zip(&prepared).map(|(d, p)| async move {
+                let table_ids: Vec<&str> = p.ids.iter().map(String::as_str).collect();
+                let batch = Batch {
+                    label: &d.zone,
+                    tables: &table_ids,
+                    lease: Some((&p.value, LeaseAt::Alongside)),
+                    fresh: p.fresh.as_deref(),
+                };
+                spend_as(p.priority, routes::execute(ec2, &batch, &d.writes)).await
+            }))
+            .await;
+        let mut out = Vec::with_capacity(ds.len());
+        for ((d, p), result) in ds.iter().zip(prepared).zip(results) {
+            out.push(self.finish(d, p, result).await);
+        }
+        out
+    }
+
+    /// Everything before the writes: the epoch, the lease value, the decision's log line.
+    async fn prepare(&mut self, d: &Decision) -> Prepared {
         // A decision retried after a failed write is timed from its first attempt.
         let decided = *self
             .zones
@@ -114,26 +162,46 @@ impl<E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'_, E, A> {
                     .map(|r| r.fact().reads().to_owned())
             })
             .collect();
-        let table_ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         // A decision made on a read of a moment ago is written at once: another read first
         // would only add its round trip to the takeover (and, lagging, show nothing newer).
         let fresh: Option<Vec<RouteTable>> = self
             .read_at
             .is_some_and(|at| at.elapsed() <= super::FRESH_ENOUGH)
             .then(|| zone_tables.iter().map(|t| (*t).clone()).collect());
-        let batch = Batch {
-            label: &d.zone,
-            tables: &table_ids,
-            lease: Some((&value, LeaseAt::Alongside)),
-            fresh: fresh.as_deref(),
-        };
         // A dead peer's zone, or the own zone's dead routes, carry no traffic until written:
         // they spend first; a failback or a hand-over moves routes that still work.
         let priority = match d.kind {
             Kind::TakeOver | Kind::Reclaim => Priority::Takeover,
             Kind::Failback | Kind::Handover => Priority::HandBack,
         };
-        let done = match spend_as(priority, routes::execute(self.ec2, &batch, &d.writes)).await {
+        Prepared {
+            decided,
+            epoch,
+            value,
+            detection,
+            was,
+            ids,
+            fresh,
+            priority,
+        }
+    }
+
+    /// Everything after the writes: the claim remembered, the view updated, the move's
+    /// metrics, event and STATUS. `false` when something is left for the next cycle.
+    async fn finish(
+        &mut self,
+        d: &Decision,
+        p: Prepared,
+        result: Result<routes::Executed<'_>, Stopped>,
+    ) -> bool {
+        let Prepared {
+            decided,
+            epoch,
+            detection,
+            was,
+            ..
+        } = p;
+        let done = match result {
             Ok(done) => done,
             Err(stopped) => {
                 if matches!(stopped, Stopped::Confirm(_)) {

@@ -446,15 +446,13 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 st.deciding = None;
             }
         }
-        let mut again = false;
+        let mut go = Vec::new();
         for d in &outcome.decisions {
-            if self.held_back(d) {
-                continue;
-            }
-            if !self.execute(d).await {
-                again = true;
+            if !self.held_back(d) {
+                go.push(d);
             }
         }
+        let mut again = self.execute_all(&go).await.contains(&false);
         if !self.paused && !self.config.dry_run && !self.apply_conditional().await {
             again = true;
         }

@@ -696,3 +696,36 @@ async fn a_drift_read_the_budget_defers_is_no_failure_and_trouble_reads_still_go
     watch.cycle().await;
     assert!(reads() >= 1, "the read while in trouble went");
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_zones_taken_in_one_cycle_are_written_before_either_waits_for_its_confirmation() {
+    let mut r = Rig::new("").await;
+    // a's own route is gone and b died: a reclaim and a takeover in the same cycle...
+    let table_a = r.table("a");
+    r.cloud.remove_route(&table_a, DEFAULT_ROUTE);
+    r.cloud.kill(&r.cloud.instance_of("b"));
+    r.peer(Probe::Down, false);
+    // ...under reads that lag, so neither write is confirmed at once.
+    r.cloud.freeze_reads(true);
+    r.watch.cycle().await;
+    let calls = r.cloud.calls();
+    let writes: Vec<usize> = calls
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c.operation, "ReplaceRoute" | "CreateRoute"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(writes.len(), 2, "{calls:?}");
+    // The second zone's write does not wait out the first one's confirming reads (it goes
+    // while the first waits for its first re-read, at most one read in between).
+    let reads_between = calls[writes[0]..writes[1]]
+        .iter()
+        .filter(|c| c.operation == "DescribeRouteTables")
+        .count();
+    assert!(reads_between <= 1, "{calls:?}");
+    r.cloud.freeze_reads(false);
+    r.run(Duration::from_secs(2), Duration::from_millis(500))
+        .await;
+    assert_eq!(r.target("a"), Some(r.eni("a")));
+    assert_eq!(r.target("b"), Some(r.eni("a")));
+}
