@@ -213,6 +213,17 @@ impl Gw {
             .map(|s| s.trim_matches('"').to_owned())
     }
 
+    /// Waits until the agent, alone in the lab, has taken over zone b: its routes read
+    /// blackhole at the ENI of a gateway that never booted, which is taken once the probe finds
+    /// that ENI silent (or reads agree for 2 s).
+    async fn took_over_b(&self) {
+        let took = wait_for(secs(15), "the takeover of zone b", || async {
+            self.status_line().filter(|s| s.contains("took over"))
+        })
+        .await;
+        assert!(took.is_ok(), "{}", self.story());
+    }
+
     /// `gateway-agent <args>` inside, as root.
     fn cli(&self, args: &[&str]) -> Out {
         let mut argv = vec!["gateway-agent"];
@@ -376,6 +387,8 @@ async fn systemctl_start_is_ready_once_the_zone_is_carried_and_says_each_step() 
         Some("CONTINUE by CompleteLifecycleAction")
     );
 
+    // The takeover's event is the structured event the journal must carry.
+    gw.took_over_b().await;
     journal_reads_on_its_own(&gw);
     exposure_is_the_readmes(&gw);
 }
@@ -551,6 +564,8 @@ async fn systemctl_reload_applies_a_valid_file_and_rejects_a_broken_one() {
         return;
     };
     gw.start();
+    // Zone b's takeover sets its own STATUS: it must come before the reload's.
+    gw.took_over_b().await;
     let pid = gw.main_pid();
     let group = gw.f.sc.group.clone();
     // The hook writes where the unit lets the agent write: its StateDirectory=.
