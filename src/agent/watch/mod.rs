@@ -446,12 +446,11 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                 st.deciding = None;
             }
         }
-        let mut go = Vec::new();
-        for d in &outcome.decisions {
-            if !self.held_back(d) {
-                go.push(d);
-            }
-        }
+        let go: Vec<_> = outcome
+            .decisions
+            .iter()
+            .filter(|d| !self.held_back(d))
+            .collect();
         let mut again = self.execute_all(&go).await.contains(&false);
         if !self.paused && !self.config.dry_run && !self.apply_conditional().await {
             again = true;

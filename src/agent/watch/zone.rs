@@ -39,7 +39,8 @@ pub struct ZoneState {
     /// When the newest witness a read has shown was sent: that read (and every later one)
     /// covers every write to the table made before then.
     pub witnessed: Option<Instant>,
-    /// Since when reads have shown the zone's routes blackhole without a break.
+    /// Since when reads have shown the zone's routes blackhole without a break. Not `carrier`
+    /// or `pending`: a settled carrier outlives a read that disagrees, this ends with it.
     pub blackhole_since: Option<Instant>,
 }
 
