@@ -454,6 +454,10 @@ class Lab:
                     ec2.stop_instances([instance_id])
                 else:
                     ec2.start_instances([instance_id])
+                # The verb stands for the API call (TerminateInstances, StopInstances,
+                # StartInstances): a write, whose lag runs from now like any other write's,
+                # not from the ticker's next view up to a second later.
+                self.views.record(ec2)
                 self.topo.reconcile()
             return {"instance_id": instance_id, "verb": verb}
         with self.lock:

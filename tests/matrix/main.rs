@@ -209,6 +209,7 @@ async fn run_case(case: &Case) -> Row {
     }
     errors.extend(c.f.unasked_exits());
     row.result = if errors.is_empty() {
+        c.f.show_logs();
         Ok(c.note.clone())
     } else {
         if !errors.iter().any(|e| e.contains("--- agent-")) {

@@ -215,6 +215,55 @@ async fn reads_lag_writes() {
     assert!(seen < Duration::from_millis(2600), "{seen:?}");
 }
 
+/// The lab's terminate stands for TerminateInstances (with SkipOsShutdown): a write, visible
+/// to reads LAG_S after it like any other. (Left to labd's ticker, reads showed it at once,
+/// then went back to `running` once the ticker recorded a view, up to a second later.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminate_lags_like_any_write() {
+    let env = [
+        ("GATEWAY_LAB_AWS_LAG_S", "0.3"),
+        ("GATEWAY_LAB_AWS_SHUTDOWN_S", "20"),
+    ];
+    let (lab, sc) = lab_env(&env, no_hooks()).await;
+    let inst = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
+    let state = || async {
+        let out = lab
+            .ec2()
+            .describe_instances()
+            .instance_ids(&inst.instance_id)
+            .send()
+            .await
+            .unwrap();
+        out.reservations()[0].instances()[0]
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    // Past every earlier write's lag and a tick of labd's: the views are settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(state().await, "running");
+    let t0 = Instant::now();
+    lab.terminate(&inst.instance_id).await.unwrap();
+    assert_eq!(
+        state().await,
+        "running",
+        "a read right after the write lags it"
+    );
+    let seen = wait_for(WAIT, "shutting-down", || async {
+        (state().await == "shutting-down").then(|| t0.elapsed())
+    })
+    .await
+    .unwrap();
+    println!(
+        "a terminate became visible to reads after {:.2} s (lag 0.3 s)",
+        seen.as_secs_f64()
+    );
+    assert!(seen >= Duration::from_millis(250), "{seen:?}");
+    // Not 0.3 s after the ticker's next view (up to 1.4 s after the write).
+    assert!(seen < Duration::from_millis(700), "{seen:?}");
+}
+
 /// With NONMONOTONIC=1 a later read may show an older view than an earlier one.
 #[tokio::test(flavor = "multi_thread")]
 async fn nonmonotonic_reads_go_back() {

@@ -272,15 +272,10 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                             reason = %why,
                             "an ENI tagged into the group is held by an instance that is not one of the group's gateways: never watched or handed to; untag it"
                         );
-                        hook::emit(
-                            &self.config.events,
-                            &hook::Event {
-                                event: "rogue-eni",
-                                zone: &zone,
-                                from: &c.eni,
-                                to: "-",
-                                reason: &format!("ENI {} tagged into the group: {why}", c.eni),
-                            },
+                        self.rogue_eni(
+                            &zone,
+                            &c.eni,
+                            &format!("ENI {} tagged into the group: {why}", c.eni),
                         );
                     }
                     _ => trusted.push(c),
@@ -305,19 +300,14 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
                         trusted = %chosen.as_ref().map_or("none", |c| c.eni.as_str()),
                         "more than one ENI is tagged into the group for this zone: only the one its routes point at is watched or handed to; untag the others"
                     );
-                    hook::emit(
-                        &self.config.events,
-                        &hook::Event {
-                            event: "rogue-eni",
-                            zone: &zone,
-                            from: "-",
-                            to: "-",
-                            reason: &format!(
-                                "{} ENIs tagged into the group for one zone: {}",
-                                ids.len(),
-                                ids.join(",")
-                            ),
-                        },
+                    self.rogue_eni(
+                        &zone,
+                        "-",
+                        &format!(
+                            "{} ENIs tagged into the group for one zone: {}",
+                            ids.len(),
+                            ids.join(",")
+                        ),
                     );
                     chosen
                 }
@@ -338,6 +328,20 @@ impl<'a, E: Ec2 + Sync, A: Autoscaling + Sync> Watch<'a, E, A> {
         metrics::set("gateway_agent_untrusted_enis", &[], refused as f64);
         self.discovered_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// The `rogue-eni` event: an ENI tagged into the group that is never watched or handed to.
+    fn rogue_eni(&self, zone: &str, eni: &str, reason: &str) {
+        hook::emit(
+            &self.config.events,
+            &hook::Event {
+                event: "rogue-eni",
+                zone,
+                from: eni,
+                to: "-",
+                reason,
+            },
+        );
     }
 
     /// Makes `allow` (the `/health` server's allow-list) admit every peer this loop watches.
