@@ -654,11 +654,13 @@ class Lab:
                 with self.lock:
                     mends.expire_lifecycle_actions(self.asg())
                     mends.asg_tick(self.asg())
-                    mends.aws_tick(self.ec2())
+                    ended = mends.aws_tick(self.ec2())
                     self.background.tick()
-                    # What changed without an API call (an attachment or a shutdown ending, a
-                    # lifecycle timeout) reaches the lagging views within a second.
-                    if self.views.enabled and time.monotonic() - self.last_view >= 1.0:
+                    # What changed without an API call reaches the lagging views: an attachment
+                    # or a shutdown ending at once (else reads would show it at once, then go
+                    # back to before it once a view was recorded), anything else (a lifecycle
+                    # timeout, a launch) within a second.
+                    if self.views.enabled and (ended or time.monotonic() - self.last_view >= 1.0):
                         self.views.record(self.ec2())
                         self.last_view = time.monotonic()
                     self.topo.reconcile()

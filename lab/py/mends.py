@@ -220,8 +220,11 @@ def _detach_network_interface(self, attachment_id):
 
 
 def aws_tick(ec2):
-    """Ends the attachments and shutdowns whose time has come (labd's ticker, lock held)."""
+    """Ends the attachments and shutdowns whose time has come (labd's ticker, lock held);
+    `True` when it ended any (EC2's state changed: the lagging views must record it now)."""
+    changed = False
     for eni_id in TRANSITIONS.due():
+        changed = True
         eni = TRANSITIONS.finish(eni_id)
         if eni is not None and eni.instance is not None:
             eni.instance.detach_eni(eni)
@@ -231,7 +234,9 @@ def aws_tick(ec2):
             inst = ec2.get_instance(instance_id)
         except Exception:  # noqa: BLE001 - gone with a reset
             continue
+        changed = True
         _terminate_now(inst)
+    return changed
 
 
 # --- 5. Auto Scaling lifecycle hooks ----------------------------------------------------------
