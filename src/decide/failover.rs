@@ -535,8 +535,10 @@ fn peer_zone(f: &Facts, zone: &Zone, out: &mut Outcome) {
                 zone,
                 WaitKind::Unconfirmed,
                 format!(
-                    "{eni} does not answer ICMP, but nothing confirms it is dead (its lease is \
-                     being renewed, the API says it runs): a partition, not a death; not acting"
+                    "{eni} does not answer ICMP, but nothing confirms it is dead (the API says \
+                     it runs; its lease has not yet gone lease_ttl_ms unchanged since this \
+                     gateway began suspecting it): a partition, not a death, until something \
+                     does; not acting"
                 ),
             ));
         }
