@@ -404,6 +404,54 @@ async fn a_silent_peer_makes_both_sides_renew_and_a_partition_still_moves_nothin
     assert_eq!(f.route_writes().await.unwrap(), writes, "{}", f.logs());
 }
 
+/// The third reason to renew: a zone that changed hands moments ago. With every gateway
+/// hearing every other, the operator hands b its zone back; b renews that zone's lease while
+/// the change is recent (the move's followers come soon: the old holder letting go, a peer's
+/// confirming read), then leaves it alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zone_that_just_changed_hands_is_renewed_then_left_alone() {
+    let f = started(
+        &["a", "b"],
+        "[failover]\nfailback = \"manual\"\nhold_down_s = 1\ndamping_max_s = 1",
+    )
+    .await;
+    sleep_s(2.0).await;
+    let b = f.instance_id("b");
+    f.lab.hang(&b).await.unwrap();
+    f.wait_route("b", "a", secs(10)).await.unwrap();
+    f.lab.unhang(&b).await.unwrap();
+    // Past the takeover's recent-change window and b's silence: no reason left to renew.
+    sleep_s(13.0).await;
+    let quiet = lease_of(&f, "b").await;
+    sleep_s(3.0).await;
+    assert_eq!(
+        lease_of(&f, "b").await,
+        quiet,
+        "renewed without a reason\n{}",
+        f.logs()
+    );
+    let (code, out, err) = f.cli("agent-b", &["failback"]).unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", f.logs());
+    f.wait_route("b", "b", secs(2)).await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..12 {
+        seen.insert(lease_of(&f, "b").await);
+        sleep_s(0.5).await;
+    }
+    // The claim and at least two renewals (one a second) in those 6 s.
+    assert!(seen.len() >= 3, "{seen:?}\n{}", f.logs());
+    assert!(
+        f.log("b").contains("changed hands just now"),
+        "{}",
+        f.log("b")
+    );
+    // The change is no longer recent: the renewals stop.
+    sleep_s(8.0).await;
+    let settled = lease_of(&f, "b").await;
+    sleep_s(3.0).await;
+    assert_eq!(lease_of(&f, "b").await, settled, "{}", f.logs());
+}
+
 /// A one-way failure: b stops answering echo requests (its kernel ignores them), so a cannot
 /// hear b while b hears a (and reads a's /health). b learns from a's /health that a cannot hear
 /// it, renews its lease, and keeps its zone: a never takes it.

@@ -43,6 +43,22 @@ async fn read_tag(lab: &Lab, rtb: &str) -> Option<String> {
         .and_then(|t| t.value().map(str::to_owned))
 }
 
+/// The instance's state name as DescribeInstances reads it (lagging like any read).
+async fn instance_state(lab: &Lab, id: &str) -> String {
+    let out = lab
+        .ec2()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0]
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default()
+}
+
 /// Waits until the VPC router's default route of `rtb` reads `want` (an ENI or "blackhole");
 /// returns how long that took.
 async fn kernel_reads(lab: &Lab, rtb: &str, want: &str) -> Duration {
@@ -226,20 +242,7 @@ async fn a_terminate_lags_like_any_write() {
     ];
     let (lab, sc) = lab_env(&env, no_hooks()).await;
     let inst = lab.wait_instance(&sc.zone("a").az, WAIT).await.unwrap();
-    let state = || async {
-        let out = lab
-            .ec2()
-            .describe_instances()
-            .instance_ids(&inst.instance_id)
-            .send()
-            .await
-            .unwrap();
-        out.reservations()[0].instances()[0]
-            .state()
-            .and_then(|s| s.name())
-            .map(|n| n.as_str().to_owned())
-            .unwrap_or_default()
-    };
+    let state = || instance_state(&lab, &inst.instance_id);
     // Past every earlier write's lag and a tick of labd's: the views are settled.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(state().await, "running");
@@ -388,29 +391,13 @@ async fn slow_attach_detach_and_shutting_down() {
         .send()
         .await
         .unwrap();
-    let state = |lab: &Lab| {
-        let client = lab.ec2();
-        let id = inst.instance_id.clone();
-        async move {
-            let out = client
-                .describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .unwrap();
-            out.reservations()[0].instances()[0]
-                .state()
-                .and_then(|s| s.name())
-                .map(|n| n.as_str().to_owned())
-                .unwrap_or_default()
-        }
-    };
-    assert_eq!(state(&lab).await, "shutting-down");
+    let state = || instance_state(&lab, &inst.instance_id);
+    assert_eq!(state().await, "shutting-down");
     assert_eq!(status(&lab).await.1.as_deref(), Some("attached"));
     assert_eq!(default_route(&lab, &a.route_table_id).await.1, "active");
     assert_eq!(kernel_default(&lab, &a.route_table_id).await, a.eni_id);
     wait_for(WAIT, "terminated", || async {
-        (state(&lab).await == "terminated").then_some(())
+        (state().await == "terminated").then_some(())
     })
     .await
     .unwrap();
