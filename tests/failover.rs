@@ -142,8 +142,9 @@ async fn three_zones_exactly_the_successor_takes_over_then_the_third_takes_both(
     f.show_logs();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn manual_failback_waits_for_the_operator() {
+/// Two gateways with `failback = "manual"`: b hung until a took its zone, then b back (its
+/// zone stays with a until the operator hands it back).
+async fn held_by_a_after_a_hang() -> Fleet {
     let f = started(
         &["a", "b"],
         "[failover]\nfailback = \"manual\"\nhold_down_s = 1\ndamping_max_s = 1",
@@ -154,6 +155,12 @@ async fn manual_failback_waits_for_the_operator() {
     f.lab.hang(&b).await.unwrap();
     f.wait_route("b", "a", secs(10)).await.unwrap();
     f.lab.unhang(&b).await.unwrap();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_failback_waits_for_the_operator() {
+    let f = held_by_a_after_a_hang().await;
     // Well past the hold-down: b stays with a.
     sleep_s(4.0).await;
     f.wait_route("b", "a", secs(1)).await.unwrap();
@@ -410,16 +417,7 @@ async fn a_silent_peer_makes_both_sides_renew_and_a_partition_still_moves_nothin
 /// confirming read), then leaves it alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_zone_that_just_changed_hands_is_renewed_then_left_alone() {
-    let f = started(
-        &["a", "b"],
-        "[failover]\nfailback = \"manual\"\nhold_down_s = 1\ndamping_max_s = 1",
-    )
-    .await;
-    sleep_s(2.0).await;
-    let b = f.instance_id("b");
-    f.lab.hang(&b).await.unwrap();
-    f.wait_route("b", "a", secs(10)).await.unwrap();
-    f.lab.unhang(&b).await.unwrap();
+    let f = held_by_a_after_a_hang().await;
     // Past the takeover's recent-change window and b's silence: no reason left to renew.
     sleep_s(13.0).await;
     let quiet = lease_of(&f, "b").await;
