@@ -151,7 +151,7 @@ class Lab:
                     for key, ids in params.items():
                         if key.startswith("InstanceId"):
                             mends.SHUTDOWNS.hard(ids[0])
-                self.views.record(self.ec2())
+                self.record_view()
             if stuck and action == "DescribeNetworkInterfaces":
                 chunks = _stuck(chunks, stuck)
             if environ.get("PATH_INFO", "").startswith("/moto-api/reset"):
@@ -457,7 +457,7 @@ class Lab:
                 # The verb stands for the API call (TerminateInstances, StopInstances,
                 # StartInstances): a write, whose lag runs from now like any other write's,
                 # not from the ticker's next view up to a second later.
-                self.views.record(ec2)
+                self.record_view()
                 self.topo.reconcile()
             return {"instance_id": instance_id, "verb": verb}
         with self.lock:
@@ -648,6 +648,12 @@ class Lab:
 
     # --- running -------------------------------------------------------------------------------
 
+    def record_view(self):
+        """A view of EC2's state now for the lagging reads (lock held): after every write, an
+        API call's or one of the lab's own verbs', and from the ticker."""
+        self.views.record(self.ec2())
+        self.last_view = time.monotonic()
+
     def ticker(self):
         while not self.stopping.wait(0.1):
             try:
@@ -660,9 +666,8 @@ class Lab:
                     # or a shutdown ending at once (else reads would show it at once, then go
                     # back to before it once a view was recorded), anything else (a lifecycle
                     # timeout, a launch) within a second.
-                    if self.views.enabled and (ended or time.monotonic() - self.last_view >= 1.0):
-                        self.views.record(self.ec2())
-                        self.last_view = time.monotonic()
+                    if ended or time.monotonic() - self.last_view >= 1.0:
+                        self.record_view()
                     self.topo.reconcile()
                     self.boot_tick()
                     # Reap what exited (killed with its instance), so no zombie outlives it.
